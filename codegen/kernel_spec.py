@@ -1,0 +1,114 @@
+"""KernelSpec: everything that decides the text of one generated qlinear kernel (a frozen dataclass).
+
+Two spec families come from one renderer (render.py):
+* variant "gemv": M <= 16. One 16-row tile of activations (rows >= M masked), tensor-core dot per K tile,
+  split-K across programs (the split count is a launch argument, not part of the source).
+* variant "gemm": M > 16. block_m x block_n output tiles, grouped program order for L2 reuse.
+
+Fields that are not a kernel's text (the shape, the split count) stay out of it, so one compiled kernel
+serves every shape.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+GRID_KINDS = ("uniform", "uniform_asym", "lut")
+ACT_DTYPES = ("fp16", "bf16")
+VARIANTS = ("gemv", "gemm")
+MAX_FUSED_HADAMARD = 256  # largest block rotated inside the kernel; larger blocks use a separate rotation
+KERNEL_SPEC_VERSION = 1
+
+
+class KernelSpecError(ValueError):
+    """A KernelSpec whose fields do not make sense together."""
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    bits: int = 4  # bits per weight (a code holds bits * p bits)
+    grid: str = "uniform"  # uniform | uniform_asym | lut
+    p: int = 1  # weights per code (lut only may use 2)
+    group_size: int = 128  # -1: one scale per output row
+    act_dtype: str = "fp16"
+    had_block: int = 0  # fused Hadamard block size, 0: none
+    variant: str = "gemv"
+    block_m: int = 16
+    block_n: int = 64
+    block_k: int = 128
+    num_warps: int = 4
+    num_stages: int = 3
+    group_m: int = 8  # gemm: programs grouped along M for L2 reuse
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(msg):
+            raise KernelSpecError(f"{msg} (in {self})")
+
+        if not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
+            bad(f"bits must be in 1..8, got {self.bits!r}")
+        if self.grid not in GRID_KINDS:
+            bad(f"grid must be one of {GRID_KINDS}, got {self.grid!r}")
+        if self.p not in (1, 2) or (self.p == 2 and self.grid != "lut"):
+            bad("p must be 1, or 2 with grid 'lut'")
+        if self.bits * self.p > 8:
+            bad(f"a code holds bits*p = {self.bits * self.p} > 8 bits")
+        g = self.group_size
+        if not (g == -1 or (16 <= g <= 1024 and g % self.p == 0)):
+            bad(f"group_size must be -1 or in 16..1024 and a multiple of p, got {g!r}")
+        if self.act_dtype not in ACT_DTYPES:
+            bad(f"act_dtype must be one of {ACT_DTYPES}, got {self.act_dtype!r}")
+        h = self.had_block
+        if h and (h & (h - 1) or not 16 <= h <= MAX_FUSED_HADAMARD):
+            bad(f"had_block must be 0 or a power of two in 16..{MAX_FUSED_HADAMARD} (larger blocks: rotate separately)")
+        if self.variant not in VARIANTS:
+            bad(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        for name in ("block_m", "block_n", "block_k"):
+            v = getattr(self, name)
+            if v < 16 or v & (v - 1):
+                bad(f"{name} must be a power of two >= 16 (tl.dot needs 16), got {v}")
+        if self.variant == "gemv" and self.block_m != 16:
+            bad("variant 'gemv' uses block_m = 16")
+        if self.block_k % (32 * self.p):
+            bad("block_k must cover whole int32 words of the 1-bit plane: a multiple of 32 * p")
+        if h and self.block_k % h:
+            bad(f"block_k {self.block_k} must be a multiple of the fused Hadamard block {h}")
+
+    # -- derived ------------------------------------------------------------------------------
+    @property
+    def code_bits(self) -> int:
+        return self.bits * self.p
+
+    @property
+    def scale_per_tile(self) -> bool:
+        """One scale per (row, K tile): scales multiply the dot's result instead of every weight."""
+        return self.group_size == -1 or self.group_size % self.block_k == 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps({"version": KERNEL_SPEC_VERSION, **self.to_dict()}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "KernelSpec":
+        d = json.loads(text)
+        if d.pop("version", None) != KERNEL_SPEC_VERSION:
+            raise KernelSpecError(f"KernelSpec JSON version is not {KERNEL_SPEC_VERSION}: {text}")
+        return cls(**d)
+
+    def name(self) -> str:
+        g = "ch" if self.group_size == -1 else str(self.group_size)
+        grid = f"lut{self.p}" if self.grid == "lut" else self.grid
+        had = f"_h{self.had_block}" if self.had_block else ""
+        return (
+            f"qlinear_{self.variant}_w{self.bits}_{grid}_g{g}_{self.act_dtype}{had}"
+            f"_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
+        )
+
+    def digest(self) -> str:
+        return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]

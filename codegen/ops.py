@@ -1,0 +1,199 @@
+"""torch.ops.qcomp.qlinear: the quantized linear op (generated Triton kernels on GPU, reference on CPU).
+
+    y = rot(x) @ W_hat^T + bias,   rot(x) = x @ blockdiag(diag(signs) @ H_h / sqrt(h))  (h = had_block, 0: x)
+
+W_hat is the dequantized weight [n, k] (QuantSpec formula) of `packed` (packing.py layout), `scales` and
+`offsets` [n, k/g] (g = group_size, -1: per row), `lut` float32 [2**(bits*p), p] (ignored for uniform grids).
+
+Dispatch: CUDA tensors with fp16/bf16 activations run the generated kernel; CPU tensors run the reference
+(unpack, dequantize, float32 matmul, output in x.dtype) unless QCOMP_FORCE_TRITON=1 (with
+TRITON_INTERPRET=1, for CI) forces the kernel. Blocks larger than MAX_FUSED_HADAMARD are rotated by a
+separate pass (rotate_blocks) before a kernel without rotation.
+
+The op is registered with torch.library.custom_op and a fake implementation, so torch.compile,
+torch.export and CUDA graphs see one opaque node. Before capturing a CUDA graph, call the op once with the
+same shapes so that autotuning (tune.py) has run.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+import torch
+
+from .hadamard_util import rotate_blocks, signs_for, sylvester
+from .kernel_spec import MAX_FUSED_HADAMARD, KernelSpec
+from .packing import packed_shape, padded_codes, unpack_codes
+from .render import load_kernel
+from . import tune
+
+_GRID_ALIASES = {"uniform": "uniform", "uniform_asym": "uniform_asym", "lut": "lut", "normal": "lut"}
+_ACT = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def _grid_kind(grid: str) -> str:
+    if grid not in _GRID_ALIASES:
+        raise ValueError(f"grid must be one of {sorted(_GRID_ALIASES)}, got {grid!r}")
+    return _GRID_ALIASES[grid]
+
+
+def _check(x, packed, scales, lut, offsets, bits, p, group_size, grid, n, k, had_block):
+    if x.shape[-1] != k:
+        raise ValueError(f"x has {x.shape[-1]} features, the weight expects k = {k}")
+    want = packed_shape(n, k // p, bits * p)
+    if tuple(packed.shape) != want or packed.dtype != torch.int32:
+        raise ValueError(
+            f"packed is {packed.dtype} {tuple(packed.shape)}, expected int32 {want}: pack codes with "
+            f"qcomp.codegen.packing.pack_codes(codes, bits * p)"
+        )
+    g = k if group_size == -1 else group_size
+    if k % g or tuple(scales.shape) != (n, k // g):
+        raise ValueError(f"scales {tuple(scales.shape)} do not match [n, k/g] = [{n}, {k // g if g else '?'}]")
+    kind = _grid_kind(grid)
+    if kind == "uniform_asym" and (offsets is None or offsets.shape != scales.shape):
+        raise ValueError("grid 'uniform_asym' needs offsets shaped like scales")
+    if kind == "lut" and tuple(lut.shape) != (2 ** (bits * p), p):
+        raise ValueError(f"lut must be [{2 ** (bits * p)}, {p}] for bits={bits}, p={p}, got {tuple(lut.shape)}")
+    if had_block and k % had_block:
+        raise ValueError(f"k = {k} is not a multiple of had_block {had_block}")
+
+
+def reference_weight(packed, scales, lut, offsets, bits, p, group_size, grid, n, k) -> torch.Tensor:
+    """Dequantized weight [n, k] in float32 (the QuantSpec formula, no kernel)."""
+    codes = unpack_codes(packed, bits * p, n, k // p).long()
+    kind = _grid_kind(grid)
+    if kind == "uniform":
+        vals = (codes.to(torch.float32) - (2**bits - 1) / 2).unsqueeze(-1)
+    elif kind == "uniform_asym":
+        vals = codes.to(torch.float32).unsqueeze(-1)
+    else:
+        vals = lut.to(torch.float32)[codes]  # [n, k/p, p]
+    g = k if group_size == -1 else group_size
+    w = vals.reshape(n, k // g, g) * scales.to(torch.float32).reshape(n, -1, 1)
+    if kind == "uniform_asym":
+        w = w + offsets.to(torch.float32).reshape(n, -1, 1)
+    return w.reshape(n, k)
+
+
+def reference_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block):
+    w = reference_weight(packed.cpu() if packed.device.type != "cpu" else packed, scales, lut, offsets,
+                         bits, p, group_size, grid, n, k).to(x.device)
+    xf = x.to(torch.float32)
+    if had_block:
+        xf = rotate_blocks(xf, had_signs, had_block)
+    y = xf @ w.t()
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(x.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _hmat(h: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    side = h if h <= 128 else int(h**0.5)
+    return sylvester(side, dtype, device).contiguous()
+
+
+def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bias, signs, n, k,
+           out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Run one generated kernel on a 2-D activation x2 [M, k]; returns [M, n] in x2.dtype.
+
+    `out` (split_k == 1 only; tests poison it with NaN) receives the result."""
+    m = x2.shape[0]
+    kern = load_kernel(spec)
+    dev = x2.device
+    if split_k > 1:
+        y = torch.zeros(m, n, device=dev, dtype=torch.float32)
+    else:
+        y = out if out is not None else torch.empty(m, n, device=dev, dtype=x2.dtype)
+    hm = _hmat(spec.had_block, x2.dtype, str(dev)) if spec.had_block else scales
+    sg = signs.to(device=dev, dtype=torch.float32).contiguous() if spec.had_block else scales
+    if spec.variant == "gemv":
+        grid = (triton_cdiv(n, spec.block_n), split_k, triton_cdiv(m, spec.block_m))
+    else:
+        grid = (triton_cdiv(m, spec.block_m) * triton_cdiv(n, spec.block_n),)
+    kern[grid](
+        x2, packed, scales, offsets if offsets is not None else scales, lut, sg, hm,
+        bias if bias is not None else scales, y,
+        m, n, k, x2.stride(0), y.stride(0), packed.stride(0), padded_codes(k // spec.p) // 32, scales.stride(0),
+        split_k, HAS_BIAS=bias is not None, num_warps=spec.num_warps, num_stages=spec.num_stages,
+    )
+    return y if split_k == 1 else y.to(x2.dtype)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    if x.dtype not in _ACT:
+        return False  # the kernels take 16-bit activations; float32 inputs use the reference
+    if x.device.type == "cuda":
+        return True
+    return os.environ.get("QCOMP_FORCE_TRITON") == "1"
+
+
+def base_spec(x_dtype, bits, p, group_size, grid, had_block) -> KernelSpec:
+    fused = had_block if had_block and had_block <= MAX_FUSED_HADAMARD else 0
+    return KernelSpec(bits=bits, grid=_grid_kind(grid), p=p, group_size=group_size, act_dtype=_ACT[x_dtype],
+                      had_block=fused, block_k=max(128, fused))
+
+
+def triton_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block,
+                   spec: Optional[KernelSpec] = None, split_k: Optional[int] = None):
+    """The kernel path; `spec`/`split_k` override the autotuned choice (tests, benchmarks)."""
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    if had_block and had_block > MAX_FUSED_HADAMARD:
+        x2 = rotate_blocks(x2, had_signs, had_block)  # beyond the fused limit: one separate pass over x
+    base = base_spec(x.dtype, bits, p, group_size, grid, had_block)
+    lut32 = lut.to(device=x.device, dtype=torch.float32).contiguous()
+    args = (x2, packed, scales, lut32, offsets, bias, had_signs, n, k)
+    if spec is None:
+        spec, chosen = tune.choose(base, x2.shape[0], n, k, x.device, lambda s, sk: launch(s, sk, *args))
+        split_k = chosen if split_k is None else split_k
+    y = launch(spec, split_k or 1, *args)
+    return y.reshape(*x.shape[:-1], n)
+
+
+@torch.library.custom_op("qcomp::qlinear", mutates_args=())
+def qlinear_op(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    lut: torch.Tensor,
+    offsets: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    had_signs: Optional[torch.Tensor],
+    bits: int,
+    p: int,
+    group_size: int,
+    grid: str,
+    n: int,
+    k: int,
+    had_block: int,
+) -> torch.Tensor:
+    args = (x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block)
+    if _use_triton(x):
+        return triton_qlinear(*args)
+    return reference_qlinear(*args)
+
+
+@qlinear_op.register_fake
+def _qlinear_fake(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block):
+    return x.new_empty((*x.shape[:-1], n))
+
+
+def qlinear(x, packed, scales, lut, offsets, bias, *, bits, p, group_size, grid, n, k,
+            had_block=0, had_seed=None, had_signs=None):
+    """y = rot(x) @ W_hat^T + bias for x [..., k] -> [..., n] (see the module docstring)."""
+    _check(x, packed, scales, lut, offsets, bits, p, group_size, grid, n, k, had_block)
+    if had_block and had_signs is None:
+        had_signs = signs_for(had_block, had_seed)
+    if had_block:
+        had_signs = had_signs.to(device=x.device, dtype=torch.float32)
+    if lut is None:
+        lut = torch.zeros(2 ** (bits * p), p, device=x.device)
+    return torch.ops.qcomp.qlinear(x, packed, scales, lut, offsets, bias, had_signs if had_block else None,
+                                   bits, p, group_size, grid, n, k, had_block)

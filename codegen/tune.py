@@ -1,0 +1,142 @@
+"""Choose a KernelSpec (tiles, variant) and split-K for one call: candidates, timing, and the choice cache.
+
+Choices are cached per (GPU name, M bucket, N, K, base spec) in memory and in
+<kernel cache>/autotune.json. Timing happens only on CUDA, outside stream capture, and only when
+QCOMP_AUTOTUNE is not "0"; otherwise (CPU interpreter, CUDA-graph capture) the first candidate, a
+heuristic choice, is used. Warm up (call once) before capturing a CUDA graph so that the tuned choice is
+cached by then.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import threading
+
+import torch
+
+from .kernel_spec import KernelSpec
+from .render import cache_dir
+
+_CHOICES: dict[str, tuple[dict, int]] = {}
+_LOCK = threading.Lock()
+_FILE_LOADED = False
+
+GEMV_TILES = [(64, 128, 4, 4), (128, 128, 4, 4), (64, 256, 4, 3), (128, 256, 8, 3)]  # (n, k, warps, stages)
+GEMM_TILES = [(64, 128, 128, 4, 3), (128, 128, 64, 8, 3), (128, 256, 64, 8, 3)]  # (m, n, k, warps, stages)
+
+
+def m_bucket(m: int) -> int:
+    return 1 if m <= 1 else min(2 ** math.ceil(math.log2(m)), 4096)
+
+
+def _sm_count(device) -> int:
+    if isinstance(device, torch.device) and device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 132
+
+
+def _fit_k(bk: int, base: KernelSpec, k: int) -> int:
+    bk = max(bk, base.had_block or 16, 32 * base.p)
+    while bk > 32 * base.p and bk // 2 >= k and bk // 2 >= (base.had_block or 16):
+        bk //= 2  # no tile much larger than the whole row
+    return bk
+
+
+def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tuple[KernelSpec, int]]:
+    """[(spec, split_k)], heuristic choice first."""
+    out = []
+    if m <= 16:
+        sms = _sm_count(device)
+        for bn, bk, warps, stages in GEMV_TILES:
+            bk = _fit_k(bk, base, k)
+            spec = dataclasses.replace(base, variant="gemv", block_m=16, block_n=bn, block_k=bk,
+                                       num_warps=warps, num_stages=stages)
+            progs = -(-n // bn) * -(-m // 16)
+            tiles = -(-k // bk)
+            split = 1
+            while progs * split < 2 * sms and split * 2 <= max(1, tiles // 2):
+                split *= 2
+            for s in (split, max(1, split // 2), min(split * 2, max(1, tiles // 2))):
+                out.append((spec, s))
+    else:
+        for bm, bn, bk, warps, stages in GEMM_TILES:
+            spec = dataclasses.replace(base, variant="gemm", block_m=bm, block_n=bn, block_k=_fit_k(bk, base, k),
+                                       num_warps=warps, num_stages=stages)
+            if spec not in [c[0] for c in out]:
+                out.append((spec, 1))
+    seen, uniq = set(), []
+    for c in out:
+        if c not in seen:
+            seen.add(c)
+            uniq.append(c)
+    return uniq
+
+
+def _key(base: KernelSpec, m: int, n: int, k: int, device) -> str:
+    gpu = torch.cuda.get_device_name(device) if device is not None and device.type == "cuda" else "cpu"
+    return f"{gpu}|m{m_bucket(m)}|{n}x{k}|{base.to_json()}"
+
+
+def _file():
+    return cache_dir() / "autotune.json"
+
+
+def _load_file():
+    global _FILE_LOADED
+    if _FILE_LOADED:
+        return
+    _FILE_LOADED = True
+    try:
+        for key, (d, s) in json.loads(_file().read_text()).items():
+            _CHOICES.setdefault(key, (d, s))
+    except (OSError, ValueError):
+        pass
+
+
+def _save_file():
+    tmp = _file().with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(_CHOICES, indent=1, sort_keys=True))
+    os.replace(tmp, _file())
+
+
+def choose(base: KernelSpec, m: int, n: int, k: int, device, run) -> tuple[KernelSpec, int]:
+    """Pick (spec, split_k). `run(spec, split_k)` launches the kernel once (used for timing)."""
+    cands = candidates(base, m, n, k, device)
+    tune = (
+        device.type == "cuda"
+        and os.environ.get("QCOMP_AUTOTUNE", "1") != "0"
+        and not torch.cuda.is_current_stream_capturing()
+    )
+    if not tune:
+        key = _key(base, m, n, k, device)
+        with _LOCK:
+            _load_file()
+            hit = _CHOICES.get(key)
+        return (KernelSpec(**hit[0]), hit[1]) if hit else cands[0]
+    key = _key(base, m, n, k, device)
+    with _LOCK:
+        _load_file()
+        hit = _CHOICES.get(key)
+    if hit:
+        return KernelSpec(**hit[0]), hit[1]
+    from triton.testing import do_bench
+
+    best, best_t = cands[0], float("inf")
+    for spec, split in cands:
+        try:
+            t = do_bench(lambda: run(spec, split), warmup=5, rep=20, return_mode="median")
+        except Exception as e:  # a candidate that does not compile (resources) is skipped, not fatal
+            if os.environ.get("QCOMP_TUNE_VERBOSE"):
+                print(f"qcomp.tune: {spec.name()} split {split} failed: {type(e).__name__}: {e}")
+            continue
+        if t < best_t:
+            best, best_t = (spec, split), t
+    with _LOCK:
+        _CHOICES[key] = (best[0].to_dict(), best[1])
+        try:
+            _save_file()
+        except OSError:
+            pass
+    return best
