@@ -202,7 +202,8 @@ def _solve(qs: list[np.ndarray], vs: list[np.ndarray], Q: int) -> list[int]:
     picks, c = [0] * L, Q
     for l in range(L - 1, -1, -1):
         j = int(choice[l, c])
-        assert j >= 0, "DP backtracking reached an infeasible state"
+        if j < 0:
+            raise RuntimeError("internal error: DP backtracking reached an infeasible state")
         picks[l] = j
         c -= int(qs[l][j])
     return picks
@@ -227,7 +228,8 @@ def _ceil_float(x: Fraction) -> float:
 
 def _result(layers, picks, budget, resolution, M, stats) -> Allocation:
     avg = average_bits(layers, picks)
-    assert avg <= Fraction(budget), "allocation over budget (bug)"
+    if avg > Fraction(budget):
+        raise RuntimeError(f"internal error: allocation uses {float(avg)} > budget {budget} bits/weight")
     choices = tuple(LayerChoice(l.name, int(l.numel), float(l.alpha), l.options[j]) for l, j in zip(layers, picks))
     return Allocation(
         choices=choices,
