@@ -1,0 +1,107 @@
+"""`qcomp.compile`: capture -> pass pipeline -> a callable compiled model."""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .capture import capture_model
+from .config import CompileConfig
+from .pass_manager import PassContext, PassManager, format_pipeline, parse_pipeline
+from .qir import Graph, print_graph
+
+
+class QcompWarning(UserWarning):
+    pass
+
+
+class CompiledModel:
+    """A compiled QIR graph with its runtime. Call it like the original model (positional tensor inputs)."""
+
+    def __init__(self, graph: Graph, config: CompileConfig | None = None, report: dict | None = None, device=None):
+        from qcomp.runtime.reference import ReferenceRuntime
+
+        self.graph = graph
+        self.config = config or CompileConfig()
+        self.report = report or {}
+        self._runtime = ReferenceRuntime(graph, device=device)
+
+    def __call__(self, *inputs):
+        return self._runtime.run(*inputs)
+
+    def to(self, device) -> "CompiledModel":
+        self._runtime.to(device)
+        return self
+
+    @property
+    def ir(self) -> str:
+        return print_graph(self.graph)
+
+    def layer_table(self) -> list[dict]:
+        return list(self.report.get("layers", []))
+
+    def summary(self) -> str:
+        rows = self.layer_table()
+        lines = [f"{'layer':<44} {'shape':>13} {'spec':>22} {'bits/w':>7} {'rel mse':>9}"]
+        for r in rows:
+            lines.append(f"{r['layer'][:44]:<44} {str(r['n']) + 'x' + str(r['k']):>13} {r['spec']:>22} "
+                         f"{r['bits_per_weight']:>7.3f} {r['rel_mse']:>9.2e}")
+        numel = sum(r["numel"] for r in rows)
+        avg = sum(r["numel"] * r["bits_per_weight"] for r in rows) / numel if numel else float("nan")
+        kept = self.report.get("kept_float", [])
+        lines.append(f"{len(rows)} quantized layers, {numel:,} weights, average {avg:.3f} bits/weight "
+                     f"(budget {self.config.budget}); kept float: {', '.join(kept) if kept else 'none'}")
+        return "\n".join(lines)
+
+
+def _check_finite(model: nn.Module) -> None:
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"parameter {name!r} holds {bad} NaN/Inf value(s); fix or re-load the weights before compiling")
+
+
+def _state_fingerprint(model: nn.Module) -> dict:
+    return {k: (v.data_ptr(), v._version) for k, v in model.state_dict(keep_vars=True).items()}
+
+
+def compile(model: nn.Module, budget: float = 4.0, example_inputs: Any = None, *, example_kwargs: dict | None = None,
+            pipeline: str | None = None, dump_dir: str | Path | None = None, print_after_change=None,
+            capture: str = "auto", progress: bool = False, **options) -> CompiledModel:
+    """Compile `model` to an average of `budget` bits per weight over its quantized linear layers.
+
+    example_inputs: a tensor or tuple of tensors the model accepts (Hugging Face models default to
+    random token ids). pipeline: pass pipeline text (default: qcomp.config.DEFAULT_PIPELINE).
+    dump_dir (or env QCOMP_DUMP_DIR): receives the IR after every pass, passes.json, reports.
+    Extra options reach the passes through ctx.options. A model without linear layers compiles to its
+    float graph, with a QcompWarning saying so. The user's model is never modified.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"qcomp.compile expects a torch.nn.Module, got {type(model).__name__}")
+    config = CompileConfig(budget=budget, pipeline=pipeline or CompileConfig.pipeline, capture=capture)
+    _check_finite(model)
+    steps = parse_pipeline(config.pipeline)
+    before = _state_fingerprint(model)
+    was_training = model.training
+    model.eval()
+    try:
+        graph = capture_model(model, example_inputs, example_kwargs, method=config.capture)
+    finally:
+        model.train(was_training)
+    if _state_fingerprint(model) != before:
+        raise RuntimeError("internal error: capture modified the model's state")
+    if not any(n.op == "linear" for n in graph.nodes):
+        warnings.warn(f"{type(model).__name__} has no linear layers: nothing to quantize, the compiled model computes "
+                      "the float graph", QcompWarning, stacklevel=2)
+    inputs = example_inputs if isinstance(example_inputs, tuple) else ((example_inputs,) if example_inputs is not None else ())
+    ctx = PassContext(options={"budget": config.budget, **options}, model=model, example_inputs=inputs)
+    pm = PassManager(steps, dump_dir=dump_dir, print_after_change=print_after_change, progress=progress)
+    out = pm.run(graph, ctx)
+    report = dict(ctx.artifacts)
+    report["passes"] = [{"name": r.name, "seconds": r.seconds, "changed": r.changed, "stats": r.stats} for r in pm.records]
+    report["pipeline"] = format_pipeline(steps)
+    return CompiledModel(out, config, report)

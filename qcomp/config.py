@@ -1,0 +1,43 @@
+"""CompileConfig: every choice `qcomp.compile` makes, frozen, serialized to versioned JSON."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import numbers
+from dataclasses import dataclass
+
+CONFIG_VERSION = 1
+DEFAULT_PIPELINE = "canonicalize,quantize"
+
+
+def check_budget(budget) -> float:
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
+        raise ValueError(f"budget must be a number of bits per weight in [1, 16], got {budget!r} ({type(budget).__name__})")
+    b = float(budget)
+    if not (1.0 <= b <= 16.0):
+        raise ValueError(f"budget must be in the range [1, 16] bits per weight, got {b}")
+    return b
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    budget: float = 4.0
+    pipeline: str = DEFAULT_PIPELINE
+    capture: str = "auto"  # auto | fx | export
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "budget", check_budget(self.budget))
+        if self.capture not in ("auto", "fx", "export"):
+            raise ValueError(f"capture must be 'auto', 'fx' or 'export', got {self.capture!r}")
+
+    def to_json(self) -> str:
+        return json.dumps({"version": CONFIG_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CompileConfig":
+        d = json.loads(text)
+        v = d.pop("version", None)
+        if v != CONFIG_VERSION:
+            raise ValueError(f"CompileConfig version {v!r} is not supported (this qcomp reads {CONFIG_VERSION})")
+        return cls(**d)
