@@ -95,10 +95,11 @@ def _hmat(h: int, dtype: torch.dtype, device: str) -> torch.Tensor:
 
 
 def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bias, signs, n, k,
-           out: Optional[torch.Tensor] = None) -> torch.Tensor:
+           out: Optional[torch.Tensor] = None, warmup: bool = False) -> torch.Tensor:
     """Run one generated kernel on a 2-D activation x2 [M, k]; returns [M, n] in x2.dtype.
 
-    `out` (split_k == 1 only; tests poison it with NaN) receives the result."""
+    `out` (split_k == 1 only; tests poison it with NaN) receives the result. warmup=True compiles the
+    kernel for these arguments (Triton's on-disk cache) without running it."""
     m = x2.shape[0]
     kern = load_kernel(spec)
     dev = x2.device
@@ -112,12 +113,15 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
         grid = (triton_cdiv(n, spec.block_n), split_k, triton_cdiv(m, spec.block_m))
     else:
         grid = (triton_cdiv(m, spec.block_m) * triton_cdiv(n, spec.block_n),)
-    kern[grid](
+    run = functools.partial(kern.warmup, grid=grid) if warmup else kern[grid]
+    run(
         x2, packed, scales, offsets if offsets is not None else scales, lut, sg, hm,
         bias if bias is not None else scales, y,
         m, n, k, x2.stride(0), y.stride(0), packed.stride(0), padded_codes(k // spec.p) // 32, scales.stride(0),
         split_k, HAS_BIAS=bias is not None, num_warps=spec.num_warps, num_stages=spec.num_stages,
     )
+    if warmup:
+        return y
     return y if split_k == 1 else y.to(x2.dtype)
 
 

@@ -127,20 +127,24 @@ def _hadamard_apply(s: KernelSpec, dt: str) -> list[str]:
 
 
 def _dequant(s: KernelSpec, dt: str) -> list[str]:
-    """Emit code building w_t [BLOCK_K, BLOCK_N] (k along rows) in the activation dtype."""
-    L = []
-    j = "offs_k // 2" if s.p == 2 else "offs_k"
-    L.append(f"j = {j}  # code index along the row")
-    L.append("w_row = w_ptr + offs_n[None, :] * stride_w")
+    """Emit code building w [BLOCK_N, BLOCK_K] (rows = output features) in the activation dtype.
+
+    Each plane's words are loaded as one contiguous [BLOCK_N, words] tile (16-byte vectors), then expanded
+    in registers: word -> [.., words, 32/w] codes by shifting -> reshape to the tile's code order.
+    """
+    bkc = s.block_k // s.p
+    L = ["w_row = w_ptr + offs_n[:, None] * stride_w"]
     for i, (w, off) in enumerate(planes(s.code_bits)):
-        per = 32 // w
-        col = f" + {off} * plane_words" if off else ""
-        L.append(f"word = tl.load(w_row{col} + (j // {per})[:, None], mask=mask_kn, other=0)")
-        part = f"(word >> ((j % {per}) * {w})[:, None]) & {2 ** w - 1}"
-        if i == 0:
-            L.append(f"code = {part}")
-        else:
-            L.append(f"code = code | (({part}) << {off})")
+        per, kw = 32 // w, bkc // (32 // w)
+        col = f"{off} * plane_words + " if off else ""
+        L += [
+            f"# {w}-bit plane: {kw} words of {per} codes per row, code bits {off}..{off + w - 1}",
+            f"offs_w = t * {kw} + tl.arange(0, {kw})",
+            f"word = tl.load(w_row + {col}offs_w[None, :], mask=mask_n[:, None] & (offs_w < {w} * plane_words)[None, :], other=0)",
+            f"v = (word[:, :, None] >> (tl.arange(0, {per}) * {w})[None, None, :]) & {2 ** w - 1}",
+            f"v = tl.reshape(v, (BLOCK_N, {bkc}))",
+        ]
+        L.append("code = v" if i == 0 else f"code = code | (v << {off})")
     if s.grid == "uniform":
         L.append(f"val = code.to(tl.float32) - {(2 ** s.bits - 1) / 2!r}")
     elif s.grid == "uniform_asym":
@@ -148,24 +152,43 @@ def _dequant(s: KernelSpec, dt: str) -> list[str]:
     elif s.p == 1:
         L.append("val = tl.load(lut_ptr + code)")
     else:
-        L.append("val = tl.load(lut_ptr + code * 2 + (offs_k % 2)[:, None])")
+        L += [
+            "val = tl.join(tl.load(lut_ptr + code * 2), tl.load(lut_ptr + code * 2 + 1))  # k = 2j, 2j+1",
+            "val = tl.reshape(val, (BLOCK_N, BLOCK_K))",
+        ]
     if not s.scale_per_tile:
-        L.append(f"sidx = offs_n[None, :] * stride_s + (offs_k // {s.group_size})[:, None]")
-        L.append("val = val * tl.load(s_ptr + sidx, mask=mask_kn, other=0.0).to(tl.float32)")
+        g = s.group_size
+        if s.block_k % g == 0:
+            ng = s.block_k // g
+            L += [
+                f"offs_g = t * {ng} + tl.arange(0, {ng})",
+                "sidx = offs_n[:, None] * stride_s + offs_g[None, :]",
+                f"smask = mask_n[:, None] & (offs_g < K // {g})[None, :]",
+            ]
+            expand = (f"tl.reshape(tl.broadcast_to({{}}[:, :, None], (BLOCK_N, {ng}, {g})), (BLOCK_N, BLOCK_K))")
+        else:
+            L += [
+                "sidx = offs_n[:, None] * stride_s + (offs_k // " + str(g) + ")[None, :]",
+                "smask = mask_n[:, None] & mask_k[None, :]",
+            ]
+            expand = "{}"
+        L.append("sc = tl.load(s_ptr + sidx, mask=smask, other=0.0).to(tl.float32)")
+        L.append("val = val * " + expand.format("sc"))
         if s.grid == "uniform_asym":
-            L.append("val = val + tl.load(o_ptr + sidx, mask=mask_kn, other=0.0).to(tl.float32)")
-    L.append(f"w_t = val.to({dt})")
+            L.append("off = tl.load(o_ptr + sidx, mask=smask, other=0.0).to(tl.float32)")
+            L.append("val = val + " + expand.format("off"))
+    L.append(f"w = val.to({dt})")
     return L
 
 
 def _accumulate(s: KernelSpec) -> list[str]:
     if not s.scale_per_tile:
-        return ["acc = tl.dot(x, w_t, acc)"]
+        return ["acc = tl.dot(x, tl.trans(w), acc)"]
     col = "0" if s.group_size == -1 else f"(t * BLOCK_K) // {s.group_size}"
     L = [
         f"sidx = offs_n * stride_s + {col}",
         "scale = tl.load(s_ptr + sidx, mask=mask_n, other=0.0).to(tl.float32)",
-        "acc += tl.dot(x, w_t) * scale[None, :]",
+        "acc += tl.dot(x, tl.trans(w)) * scale[None, :]",
     ]
     if s.grid == "uniform_asym":
         L += [
@@ -191,7 +214,6 @@ def kernel_source(spec: KernelSpec) -> str:
     loop = [
         "offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)",
         "mask_k = offs_k < K",
-        "mask_kn = mask_k[:, None] & mask_n[None, :]",
         "x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], "
         "mask=mask_m[:, None] & mask_k[None, :], other=0.0)",
     ]

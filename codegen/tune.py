@@ -23,7 +23,7 @@ _CHOICES: dict[str, tuple[dict, int]] = {}
 _LOCK = threading.Lock()
 _FILE_LOADED = False
 
-GEMV_TILES = [(64, 128, 4, 4), (128, 128, 4, 4), (64, 256, 4, 3), (128, 256, 8, 3)]  # (n, k, warps, stages)
+GEMV_TILES = [(64, 128, 4, 4), (128, 128, 4, 4), (64, 256, 4, 3)]  # (n, k, warps, stages)
 GEMM_TILES = [(64, 128, 128, 4, 3), (128, 128, 64, 8, 3), (128, 256, 64, 8, 3)]  # (m, n, k, warps, stages)
 
 
@@ -58,7 +58,7 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
             split = 1
             while progs * split < 2 * sms and split * 2 <= max(1, tiles // 2):
                 split *= 2
-            for s in (split, max(1, split // 2), min(split * 2, max(1, tiles // 2))):
+            for s in (split, min(split * 2, max(1, tiles // 2))):
                 out.append((spec, s))
     else:
         for bm, bn, bk, warps, stages in GEMM_TILES:
@@ -126,7 +126,7 @@ def choose(base: KernelSpec, m: int, n: int, k: int, device, run) -> tuple[Kerne
     best, best_t = cands[0], float("inf")
     for spec, split in cands:
         try:
-            t = do_bench(lambda: run(spec, split), warmup=5, rep=20, return_mode="median")
+            t = do_bench(lambda: run(spec, split), warmup=1, rep=4, return_mode="median")
         except Exception as e:  # a candidate that does not compile (resources) is skipped, not fatal
             if os.environ.get("QCOMP_TUNE_VERBOSE"):
                 print(f"qcomp.tune: {spec.name()} split {split} failed: {type(e).__name__}: {e}")

@@ -1,0 +1,315 @@
+"""Benchmark qcomp's generated qlinear kernels on one GPU against cuBLAS fp16 and peers; one command.
+
+    python benchmarks/bench_kernels.py [--quick] [--out DIR] [--no-peers]
+
+Per shape (N x K) and batch M: cuBLAS fp16 (F.linear), qcomp for b in {2,3,4,5,6,8} x {uniform, lut}
+x {no rotation, fused Hadamard 128}, group 128, and peers that import (tinygemm int4, bitsandbytes NF4).
+Timing: CUDA-graph replay of R calls over R weight copies (R * bytes > 150 MB, past the 50 MB L2), median
+over replays, divided by R. Effective TB/s = (packed weight + scale bytes) / time; x_copy = that over the
+D2D copy bandwidth measured in the same run; x_fp16 = fp16 time / time; relerr = ||y - ref|| / ||ref||
+with ref = rot(x) @ W_hat^T in float32 from the unpacked weight. Kernels are compiled first by a process
+pool (Triton's disk cache), then autotuned and timed in this process. Writes DIR/bench_kernels.tsv and
+DIR/bench_kernels.log; prints the batch-1 / summary table last.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = [(28672, 8192), (8192, 28672), (4096, 4096), (14336, 4096), (4096, 14336)]  # target shapes first
+MS = [1, 16, 64, 256]
+BITS = [2, 3, 4, 5, 6, 8]
+GRIDS = ["uniform", "lut"]
+HADS = [0, 128]
+GROUP = 128
+L2_BYTES = 150e6
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def copy_bandwidth() -> float:
+    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(10):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        e.synchronize()
+        ts.append(s.elapsed_time(e) / 1e3)
+    del a, b
+    return 2 * (1 << 30) / statistics.median(ts) / 1e12
+
+
+def graph_time_us(fns) -> float:
+    """Median µs per call of CUDA-graph replays of fns (one per weight copy)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for f in fns:
+            f()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for f in fns:
+            f()
+    g.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(15):
+        st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        st.record()
+        g.replay()
+        en.record()
+        en.synchronize()
+        ts.append(st.elapsed_time(en) * 1e3 / len(fns))
+    del g
+    return statistics.median(ts)
+
+
+def copies_for(nbytes: int) -> int:
+    return int(min(64, max(2, math.ceil(L2_BYTES / max(nbytes, 1)))))
+
+
+def relerr(y, ref) -> float:
+    y, ref = y.float(), ref.float()
+    if not torch.isfinite(y).all():
+        return float("nan")
+    return float((y - ref).norm() / ref.norm())
+
+
+# -- qcomp weights --------------------------------------------------------------------------------
+def make_qweight(n, k, bits, grid, gen):
+    from qcomp.codegen.packing import pack_codes
+
+    codes = torch.randint(0, 2**bits, (n, k), dtype=torch.uint8, generator=gen)
+    packed = pack_codes(codes, bits).cuda()
+    scales = ((torch.rand(n, k // GROUP, generator=gen) + 0.5) * 0.02).half().cuda()
+    lut = torch.sort(torch.randn(2**bits, generator=gen))[0].reshape(-1, 1).cuda()
+    return packed, scales, lut
+
+
+def compile_jobs(jobs):
+    """Worker: compile (warmup) a list of (spec_json, split, m, n, k) with dummy tensors of the real shapes."""
+    from qcomp.codegen.kernel_spec import KernelSpec
+    from qcomp.codegen.ops import launch
+    from qcomp.codegen.packing import packed_shape
+
+    done = 0
+    for sj, split, m, n, k in jobs:
+        spec = KernelSpec.from_json(sj)
+        try:
+            x2 = torch.empty(m, k, dtype=torch.float16, device="cuda")
+            packed = torch.empty(packed_shape(n, k, spec.code_bits), dtype=torch.int32, device="cuda")
+            scales = torch.empty(n, k // GROUP, dtype=torch.float16, device="cuda")
+            lut = torch.empty(2**spec.code_bits, 1, device="cuda")
+            signs = torch.ones(spec.had_block or 1, device="cuda")
+            launch(spec, split, x2, packed, scales, lut, None, None, signs, n, k, warmup=True)
+            done += 1
+        except Exception as e:  # resource failures show again (and are skipped) at tuning time
+            print(f"precompile {spec.name()}: {type(e).__name__}: {str(e)[:120]}", flush=True)
+    return done
+
+
+def precompile(configs, workers):
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing as mp
+
+    from qcomp.codegen import tune
+    from qcomp.codegen.ops import base_spec
+
+    jobs, seen = [], set()
+    dev = torch.device("cuda")
+    for n, k, m, bits, grid, had in configs:
+        base = base_spec(torch.float16, bits, 1, GROUP, grid, had)
+        for spec, split in tune.candidates(base, m, n, k, dev):
+            key = (spec, split == 1, m == 1)
+            if key not in seen:
+                seen.add(key)
+                jobs.append((spec.to_json(), split, m, n, k))
+    t = time.time()
+    chunks = [jobs[i::workers] for i in range(workers)]
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+        done = sum(ex.map(compile_jobs, chunks))
+    log(f"precompiled {done}/{len(jobs)} kernels with {workers} processes in {time.time() - t:.0f} s")
+
+
+# -- peers ----------------------------------------------------------------------------------------
+def peer_tinygemm(w16, x, copies):
+    n, k = w16.shape
+    g = GROUP
+    wf = w16.float().reshape(n, k // g, g)
+    lo, hi = wf.amin(-1, keepdim=True), wf.amax(-1, keepdim=True)
+    scale = ((hi - lo) / 15).clamp_min(1e-6)
+    q = torch.round((wf - lo) / scale).clamp(0, 15).to(torch.int32).reshape(n, k)
+    zero = lo + 8 * scale  # tinygemm: w = (q - 8) * scale + zero
+    sz = torch.stack([scale.reshape(n, -1), zero.reshape(n, -1)], -1).transpose(0, 1).contiguous().bfloat16()
+    qu8 = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
+    packed = torch.ops.aten._convert_weight_to_int4pack(qu8, 8)
+    xb = x.bfloat16()
+    ws = [packed.clone() for _ in range(copies)]
+    fns = [lambda w=w: torch.ops.aten._weight_int4pack_mm(xb, w, g, sz) for w in ws]
+    ref = xb.float() @ ((q.float().reshape(n, k // g, g) - 8) * scale + zero).reshape(n, k).t()
+    return fns, relerr(fns[0](), ref), packed.numel() * packed.element_size() + sz.numel() * 2
+
+
+def peer_bnb(w16, x, copies):
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bf
+
+    qw, st = bf.quantize_4bit(w16, quant_type="nf4", blocksize=64)
+    wd = bf.dequantize_4bit(qw, st).float()
+    ws = [qw.clone() for _ in range(copies)]
+    fns = [lambda w=w: bnb.matmul_4bit(x, w.t(), quant_state=st) for w in ws]
+    nbytes = qw.numel() * qw.element_size() + st.absmax.numel() * st.absmax.element_size()
+    return fns, relerr(fns[0](), x.float() @ wd.t()), nbytes
+
+
+PEERS = {"tinygemm-w4g128": (4, peer_tinygemm), "bnb-nf4-b64": (4, peer_bnb)}
+
+
+# -- main -----------------------------------------------------------------------------------------
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="one shape, M in {1, 256}, b in {3, 4}")
+    ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    from qcomp.codegen.hadamard_util import rotate_blocks
+    from qcomp.codegen.ops import qlinear
+
+    shapes, ms, bits_list = SHAPES, MS, BITS
+    if args.quick:
+        shapes, ms, bits_list = [(28672, 8192)], [1, 256], [3, 4]
+    name = torch.cuda.get_device_name()
+    bw = copy_bandwidth()
+    log(f"GPU {name} | torch {torch.__version__} | copy 1 GiB D2D (read+write): {bw:.2f} TB/s")
+    configs = [(n, k, m, b, g, h) for n, k in shapes for m in ms for b in bits_list for g in GRIDS for h in HADS]
+    precompile(configs, args.workers)
+
+    tsv = open(os.path.join(args.out, "bench_kernels.tsv"), "w")
+    cols = ["contestant", "b", "grid", "had", "NxK", "M", "us", "TBs", "x_copy", "x_fp16", "relerr", "kernel", "status"]
+    tsv.write("\t".join(cols) + "\n")
+    rows = []
+
+    def emit(**r):
+        rows.append(r)
+        tsv.write("\t".join(str(r.get(c, "")) for c in cols) + "\n")
+        tsv.flush()
+        us = r.get("us")
+        log(f"{r['contestant']:<22}{r['b']:>3} {r['NxK']:>11} {r['M']:>4} "
+            + (f"{us:9.2f} {r['TBs']:6.2f} {r['x_copy']:5.2f} {r['x_fp16']:6.2f} {r['relerr']:.1e} {r.get('kernel', '')}"
+               if us is not None else f"        - {r['status']}"))
+
+    gen = torch.Generator().manual_seed(0)
+    for n, k in shapes:
+        w16 = (torch.randn(n, k, generator=gen) * 0.02).half().cuda()
+        xs = {m: torch.randn(m, k, generator=gen).half().cuda() for m in ms}
+        fp16_us = {}
+        wc = [w16] + [w16.clone() for _ in range(copies_for(w16.numel() * 2) - 1)]
+        for m in ms:
+            x = xs[m]
+            us = graph_time_us([lambda w=w: F.linear(x, w) for w in wc])
+            fp16_us[m] = us
+            by = w16.numel() * 2
+            emit(contestant="fp16-cublas", b=16, grid="-", had=0, NxK=f"{n}x{k}", M=m, us=us, TBs=by / us / 1e6,
+                 x_copy=by / us / 1e6 / bw, x_fp16=1.0, relerr=relerr(F.linear(x, w16), x.float() @ w16.float().t()),
+                 status="ok")
+        del wc
+        for bits in bits_list:
+            for grid in GRIDS:
+                packed, scales, lut = make_qweight(n, k, bits, grid, gen)
+                from qcomp.codegen.ops import reference_weight
+                what = reference_weight(packed, scales, lut, None, bits, 1, GROUP, grid, n, k)
+                nbytes = packed.numel() * 4 + scales.numel() * 2
+                pcs = [packed] + [packed.clone() for _ in range(copies_for(nbytes) - 1)]
+                for had in HADS:
+                    signs = (torch.randint(0, 2, (had,), generator=gen) * 2 - 1).float().cuda() if had else None
+                    for m in ms:
+                        x = xs[m]
+                        kw = dict(bits=bits, p=1, group_size=GROUP, grid=grid, n=n, k=k, had_block=had,
+                                  had_signs=signs)
+                        tag = f"qcomp-{grid}{'-had' + str(had) if had else ''}"
+                        try:
+                            y = qlinear(x, packed, scales, lut, None, None, **kw)  # autotunes, then checks
+                            xr = rotate_blocks(x.float(), signs, had) if had else x.float()
+                            err = relerr(y, xr @ what.t())
+                            us = graph_time_us([lambda p_=p_: qlinear(x, p_, scales, lut, None, None, **kw)
+                                                for p_ in pcs])
+                            from qcomp.codegen import tune
+                            from qcomp.codegen.ops import base_spec
+                            spec, split = tune.choose(base_spec(x.dtype, bits, 1, GROUP, grid, had), m, n, k,
+                                                      x.device, None)
+                            emit(contestant=tag, b=bits, grid=grid, had=had, NxK=f"{n}x{k}", M=m, us=us,
+                                 TBs=nbytes / us / 1e6, x_copy=nbytes / us / 1e6 / bw, x_fp16=fp16_us[m] / us,
+                                 relerr=err, kernel=f"{spec.variant}:n{spec.block_n}k{spec.block_k}m{spec.block_m}"
+                                 f"w{spec.num_warps}s{spec.num_stages}x{split}", status="ok" if err < 1e-2 else "BAD")
+                        except Exception as e:
+                            traceback.print_exc()
+                            emit(contestant=tag, b=bits, grid=grid, had=had, NxK=f"{n}x{k}", M=m,
+                                 status=f"ERR {type(e).__name__}: {str(e)[:80]}")
+                del pcs, what
+        if not args.no_peers:
+            for pname, (pb, fn) in PEERS.items():
+                for m in ms:
+                    try:
+                        fns, err, nbytes = fn(w16, xs[m], copies_for(w16.numel() // 4))
+                        us = graph_time_us(fns)
+                        emit(contestant=pname, b=pb, grid="-", had=0, NxK=f"{n}x{k}", M=m, us=us,
+                             TBs=nbytes / us / 1e6, x_copy=nbytes / us / 1e6 / bw, x_fp16=fp16_us[m] / us,
+                             relerr=err, status="ok")
+                    except Exception as e:
+                        emit(contestant=pname, b=pb, grid="-", had=0, NxK=f"{n}x{k}", M=m,
+                             status=f"ERR {type(e).__name__}: {str(e)[:80]}")
+        del w16, xs
+        torch.cuda.empty_cache()
+    tsv.close()
+    summary(rows, name, bw)
+
+
+def summary(rows, name, bw):
+    """Short table: per shape and M, fp16 and each qcomp bits' best (uniform, no rotation) + had overhead."""
+    log("")
+    log(f"== summary | {name} | copy {bw:.2f} TB/s | us (x_copy, x_fp16); had = fused-Hadamard-128 overhead ==")
+    key = {(r["contestant"], r["b"], r["NxK"], r["M"]): r for r in rows if r.get("us") is not None}
+    shapes = sorted({r["NxK"] for r in rows}, key=lambda s: [int(v) for v in s.split("x")])
+    ms = sorted({r["M"] for r in rows})
+    bits = sorted({r["b"] for r in rows if r["contestant"].startswith("qcomp")})
+    for grid in GRIDS:
+        log(f"-- grid {grid}")
+        log(f"{'NxK':>11} {'M':>4} {'fp16':>7} " + " ".join(f"{'w' + str(b):>18}" for b in bits) + "  had%(w4)")
+        for s in shapes:
+            for m in ms:
+                f = key.get(("fp16-cublas", 16, s, m))
+                cells = []
+                for b in bits:
+                    r = key.get((f"qcomp-{grid}", b, s, m))
+                    cells.append(f"{r['us']:7.1f}({r['x_copy']:.2f},{r['x_fp16']:.1f}x)" if r else f"{'-':>18}")
+                r0, r1 = key.get((f"qcomp-{grid}", 4, s, m)), key.get((f"qcomp-{grid}-had128", 4, s, m))
+                had = f"{100 * (r1['us'] / r0['us'] - 1):+.0f}%" if r0 and r1 else "-"
+                log(f"{s:>11} {m:>4} {f['us'] if f else float('nan'):7.1f} " + " ".join(f"{c:>18}" for c in cells)
+                    + f"  {had}")
+    bad = [r for r in rows if r.get("status") not in ("ok",)]
+    log(f"rows {len(rows)}, not ok {len(bad)}; max relerr qcomp "
+        f"{max((r['relerr'] for r in rows if r['contestant'].startswith('qcomp') and r.get('us')), default=float('nan')):.1e}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
