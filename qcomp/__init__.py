@@ -8,5 +8,6 @@ __version__ = "0.1.0"
 from .api import CompiledModel, QcompWarning, compile  # noqa: E402
 from .capture import CaptureError  # noqa: E402
 from .config import CompileConfig  # noqa: E402
+from .artifact import ArtifactError, load  # noqa: E402
 
-__all__ = ["CaptureError", "CompileConfig", "CompiledModel", "QcompWarning", "compile", "__version__"]
+__all__ = ["ArtifactError", "CaptureError", "CompileConfig", "CompiledModel", "QcompWarning", "compile", "load", "__version__"]

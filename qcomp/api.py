@@ -22,20 +22,29 @@ class QcompWarning(UserWarning):
 class CompiledModel:
     """A compiled QIR graph with its runtime. Call it like the original model (positional tensor inputs)."""
 
-    def __init__(self, graph: Graph, config: CompileConfig | None = None, report: dict | None = None, device=None):
-        from qcomp.runtime.reference import ReferenceRuntime
+    def __init__(self, graph: Graph, config: CompileConfig | None = None, report: dict | None = None, device=None,
+                 runtime: str = "auto"):
+        from qcomp.runtime.executor import make_runtime
 
         self.graph = graph
         self.config = config or CompileConfig()
         self.report = report or {}
-        self._runtime = ReferenceRuntime(graph, device=device)
+        self._runtime = make_runtime(graph, device=device, runtime=runtime)  # auto: executor on CUDA, else reference
 
     def __call__(self, *inputs):
         return self._runtime.run(*inputs)
 
-    def to(self, device) -> "CompiledModel":
-        self._runtime.to(device)
+    def to(self, device=None, dtype=None) -> "CompiledModel":
+        from qcomp.runtime.executor import move_runtime
+
+        self._runtime = move_runtime(self._runtime, device, dtype)
         return self
+
+    def save(self, path, tokenizer=None):
+        """Write this model as an artifact directory (see qcomp.artifact); `qcomp.load(path)` reads it back."""
+        from .artifact import save
+
+        return save(self, path, tokenizer=tokenizer)
 
     @property
     def ir(self) -> str:
