@@ -121,7 +121,7 @@ def allocate_bits(graph: Graph, ctx: PassContext, budget: float | None = None, f
 
     g = graph.copy()
     rows = []
-    for (n, w, _), c in zip(layers_in, alloc.choices):
+    for (n, w, opts), c in zip(layers_in, alloc.choices):
         o = c.option
         quant = {"keep": True} if o.is_keep else {"spec": o.spec.to_dict()}
         quant.update({"bits": o.bits, "alpha": c.alpha, "t2": o.error})
@@ -131,12 +131,13 @@ def allocate_bits(graph: Graph, ctx: PassContext, budget: float | None = None, f
                      "numel": c.numel, "bits": o.bits, "option": o.label, "grid": s.grid if s else "keep",
                      "code_bits": s.bits if s else 16, "p": s.p if s else None, "group": s.group_size if s else None,
                      "rotate": o.rotate, "alpha": c.alpha, "t2": o.error, "predicted_delta": c.delta,
-                     "n_options": len(cands[len(rows)].options)})
+                     "n_options": len(opts)})
     report = {"budget": budget, "avg_bits": alloc.avg_bits, "min_budget": alloc.min_budget,
               "predicted_delta": alloc.objective, "resolution": alloc.resolution, "metric": sens.metric,
               "sensitivity": {"mode": mode, "levels": list(sens.levels), "cost": sens.cost, "key": sens.key},
               "counted": "allocated linear layers; scales, offsets and lookup tables included; kept layers at 16 bits",
-              "skipped": [n.attrs.get("layer") or n.name for n in graph.nodes if n.op == "linear" and n not in nodes],
+              "skipped": [n.attrs.get("layer") or n.name for n in graph.nodes
+                          if n.op == "linear" and n.name not in {a.name for a in nodes}],
               "layers": rows}
     ctx.artifacts["allocation"] = report
     if ctx.dump_dir is not None:
