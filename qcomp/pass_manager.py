@@ -178,6 +178,9 @@ class PassManager:
             {"index": r.index, "name": r.name, "options": r.options, "seconds": round(r.seconds, 6), "changed": r.changed,
              "stats": r.stats} for r in self.records]}
         self._dump("passes.json", json.dumps(data, indent=2, default=str) + "\n")
+        from .report_html import write_report  # report.html for this dump directory; never raises
+
+        write_report(self.dump_dir)
 
     def _write_reproducer(self, graph: Graph, name: str, opts: dict, index: int, err: BaseException) -> Path | None:
         target = self.dump_dir or Path(os.environ.get("TMPDIR", "/tmp")) / f"qcomp-reproducer-{os.getpid()}"
