@@ -17,8 +17,13 @@ LEAF_TYPES = (nn.Linear, nn.Embedding, nn.LayerNorm)
 
 
 class _Tracer(torch.fx.Tracer):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        # probe RMSNorms before tracing: during tracing, calling a module would be traced too
+        self.rms_norms = {id(m) for m in model.modules() if is_rms_norm(m)}
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, LEAF_TYPES) or is_rms_norm(m)
+        return isinstance(m, LEAF_TYPES) or id(m) in self.rms_norms
 
 
 class _TypeRecorder(torch.fx.Interpreter):
@@ -33,7 +38,7 @@ class _TypeRecorder(torch.fx.Interpreter):
 
 
 def fx_trace(model: nn.Module) -> torch.fx.GraphModule:
-    tracer = _Tracer()
+    tracer = _Tracer(model)
     graph = tracer.trace(model)
     return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
 

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import functools
+import re
+
 import sympy
+from sympy.printing.str import StrPrinter
 import torch
 
 DTYPE_NAMES = {
@@ -28,13 +32,34 @@ def dtype_name(dtype: torch.dtype) -> str:
         raise ValueError(f"dtype {dtype} has no QIR name; supported: {sorted(NAME_DTYPES)}") from None
 
 
+@functools.cache
+def _torch_sympy_functions() -> dict:
+    from torch.utils._sympy import functions as symfn
+
+    return {name: obj for name, obj in vars(symfn).items()
+            if isinstance(obj, type) and issubclass(obj, sympy.Function) and obj.__module__ == symfn.__name__
+            and not hasattr(sympy, name)}
+
+
+class _DimPrinter(StrPrinter):
+    """sympy's str printer, but torch's size functions (FloorDiv, ModularIndexing, ...) print as calls."""
+
+    def _print(self, expr, **kwargs):
+        if isinstance(expr, sympy.Function) and type(expr).__name__ in _torch_sympy_functions():
+            return f"{type(expr).__name__}({', '.join(self._print(a) for a in expr.args)})"
+        return super()._print(expr, **kwargs)
+
+
 def parse_dim(text: str) -> Dim:
+    """Parse a dim: an int or a sympy expression; symbols are integer and positive, as torch.export makes them."""
     text = text.strip()
     if text.lstrip("-").isdigit():
         return int(text)
-    from torch.utils._sympy import functions as symfn
-
-    local = {name: getattr(symfn, name) for name in dir(symfn) if name[0].isupper()}
+    names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
+    local = {k: v for k, v in _torch_sympy_functions().items() if k in names}
+    for n in names:
+        if n not in local and not hasattr(sympy, n):
+            local[n] = sympy.Symbol(n, integer=True, positive=True)
     expr = sympy.sympify(text, locals=local)
     if expr.is_Integer:
         return int(expr)
@@ -42,7 +67,7 @@ def parse_dim(text: str) -> Dim:
 
 
 def dim_text(d: Dim) -> str:
-    return str(d) if not isinstance(d, sympy.Expr) else str(d).replace(" ", "")
+    return str(d) if not isinstance(d, sympy.Expr) else _DimPrinter().doprint(d).replace(" ", "")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,5 @@
+import sys
+
+from qcomp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,48 @@
+"""Shared fixtures: real model directories and data (skipped cleanly when absent)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def models_dir() -> Path:
+    return Path(os.environ.get("QCOMP_MODELS_DIR", REPO / ".models"))
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("QCOMP_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(f"{what} not found at {path} (run: python -m qcomp.models.prepare --out .models)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    return _need(models_dir() / "smollm2-135m" / "config.json", "SmolLM2-135M").parent
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    return _need(models_dir() / "minilm-l6-v2" / "config.json", "all-MiniLM-L6-v2").parent
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _need(data_dir(), "shared data folder")
+
+
+def assert_golden(text: str, name: str) -> None:
+    """Compare with tests/golden/NAME; QCOMP_UPDATE_GOLDEN=1 rewrites the file instead."""
+    path = REPO / "tests" / "golden" / name
+    if os.environ.get("QCOMP_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"golden file {path} missing: run with QCOMP_UPDATE_GOLDEN=1 to create it"
+    assert text == path.read_text(), f"output differs from golden {path} (QCOMP_UPDATE_GOLDEN=1 to accept)"
