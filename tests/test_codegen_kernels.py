@@ -1,0 +1,156 @@
+"""Generated Triton kernels under TRITON_INTERPRET=1 (CPU) against the reference, for every spec family.
+
+Every b in 1..8 x {uniform, lut p=1, lut p=2 (b <= 4)} x group {32, 128} x Hadamard {off, on}, fresh random
+inputs per case, the output buffer poisoned with NaN before each run; plus the GEMM variant (M > 16),
+split-K, uniform_asym, per-channel scales, bias, the separate-rotation fallback and the op's CPU path.
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from qcomp.codegen.hadamard_util import rotate_blocks, sylvester  # noqa: E402
+from qcomp.codegen.kernel_spec import KernelSpec, KernelSpecError  # noqa: E402
+from qcomp.codegen.ops import launch, qlinear, reference_qlinear  # noqa: E402
+from qcomp.codegen.packing import pack_codes  # noqa: E402
+
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
+
+
+def make_case(bits, grid, p, g, had, m, n, k, seed, bias=True):
+    gen = torch.Generator().manual_seed(seed)
+    cb = bits * p
+    codes = torch.randint(0, 2**cb, (n, k // p), dtype=torch.uint8, generator=gen)
+    gs = k if g == -1 else g
+    d = dict(
+        x=torch.randn(m, k, generator=gen).half(),
+        packed=pack_codes(codes, cb),
+        scales=((torch.rand(n, k // gs, generator=gen) + 0.5) * 0.05).half(),
+        lut=torch.sort(torch.randn(2**cb * p, generator=gen))[0].reshape(-1, p),
+        offsets=(torch.randn(n, k // gs, generator=gen) * 0.05).half() if grid == "uniform_asym" else None,
+        bias=torch.randn(n, generator=gen).half() if bias else None,
+        signs=(torch.randint(0, 2, (had,), generator=gen) * 2 - 1).float() if had else None,
+    )
+    return d
+
+
+def run_kernel(d, spec, split, n, k):
+    m = d["x"].shape[0]
+    out = torch.full((m, n), float("nan"), dtype=d["x"].dtype)  # poison: every element must be written
+    y = launch(spec, split, d["x"], d["packed"], d["scales"], d["lut"].float().contiguous(), d["offsets"], d["bias"],
+               d["signs"], n, k, out=out if split == 1 else None)
+    return y
+
+
+def reference(d, bits, p, g, grid, n, k, had):
+    return reference_qlinear(d["x"], d["packed"], d["scales"], d["lut"], d["offsets"], d["bias"], d["signs"],
+                             bits, p, g, grid, n, k, had)
+
+
+def check(y, ref, tol=2e-3):
+    assert torch.isfinite(y).all(), "unwritten (NaN) or non-finite outputs"
+    err = float((y.float() - ref.float()).norm() / ref.float().norm())
+    assert err < tol, f"relative error {err:.2e}"
+
+
+MATRIX = [
+    (b, grid, p, g, had)
+    for b in range(1, 9)
+    for grid, p in (("uniform", 1), ("lut", 1), ("lut", 2))
+    if b * p <= 8
+    for g in (32, 128)
+    for had in (0, 128)
+]
+
+
+@pytest.mark.parametrize("bits,grid,p,g,had", MATRIX)
+def test_gemv_matches_reference(bits, grid, p, g, had):
+    n, k, m = 48, 256, 3
+    seed = hash((bits, grid, p, g, had)) % 2**31
+    d = make_case(bits, grid, p, g, had, m, n, k, seed)
+    spec = KernelSpec(bits=bits, grid=grid, p=p, group_size=g, had_block=had, variant="gemv",
+                      block_n=32, block_k=128)
+    check(run_kernel(d, spec, 1, n, k), reference(d, bits, p, g, grid, n, k, had))
+
+
+@pytest.mark.parametrize("bits,grid,p,g,had", [(3, "uniform", 1, 128, 0), (5, "lut", 1, 32, 128),
+                                               (2, "lut", 2, 32, 0), (8, "uniform", 1, 128, 128)])
+def test_gemm_variant_m_above_16(bits, grid, p, g, had):
+    n, k, m = 40, 256, 37  # ragged M and N tiles
+    d = make_case(bits, grid, p, g, had, m, n, k, seed=bits * 7 + g)
+    spec = KernelSpec(bits=bits, grid=grid, p=p, group_size=g, had_block=had, variant="gemm",
+                      block_m=32, block_n=32, block_k=128, group_m=2)
+    check(run_kernel(d, spec, 1, n, k), reference(d, bits, p, g, grid, n, k, had))
+
+
+@pytest.mark.parametrize("split", [2, 3])
+def test_split_k_and_ragged_k(split):
+    n, k, m = 24, 384 + 128, 2  # K not a multiple of block_k=256
+    d = make_case(4, "uniform", 1, 128, 0, m, n, k, seed=split)
+    spec = KernelSpec(bits=4, group_size=128, variant="gemv", block_n=16, block_k=256)
+    check(run_kernel(d, spec, split, n, k), reference(d, 4, 1, 128, "uniform", n, k, 0))
+
+
+@pytest.mark.parametrize("bits,g", [(4, 64), (7, -1), (3, 32)])
+def test_uniform_asym_and_per_channel(bits, g):
+    n, k, m = 32, 256, 4
+    d = make_case(bits, "uniform_asym", 1, g, 0, m, n, k, seed=bits)
+    spec = KernelSpec(bits=bits, grid="uniform_asym", group_size=g, variant="gemv", block_n=16, block_k=128)
+    check(run_kernel(d, spec, 1, n, k), reference(d, bits, 1, g, "uniform_asym", n, k, 0))
+
+
+def test_fused_hadamard_256_kronecker():
+    n, k, m = 32, 512, 2
+    d = make_case(4, "lut", 2, 128, 256, m, n, k, seed=11)
+    spec = KernelSpec(bits=4, grid="lut", p=2, group_size=128, had_block=256, variant="gemv", block_n=16,
+                      block_k=256)
+    check(run_kernel(d, spec, 1, n, k), reference(d, 4, 2, 128, "lut", n, k, 256))
+
+
+def test_rotation_is_the_project_convention():
+    x = torch.randn(3, 64)
+    s = (torch.randint(0, 2, (32,)) * 2 - 1).float()
+    q = torch.block_diag(*[torch.diag(s) @ sylvester(32) / 32**0.5] * 2)
+    torch.testing.assert_close(rotate_blocks(x, s, 32), x @ q, rtol=1e-5, atol=1e-5)
+
+
+def test_op_entry_forced_triton_matches_cpu_reference(monkeypatch):
+    n, k, m = 40, 1024, 5
+    d = make_case(3, "uniform", 1, 128, 512, m, n, k, seed=5)  # 512 > fused limit: separate rotation
+    kw = dict(bits=3, p=1, group_size=128, grid="uniform", n=n, k=k, had_block=512, had_signs=d["signs"])
+    x3 = d["x"].reshape(1, m, k)
+    monkeypatch.setenv("QCOMP_FORCE_TRITON", "0")
+    ref = qlinear(x3, d["packed"], d["scales"], d["lut"], None, d["bias"], **kw)
+    monkeypatch.setenv("QCOMP_FORCE_TRITON", "1")
+    y = qlinear(x3, d["packed"], d["scales"], d["lut"], None, d["bias"], **kw)
+    assert y.shape == (1, m, n) and y.dtype == torch.float16
+    check(y, ref)
+
+
+def test_op_under_torch_compile_and_export(monkeypatch):
+    monkeypatch.setenv("QCOMP_FORCE_TRITON", "0")
+    n, k = 16, 128
+    d = make_case(4, "uniform", 1, 32, 0, 2, n, k, seed=3)
+
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return torch.ops.qcomp.qlinear(x, d["packed"], d["scales"], d["lut"], None, d["bias"], None,
+                                           4, 1, 32, "uniform", n, k, 0)
+
+    want = M()(d["x"])
+    torch.testing.assert_close(torch.compile(M(), backend="eager", fullgraph=True)(d["x"]), want)
+    ep = torch.export.export(M(), (d["x"],))
+    assert any("qcomp.qlinear" in str(nd.target) for nd in ep.graph.nodes)
+    torch.testing.assert_close(ep.module()(d["x"]), want)
+
+
+def test_bad_inputs_name_the_fix():
+    n, k = 16, 128
+    d = make_case(4, "uniform", 1, 32, 0, 2, n, k, seed=1)
+    with pytest.raises(ValueError, match="pack_codes"):
+        qlinear(d["x"], d["packed"][:, :-1], d["scales"], d["lut"], None, None, bits=4, p=1, group_size=32,
+                grid="uniform", n=n, k=k)
+    with pytest.raises(KernelSpecError, match="multiple of the fused Hadamard block"):
+        KernelSpec(had_block=256, block_k=128)

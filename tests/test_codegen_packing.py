@@ -1,0 +1,52 @@
+"""Packed layout v2 (codegen/packing.py): hypothesis round trips and the documented bit positions."""
+import torch
+from hypothesis import given, settings, strategies as st
+
+from qcomp.codegen.packing import PACK_TILE, pack_codes, packed_shape, planes, unpack_codes
+
+
+@settings(max_examples=120, deadline=None)
+@given(bits=st.integers(1, 8), n=st.integers(1, 5), m=st.integers(1, 300), seed=st.integers(0, 2**31 - 1))
+def test_round_trip(bits, n, m, seed):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 2**bits, (n, m), dtype=torch.uint8, generator=g)
+    packed = pack_codes(codes, bits)
+    assert packed.dtype == torch.int32
+    assert tuple(packed.shape) == packed_shape(n, m, bits)
+    assert torch.equal(unpack_codes(packed, bits, n, m), codes)
+
+
+@given(bits=st.integers(1, 8))
+def test_planes_cover_every_bit_once(bits):
+    pl = planes(bits)
+    assert sum(w for w, _ in pl) == bits
+    assert [o for _, o in pl] == [sum(w for w, _ in pl[:i]) for i in range(len(pl))]
+    assert [w for w, _ in pl] == sorted((w for w, _ in pl), reverse=True)
+
+
+def test_documented_positions_3_bits():
+    # code 5 = 0b101 at j = 33: low 2 bits (0b01) in the 2-bit plane, word 2 (16 codes/word), shift 2;
+    # bit 2 (1) in the 1-bit plane starting at column Mpad*2/32 = 8, word 1, shift 1.
+    codes = torch.zeros(1, PACK_TILE, dtype=torch.uint8)
+    codes[0, 33] = 5
+    p = pack_codes(codes, 3)
+    assert p.shape == (1, 12)
+    expect = torch.zeros(1, 12, dtype=torch.int32)
+    expect[0, 2] = 1 << 2
+    expect[0, 8 + 1] = 1 << 1
+    assert torch.equal(p, expect)
+
+
+def test_each_plane_tile_is_whole_16_byte_vectors():
+    for bits in range(1, 9):
+        for w, _ in planes(bits):
+            assert PACK_TILE * w % 128 == 0  # 128 bits = 16 bytes
+
+
+def test_rejects_wide_codes():
+    import pytest
+
+    with pytest.raises(ValueError, match="exceeds 3 bits"):
+        pack_codes(torch.full((1, 4), 8, dtype=torch.uint8), 3)
+    with pytest.raises(ValueError, match="does not match"):
+        unpack_codes(torch.zeros(1, 3, dtype=torch.int32), 3, 1, 128)
