@@ -15,8 +15,8 @@ Output: `node.attrs["quant"] = {"spec": {...}, ...}` or `{"keep": true, ...}` on
 (what the `quantize` pass reads), `ctx.artifacts["allocation"]` (the per-layer table), and in the
 dump directory `allocation.json` and `allocation.png` (bits per layer).
 
-Rotation is structural: a layer whose node carries a truthy `attrs["rotate"]` (its weight is already in
-the rotated basis) gets the rotated menu, others the unrotated one. family="auto" uses Gaussian grids for
+Rotation is structural: a layer whose node carries `attrs["hadamard"]` (set by insert-hadamard /
+fuse-hadamard: its weight is already in the rotated basis) gets the rotated menu, others the unrotated one. family="auto" uses Gaussian grids for
 rotated layers and uniform grids otherwise; only specs the quantizer implements are offered.
 """
 from __future__ import annotations
@@ -100,7 +100,7 @@ def allocate_bits(graph: Graph, ctx: PassContext, budget: float | None = None, f
         w = graph.param(n.args[1])
         if w.dim() != 2:
             raise NodeError(n, f"linear weight must be 2-D, got {tuple(w.shape)}")
-        layers_in.append((n, w, layer_options(w, bool(n.attrs.get("rotate")), family, tuple(group_sizes), tuple(bits))))
+        layers_in.append((n, w, layer_options(w, bool(n.attrs.get("hadamard")), family, tuple(group_sizes), tuple(bits))))
 
     # refuse an infeasible budget before paying for sensitivity (with alpha = 0 this raises or returns at once)
     allocate([LayerCandidates(n.name, int(w.numel()), 0.0, opts) for n, w, opts in layers_in], budget, resolution)

@@ -4,7 +4,8 @@ The spec of a layer comes from `node.attrs["quant"]` when allocate-bits set it (
 {"keep": true}), else from the pass options (grid, bits, group_size, scale, p) — with `bits` derived
 from the compile budget when not given: the most bits b with b + 16/group <= budget (uniform RTN, the
 pipeline's default until allocate-bits runs). Layers matching `skip` (comma-separated names; default
-"lm_head") stay float. A group size that does not divide in_features falls back to the largest
+"lm_head") stay float and are not counted in the budget; layers the allocator keeps at 16 bits are
+reported at 16 bits per weight. A group size that does not divide in_features falls back to the largest
 power-of-two divisor >= 16, else per-channel; the choice is recorded per layer.
 """
 from __future__ import annotations
@@ -99,10 +100,14 @@ def quantize(graph: Graph, ctx: PassContext, bits: int | None = None, grid: str 
     for node in [n for n in g.nodes if n.op == "linear"]:
         layer = node.attrs.get("layer") or node.name
         quant = node.attrs.get("quant") or {}
-        if quant.get("keep") or (not quant and matches(layer, skip)):
+        w = g.param(node.args[1])
+        if quant.get("keep"):  # allocated 16 bits: counted in the budget at 16
+            rows.append({"layer": layer, "n": int(w.shape[0]), "k": int(w.shape[1]), "numel": int(w.numel()),
+                         "spec": "keep-f16", "bits_per_weight": 16.0, "rel_mse": 0.0})
+            continue
+        if not quant and matches(layer, skip):
             kept.append(layer)
             continue
-        w = g.param(node.args[1])
         if w.dim() != 2:
             raise NodeError(node, f"linear weight must be 2-D, got {tuple(w.shape)}")
         spec = QuantSpec.from_dict(quant["spec"]) if quant.get("spec") else default
@@ -115,4 +120,4 @@ def quantize(graph: Graph, ctx: PassContext, bits: int | None = None, grid: str 
     avg = sum(r["numel"] * r["bits_per_weight"] for r in rows) / numel if numel else 0.0
     ctx.artifacts["layers"] = rows
     ctx.artifacts["kept_float"] = kept
-    return g, {"quantized": len(rows), "kept_float": kept, "average_bits": round(avg, 4), "quantized_numel": numel}
+    return g, {"quantized": sum(r["spec"] != "keep-f16" for r in rows), "kept_float": kept, "average_bits": round(avg, 4), "quantized_numel": numel}

@@ -107,7 +107,7 @@ def compile(model: nn.Module, budget: float = 4.0, example_inputs: Any = None, *
         warnings.warn(f"{type(model).__name__} has no linear layers: nothing to quantize, the compiled model computes "
                       "the float graph", QcompWarning, stacklevel=2)
     inputs = example_inputs if isinstance(example_inputs, tuple) else ((example_inputs,) if example_inputs is not None else ())
-    ctx = PassContext(options={"budget": config.budget, **options}, model=model, example_inputs=inputs)
+    ctx = PassContext(options={"budget": config.budget, "progress": progress, **options}, model=model, example_inputs=inputs)
     pm = PassManager(steps, dump_dir=dump_dir, print_after_change=print_after_change, progress=progress)
     out = pm.run(graph, ctx)
     report = dict(ctx.artifacts)

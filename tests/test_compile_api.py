@@ -12,7 +12,7 @@ from qcomp.models.tiny import TinyMLP, builtin_model
 @pytest.mark.parametrize("budget, bits", [(8.2, 8), (4.5, 4), (3.2, 3), (2.9, 2)])
 def test_rtn_end_to_end(budget, bits):
     model, inputs = builtin_model("tiny-mlp")
-    c = qcomp.compile(model, budget=budget, example_inputs=inputs)
+    c = qcomp.compile(model, budget=budget, example_inputs=inputs, pipeline="canonicalize,quantize")
     rows = c.layer_table()
     assert all(r["spec"] == f"uniform-w{bits}-g128" or r["spec"].startswith(f"uniform-w{bits}-g") for r in rows)
     ref = model(*inputs)
@@ -43,10 +43,12 @@ def test_budget_validation(budget):
         qcomp.compile(model, budget=budget, example_inputs=inputs)
 
 
-def test_budget_below_cheapest_option():
+@pytest.mark.parametrize("pipeline, needle", [("canonicalize,quantize", r"at least 1.125"),
+                                              (None, r"smallest feasible budget is \d")])
+def test_budget_below_cheapest_option(pipeline, needle):
     model, inputs = builtin_model("tiny-mlp")
-    with pytest.raises(Exception, match=r"at least 1.125"):
-        qcomp.compile(model, budget=1.0, example_inputs=inputs)
+    with pytest.raises(Exception, match=needle):
+        qcomp.compile(model, budget=1.0, example_inputs=inputs, pipeline=pipeline)
 
 
 def test_nan_weights_named():
@@ -81,4 +83,6 @@ def test_cli_main_job(capsys):
 
     assert main(["compile", "builtin:tiny-llama", "--budget", "3.5"]) == 0
     out = capsys.readouterr().out
-    assert "layers.1.mlp.down_proj" in out and "average 3.125 bits/weight" in out
+    assert "layers.1.mlp.down_proj" in out and "allocate-bits" in out
+    avg = float(out.split("average ")[1].split(" bits/weight")[0])
+    assert 3.0 < avg <= 3.5
