@@ -29,7 +29,8 @@ def test_bad_pipelines(bad, needle):
 def test_dump_dir_and_print_after_change(tmp_path):
     model, inputs = builtin_model("tiny-mlp")
     stream = io.StringIO()
-    qcomp.compile(model, budget=4.5, example_inputs=inputs, dump_dir=tmp_path, print_after_change=stream)
+    qcomp.compile(model, budget=4.5, example_inputs=inputs, dump_dir=tmp_path, print_after_change=stream,
+                  pipeline="canonicalize,quantize")
     names = sorted(p.name for p in tmp_path.iterdir())
     assert {"00_captured.qir", "01_canonicalize.qir", "02_quantize.qir", "passes.json"} <= set(names)
     rec = json.loads((tmp_path / "passes.json").read_text())
@@ -41,7 +42,7 @@ def test_dump_dir_and_print_after_change(tmp_path):
 def test_env_dump_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("QCOMP_DUMP_DIR", str(tmp_path / "d"))
     model, inputs = builtin_model("tiny-mlp")
-    qcomp.compile(model, budget=8, example_inputs=inputs)
+    qcomp.compile(model, budget=8, example_inputs=inputs, pipeline="canonicalize,quantize")
     assert (tmp_path / "d" / "02_quantize.qir").exists()
 
 
