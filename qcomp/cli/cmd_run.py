@@ -138,8 +138,10 @@ def run(args) -> int:
         model.to(dtype=getattr(torch, args.dtype))
     manifest = model.report["artifact"]["manifest"]
     if args.prompt is not None:
-        if len(manifest["graph"]["inputs"]) != 1:
-            raise ValueError("--prompt needs a model whose only input is token ids; use an input file instead")
+        inputs = manifest["graph"]["inputs"]
+        if len(inputs) != 1 or not inputs[0]["type"].startswith(("i64", "i32")):
+            raise ValueError("--prompt needs a causal LM whose only input is token ids; this model takes "
+                             f"{', '.join(i['name'] + ': ' + i['type'] for i in inputs)}: use an input file instead")
         tok = get_tokenizer(Path(args.artifact), args.tokenizer)
         prompt_ids = list(tok.encode(args.prompt))
         seq = generate(model, prompt_ids, args.max_new_tokens, getattr(tok, "eos_token_id", None),
