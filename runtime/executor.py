@@ -158,17 +158,36 @@ class Executor(ReferenceRuntime):
         if bias is not None and bias.is_floating_point() and bias.dtype != x.dtype:
             bias = bias.to(x.dtype)
         reason = self.kernel_unavailable(x)
-        if reason is not None:
-            self._fallback(reason)
+        if reason is None:
+            return self.kernel_qlinear(node, x, packed, scales, lut, offsets, bias)
+        self._fallback(reason)
+        if x.device.type == "cpu":
             return super().qlinear(node, x, packed, scales, lut, offsets, bias)
-        return self.kernel_qlinear(node, x, packed, scales, lut, offsets, bias)
+        return self.device_reference_qlinear(node, x, packed, scales, lut, offsets, bias)
+
+    def device_reference_qlinear(self, node: Node, x, packed, scales, lut, offsets=None, bias=None):
+        """Dequantize + matmul with every tensor on x's device (the QuantSpec formula, as the reference)."""
+        from qcomp.codegen.hadamard_util import rotate_blocks
+        from qcomp.codegen.ops import reference_weight
+
+        a, spec = node.attrs, self._spec(node)
+        w = reference_weight(packed, scales.to(packed.device), lut.to(packed.device),
+                             None if offsets is None else offsets.to(packed.device), spec.bits, spec.p,
+                             spec.group_size, spec.grid, a["n"], a["k"]).to(device=x.device, dtype=x.dtype)
+        rot = a.get("rotate") or {}
+        if rot.get("size"):
+            x = rotate_blocks(x, self._had_signs(rot["size"], rot.get("seed"), x.device), rot["size"])
+        return F.linear(x, w, bias)
+
+    def _spec(self, node: Node) -> QuantSpec:
+        spec = self._specs.get(node.name)
+        if spec is None:
+            spec = self._specs[node.name] = QuantSpec.from_dict(node.attrs["spec"])
+        return spec
 
     def kernel_qlinear(self, node: Node, x, packed, scales, lut, offsets=None, bias=None):
         """The codegen op with this node's attributes (spec, n, k, rotate)."""
-        a = node.attrs
-        spec = self._specs.get(node.name)
-        if spec is None:
-            spec = self._specs[node.name] = QuantSpec.from_dict(a["spec"])
+        a, spec = node.attrs, self._spec(node)
         rot = a.get("rotate") or {}
         had_block = int(rot.get("size") or 0)
         signs = self._had_signs(had_block, rot.get("seed"), x.device) if had_block else None

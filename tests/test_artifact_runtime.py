@@ -93,6 +93,9 @@ def test_kernel_path_matches_reference(pipeline, monkeypatch):
     spec = compiled.graph.find("qlinear")[0].attrs["spec"]
     assert calls[0]["grid"] == spec["grid"] and calls[0]["bits"] == spec["bits"] and calls[0]["n"] == 256
     torch.testing.assert_close(got, compiled(x), rtol=1e-5, atol=1e-5)
+    ex2 = Executor(compiled.graph)  # the device-agnostic fallback used for float32 activations on CUDA
+    monkeypatch.setattr(ex2, "qlinear", ex2.device_reference_qlinear)
+    torch.testing.assert_close(ex2.run(x), compiled(x), rtol=1e-5, atol=1e-5)
 
 
 def test_dynamic_batch_and_sequence(llama):
