@@ -62,8 +62,13 @@ def simplify_rotations(g: Graph) -> dict:
             merged += 1
         else:
             seen[key] = n.name
+    uses = {n.name: 0 for n in g.nodes}
+    for n in g.nodes:
+        for r in {r.name for r in n.refs()}:
+            uses[r] += 1
     for n in reversed(list(g.nodes)):
-        if n.op == "rotate" and not g.users()[n.name]:
+        if n.op == "rotate" and uses[n.name] == 0:
+            uses[n.args[0].name] -= 1
             g.erase(n)
             dead += 1
     return {"pairs_cancelled": cancelled, "merged": merged, "dead_removed": dead}
@@ -98,9 +103,7 @@ def apply_region(g: Graph, region: Region, params: ParamRewriter) -> None:
             chain = [(g.node(r).attrs["size"], g.node(r).attrs.get("seed")) for r in rots]
             key = ("fold", g.node(w_ref).attrs["target"], tuple(chain))
             params.apply(g.node(lin), 1, key, _fold_fn(w, chain), "fold")
-        norm.args = (norm.args[0], None) + tuple(norm.args[2:])
-        if not g.users()[w_ref.name]:
-            g.erase(g.node(w_ref))
+        params.clear(norm, 1)
     # 2. producers absorb Q on their output side (entries get an online rotate)
     for m in region.members:
         node, kind = g.node(m), region.producers[m]
@@ -162,10 +165,11 @@ def fuse_hadamard(graph: Graph, ctx: PassContext, residual: bool = True, max_blo
     if residual:
         params = ParamRewriter(g)
         done: set[str] = set()
+        users = g.users()
         for seed_value in _seeds(g):
             if seed_value in done or seed_value not in g:
                 continue
-            region = find_region(g, seed_value)
+            region = find_region(g, seed_value, users)
             if region is None:
                 continue
             done.update(region.members)
@@ -179,6 +183,7 @@ def fuse_hadamard(graph: Graph, ctx: PassContext, residual: bool = True, max_blo
                 continue
             applied.append(region.summary(g))
             apply_region(g, region, params)
+            users = g.users()
         again = simplify_rotations(g)
         stats = {k: stats[k] + again[k] for k in stats}
     stats.update({"online_before": before, "online_after": count_online(g), "regions": applied,

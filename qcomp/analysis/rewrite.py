@@ -28,16 +28,23 @@ def rotate_first(t: torch.Tensor, size: int, seed, inverse: bool = False) -> tor
 
 
 class ParamRewriter:
-    """Replace the tensor that `node.args[index]` reads by `fn(tensor)`; `key` names the transform."""
+    """Replace the tensor that `node.args[index]` reads by `fn(tensor)`; `key` names the transform.
+
+    Keeps an index of which nodes read which param node, built once: the passes using it change param
+    uses only through `apply` and `clear`.
+    """
 
     def __init__(self, g: Graph):
         self.g = g
         self._memo: dict[tuple, tuple[str, torch.Tensor]] = {}
-        self.created: list[str] = []
+        self._uses: dict[str, list[str]] = {n.name: [] for n in g.nodes if n.op == "param"}
+        for n in g.nodes:
+            for r in n.refs():
+                if r.name in self._uses and n.name not in self._uses[r.name]:
+                    self._uses[r.name].append(n.name)
 
-    def _readers(self, target: str) -> list[Node]:
-        pnodes = {n.name for n in self.g.nodes if n.op == "param" and n.attrs.get("target") == target}
-        return [n for n in self.g.nodes if any(r.name in pnodes for r in n.refs())]
+    def _readers(self, target: str) -> set[str]:
+        return {u for p, us in self._uses.items() if self.g.node(p).attrs.get("target") == target for u in us}
 
     def apply(self, node: Node, index: int, key: Hashable, fn: Callable[[torch.Tensor], torch.Tensor], tag: str) -> None:
         g = self.g
@@ -48,28 +55,38 @@ class ParamRewriter:
         target = pnode.attrs["target"]
         hit = self._memo.get((target, key))
         if hit is not None and hit[0] in g and g.params.get(g.node(hit[0]).attrs["target"]) is hit[1]:
-            self._set_arg(node, index, Ref(hit[0]), pnode)
+            self._set_arg(node, index, hit[0])
             return
         new = fn(g.params[target]).contiguous()
         if new.shape != g.params[target].shape or new.dtype != g.params[target].dtype:
             raise ValueError(f"rewriting {target!r} changed its type to {TensorType.of(new)}")
-        if self._readers(target) == [node] and sum(r == ref for r in node.refs()) == 1:
+        if self._readers(target) == {node.name} and sum(r == ref for r in node.refs()) == 1:
             g.params[target] = new
             return
         new_target, i = f"{target}.{tag}", 1
         while new_target in g.params:
             new_target, i = f"{target}.{tag}{i}", i + 1
         pnew = g.add_param(new_target, new, name="p_" + new_target)
-        self.created.append(new_target)
+        self._uses[pnew.name] = []
         self._memo[(target, key)] = (pnew.name, new)
-        self._set_arg(node, index, Ref(pnew.name), pnode)
+        self._set_arg(node, index, pnew.name)
 
-    def _set_arg(self, node: Node, index: int, ref: Ref, old: Node) -> None:
+    def clear(self, node: Node, index: int) -> None:
+        """Set `node.args[index]` (a param) to None, erasing the param node if nothing else reads it."""
+        self._set_arg(node, index, None)
+
+    def _set_arg(self, node: Node, index: int, name: str | None) -> None:
+        old = node.args[index].name
         args = list(node.args)
-        args[index] = ref
+        args[index] = Ref(name) if name is not None else None
         node.args = tuple(args)
-        if not self.g.users()[old.name]:
-            self.g.erase(old)
+        if Ref(old) not in node.refs():
+            self._uses[old].remove(node.name)
+        if name is not None and node.name not in self._uses[name]:
+            self._uses[name].append(node.name)
+        if not self._uses[old]:
+            self.g.erase(self.g.node(old))
+            del self._uses[old]
 
 
 def add_rotate(g: Graph, x: str, size: int, seed, inverse: bool, before: Node, name: str | None = None) -> Node:
