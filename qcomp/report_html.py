@@ -1,8 +1,9 @@
 """The debugging report: one static HTML page (`report.html`) written into every dump directory.
 
 It shows the pass list with timings and stats (passes.json), a per-layer bits chart (inline SVG) and
-table from the last IR, the IR after each pass (NN_<pass>.qir, folded), generated kernel sources found
-in the directory (`*.py` files, also under `kernels/`) and a failing pass's reproducer. Everything is
+table from the last IR, the IR after each pass (NN_<pass>.qir, folded), other pass outputs (PNG figures
+embedded as base64, JSON reports folded), generated kernel sources found in the directory (`*.py`
+files, also under `kernels/`) and a failing pass's reproducer. Everything is
 inline — no scripts, no external files — so the page opens from disk without a server.
 
 Also home to the per-layer summary of a graph (`graph_layers`, `summarize_layers`) that
@@ -10,6 +11,7 @@ Also home to the per-layer summary of a graph (`graph_layers`, `summarize_layers
 """
 from __future__ import annotations
 
+import base64
 import html
 import json
 import re
@@ -105,7 +107,12 @@ def bits_chart_svg(rows: list[dict], width: int = 1100) -> str:
                    f'<text x="{label_w + w + 4:.1f}" y="{y + bar - 4}" fill="#333">{v:.2f}'
                    f'{"" if r["quantized"] else " (float)"}</text>')
     out.append(f'<text x="{label_w + plot_w / 2:.0f}" y="{height - 6}" text-anchor="middle" fill="#555">'
-               'bits per weight (codes + scales)</text></svg>')
+               'bits per weight (codes + scales)</text>')
+    used = sorted({r["bits"] for r in rows if r["quantized"]})
+    for j, b in enumerate(used):  # legend: code width -> colour
+        out.append(f'<rect x="{width - 60}" y="{top + j * 18}" width="12" height="12" fill="{_COLORS.get(b, "#888")}"/>'
+                   f'<text x="{width - 44}" y="{top + j * 18 + 10}">{b} bit</text>')
+    out.append("</svg>")
     return "".join(out)
 
 
@@ -177,6 +184,14 @@ def render_report(dump_dir: str | Path) -> str:
     for f in files:
         m = _IR_FILE.match(f.name)
         parts.append(_code_block(f.name, f.read_text(), anchor=f"ir-{m.group(1)}"))
+    extras = [f for f in sorted(d.glob("*.json")) if f.name != "passes.json"]
+    images = sorted(d.glob("*.png"))
+    if extras or images:
+        parts.append("<h2>Other pass outputs</h2>")
+        parts += [f"<figure><img alt='{html.escape(f.name)}' style='max-width:1100px' src='data:image/png;base64,"
+                  f"{base64.b64encode(f.read_bytes()).decode()}'><figcaption>{html.escape(f.name)}</figcaption></figure>"
+                  for f in images]
+        parts += [_code_block(f.name, f.read_text()) for f in extras]
     kernels = sorted(set(d.glob("*.py")) | set(d.glob("kernels/**/*.py")))
     parts.append("<h2>Generated kernels</h2>")
     parts += [_code_block(str(k.relative_to(d)), k.read_text()) for k in kernels] or [

@@ -38,7 +38,7 @@ def test_report_written_with_passes_chart_and_ir(dump):
     page = (dump / REPORT_NAME).read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert "canonicalize,quantize" in page and "average <b>3.125</b> bits/weight" in page
-    assert page.count("<rect ") == 15  # 14 quantized layers + the float lm_head
+    assert page.count("<rect ") == 15 + 1  # 14 quantized layers + the float lm_head + one legend entry (3 bit)
     for f in ("00_captured.qir", "01_canonicalize.qir", "02_quantize.qir"):
         assert f in page
     ir = (dump / "02_quantize.qir").read_text()
@@ -68,7 +68,10 @@ def test_kernel_sources_and_reproducer_are_shown(dump, tmp_path):
     (d / "kernels").mkdir()
     (d / "kernels" / "qlinear_w3.py").write_text("@triton.jit\ndef kernel(x_ptr):\n    pass\n")
     (d / "reproducer.qir").write_text("# qcomp reproducer: pass 'x' failed\n")
+    (d / "allocation.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    (d / "allocation.json").write_text('{"budget": 3.5}')
     page = render_report(d)
+    assert "data:image/png;base64,iVBORw0KGgpmYWtl" in page and "{&quot;budget&quot;: 3.5}" in page
     assert "kernels/qlinear_w3.py" in page and "@triton.jit" in page
     assert "Reproducer (a pass failed)" in page
 
