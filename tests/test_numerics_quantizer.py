@@ -110,10 +110,12 @@ def test_chunking_does_not_change_results(monkeypatch):
         assert torch.equal(full.codes, small.codes) and torch.equal(full.scales, small.scales)
 
 
-def test_nearest_points_p2_matches_brute_force():
-    lut = normal_grid(3, 2)[0]
-    z = torch.randn(5000, 2, generator=torch.Generator().manual_seed(0)) * 1.3
-    idx = nearest_points(z, lut, chunk=777)
+@pytest.mark.parametrize("bits", [3, 4])  # 64 points: full comparison; 256 points: raster search
+def test_nearest_points_p2_matches_brute_force(bits):
+    lut = normal_grid(bits, 2)[0]
+    z = torch.randn(20000, 2, generator=torch.Generator().manual_seed(0)) * 1.3
+    z[:50] *= 8  # some outside the raster
+    idx = nearest_points(z, lut, chunk=7777)
     d = torch.cdist(z.double(), lut.double())
     assert torch.allclose(d.gather(1, idx[:, None])[:, 0], d.min(-1).values, atol=1e-6)
 

@@ -3,15 +3,18 @@
 Grids and scales
 * "uniform" (symmetric, lut[c] = c - (n-1)/2): scale "absmax" puts the outermost level at the group's
   max |w|; "gauss" puts it at QuEST's alpha_b * RMS(group) (MSE-optimal for Gaussian groups, i.e. rotated
-  weights); "mse" searches shrink factors s of absmax (MSE_SHRINK_GRID) per group and keeps the best.
+  weights); "mse" searches shrink factors s of absmax per group and keeps the best (17 factors in
+  [0.2, 1] then 6 around the best one, resolution 0.0125; s = 1 is absmax, so never worse than it).
 * "uniform_asym" (lut[c] = c, offset = -scale * zero_point): "absmax" spans [min, max]; "mse" shrinks
-  that range around its center by the best factor s of the same grid.
+  that range around its center by the best factor s, searched the same way.
 * "normal" (MSE-optimal grid for N(0, I_p), p = 1 or 2): scale = RMS of the group; the code is the
   nearest grid point to (w / scale) (nearest p-dim point for p = 2).
 Scales are rounded to scale_dtype before codes are chosen, so codes are optimal for the stored scale.
 
 Memory: the weight is processed in row chunks of about CHUNK_ELEMS elements (and p = 2 nearest-point
-search in sub-chunks), so a 28672 x 8192 weight needs only the output plus a few hundred MB.
+search in sub-chunks), so a 28672 x 8192 weight needs only the output plus a few hundred MB. The p = 2
+search compares all points for grids up to RASTER_MIN_POINTS and uses an exact raster of candidate
+lists (_Raster2D, about 3 candidates per query) for larger ones.
 """
 from __future__ import annotations
 
@@ -25,8 +28,9 @@ from .quant_spec import QuantSpec
 
 _SCALE_DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32}
 CHUNK_ELEMS = 1 << 22
-MSE_SHRINK_GRID = torch.linspace(1.0, 0.2, 41)
-_TINY = 1e-30
+MSE_SHRINK_COARSE = torch.linspace(1.0, 0.2, 17).tolist()  # step 0.05
+MSE_SHRINK_FINE = [-0.0375, -0.025, -0.0125, 0.0125, 0.025, 0.0375]  # around the best coarse factor
+RASTER_MIN_POINTS = 64  # p = 2 grids with more points (128, 256) use the raster search (_Raster2D)
 
 
 @dataclass
@@ -74,6 +78,21 @@ def _asym_codes(wg, scale, zero, levels):
     return torch.round(wg / _safe(scale) + zero).clamp(0, levels)
 
 
+def _shrink_search(err_of, like: torch.Tensor) -> torch.Tensor:
+    """Per-group shrink factor s minimizing err_of(s) (coarse grid, then a finer one around the best)."""
+    best_s = torch.ones_like(like)
+    best_err = torch.full_like(like, float("inf"))
+    for stage in (MSE_SHRINK_COARSE, MSE_SHRINK_FINE):
+        base = best_s.clone()
+        for v in stage:
+            s = torch.full_like(like, v) if stage is MSE_SHRINK_COARSE else (base + v).clamp(0.05, 1.0)
+            err = err_of(s)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_s = torch.where(better, s, best_s)
+    return best_s
+
+
 def _quant_uniform(wg, spec, sdt):
     levels = spec.n_points - 1
     amax = wg.abs().amax(-1, keepdim=True)
@@ -83,14 +102,11 @@ def _quant_uniform(wg, spec, sdt):
         rms = wg.pow(2).mean(-1, keepdim=True).sqrt()
         scale = _round_scale(2 * QUEST_ALPHA[spec.bits] * rms / levels, sdt)
     else:  # "mse"
-        best_err = torch.full_like(amax, float("inf"))
-        scale = torch.zeros_like(amax)
-        for s in MSE_SHRINK_GRID.tolist():
+        def err_of(s):
             sc = _round_scale(2 * amax * s / levels, sdt)
-            err = (wg - sc * (_sym_codes(wg, sc, levels) - levels / 2)).pow(2).sum(-1, keepdim=True)
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            scale = torch.where(better, sc, scale)
+            return (wg - sc * (_sym_codes(wg, sc, levels) - levels / 2)).pow(2).sum(-1, keepdim=True)
+
+        scale = _round_scale(2 * amax * _shrink_search(err_of, amax) / levels, sdt)
     return _sym_codes(wg, scale, levels), scale, None
 
 
@@ -101,31 +117,79 @@ def _quant_uniform_asym(wg, spec, sdt):
         scale, zero = _asym_params(lo, hi, levels, sdt)
     else:  # "mse": shrink [lo, hi] around its center
         mid, half = (hi + lo) / 2, (hi - lo) / 2
-        best_err = torch.full_like(lo, float("inf"))
-        scale, zero = torch.zeros_like(lo), torch.zeros_like(lo)
-        for s in MSE_SHRINK_GRID.tolist():
+
+        def err_of(s):
             sc, z = _asym_params(mid - s * half, mid + s * half, levels, sdt)
             off = _round_scale(-sc * z, sdt)
-            err = (wg - (sc * _asym_codes(wg, sc, z, levels) + off)).pow(2).sum(-1, keepdim=True)
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            scale, zero = torch.where(better, sc, scale), torch.where(better, z, zero)
+            return (wg - (sc * _asym_codes(wg, sc, z, levels) + off)).pow(2).sum(-1, keepdim=True)
+
+        s = _shrink_search(err_of, lo)
+        scale, zero = _asym_params(mid - s * half, mid + s * half, levels, sdt)
     return _asym_codes(wg, scale, zero, levels), scale, -scale * zero
 
 
-def nearest_points(z: torch.Tensor, lut: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
-    """Index (int64) of the nearest row of lut [n, p] for every p-vector of z [..., p]."""
+class _Raster2D:
+    """Exact nearest-point search in 2-D through a raster of candidate lists.
+
+    The square [-R, R]^2 is cut into cells; a cell keeps every grid point j with
+    |c - p_j| <= |c - p_nearest(c)| + 2 r (c the cell center, r its half-diagonal): by the triangle
+    inequality no other point can be nearest anywhere in the cell. A query then compares only those few
+    candidates; queries outside the square fall back to comparing all points.
+    """
+
+    def __init__(self, lut: torch.Tensor, radius: float = 6.0, cells: int = 512, chunk: int = 1 << 14):
+        self.lut = lut.to(torch.float32)
+        self.radius, self.cells = radius, cells
+        self.h = 2 * radius / cells
+        ax = (torch.arange(cells, dtype=torch.float64) + 0.5) * self.h - radius
+        centers = torch.cartesian_prod(ax, ax)  # cell (i, j) at row i * cells + j
+        slack = 2 * (self.h / 2) * 2**0.5 + 1e-9
+        lists = []
+        for s in range(0, centers.shape[0], chunk):
+            d = torch.cdist(centers[s : s + chunk], lut.to(torch.float64))
+            k = int((d <= d.min(-1, keepdim=True).values + slack).sum(-1).max())
+            vals, idx = torch.topk(d, min(k, d.shape[1]), largest=False)  # candidates, nearest first
+            lists.append(torch.where(vals <= vals[:, :1] + slack, idx, idx[:, :1]))  # pad with the nearest
+        kmax = max(c.shape[1] for c in lists)
+        self.cand = torch.cat([torch.cat([c, c[:, :1].expand(-1, kmax - c.shape[1])], 1) for c in lists])
+
+    def __call__(self, flat: torch.Tensor) -> torch.Tensor:
+        inside = flat.abs().amax(-1) < self.radius
+        ij = ((flat + self.radius) * (1.0 / self.h)).long().clamp_(0, self.cells - 1)
+        cand = self.cand[ij[:, 0] * self.cells + ij[:, 1]]  # [M, kmax]
+        d = (self.lut[cand] - flat[:, None, :]).pow(2).sum(-1)
+        out = cand.gather(1, d.argmin(-1, keepdim=True))[:, 0]
+        if not bool(inside.all()):
+            far = flat[~inside]
+            out[~inside] = ((self.lut * self.lut).sum(-1)[None, :] - 2 * far @ self.lut.T).argmin(-1)
+        return out
+
+
+@functools.lru_cache(maxsize=16)
+def _raster_for(lut_bytes: bytes, n: int) -> _Raster2D:
+    return _Raster2D(torch.frombuffer(bytearray(lut_bytes), dtype=torch.float32).reshape(n, 2))
+
+
+def nearest_points(z: torch.Tensor, lut: torch.Tensor, chunk: int = 1 << 18) -> torch.Tensor:
+    """Index (int64) of the nearest row of lut [n, p] for every p-vector of z [..., p] (exact; ties: any)."""
     p = lut.shape[1]
     if p == 1:
         lut1 = lut[:, 0]
         if not bool((lut1[1:] > lut1[:-1]).all()):
             raise ValueError("a scalar lookup table must be strictly increasing")
         return torch.bucketize(z[..., 0], 0.5 * (lut1[1:] + lut1[:-1]))
-    flat = z.reshape(-1, p)
-    cn = (lut * lut).sum(-1)
+    if p != 2:
+        raise ValueError(f"nearest_points supports p = 1 or 2, got lut of shape {tuple(lut.shape)}")
+    lut = lut.to(torch.float32).contiguous()
+    flat = z.reshape(-1, p).to(torch.float32)
+    if lut.shape[0] <= RASTER_MIN_POINTS:  # few points: comparing all of them is cheaper
+        cn = (lut * lut).sum(-1)
+        search = lambda x: (cn[None, :] - 2 * x @ lut.T).argmin(-1)  # noqa: E731
+    else:
+        search = _raster_for(lut.numpy().tobytes(), lut.shape[0])
     out = torch.empty(flat.shape[0], dtype=torch.long)
     for s in range(0, flat.shape[0], chunk):
-        out[s : s + chunk] = (cn[None, :] - 2 * flat[s : s + chunk] @ lut.T).argmin(-1)
+        out[s : s + chunk] = search(flat[s : s + chunk])
     return out.reshape(z.shape[:-1])
 
 
