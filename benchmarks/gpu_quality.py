@@ -1,0 +1,221 @@
+"""Quality tables on SmolLM2-135M in one GPU call (issues 3, 4 and 7), reference runtime, wikitext-2.
+
+    python benchmarks/gpu_quality.py --model DIR --data wikitext2_test.txt --out OUT [--sections rotation,allocation,budgets]
+
+DIR is a Hugging Face directory (config.json + safetensors) or a directory with a .gguf file.
+Sections:
+  rotation    RTN (no rotation, uniform absmax) vs Hadamard + Gaussian grid (p=1, p=2) at 3/4/5 bits, group 128
+  allocation  sensitivity α (data-free and calibrated), predicted vs measured KL for random allocations (R²),
+              DP allocation vs uniform allocation of the same grid family at budgets 3.0/3.5/4.0/4.5
+  budgets     the default pipeline at budgets 5.0..3.0 next to RTN g128 at 4 and 5 bits
+The graph is captured once; every configuration runs its pipeline on it (passes never mutate their input).
+Results: OUT/quality.json and a markdown table per section printed at the end (and OUT/quality.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from qcomp.api import CompiledModel
+from qcomp.capture import capture_model
+from qcomp.config import DEFAULT_PIPELINE, CompileConfig
+from qcomp.eval.data import lm_windows, read_text
+from qcomp.eval.lm import evaluate_lm
+from qcomp.numerics.quant_spec import QuantSpec
+from qcomp.numerics.quantizer import gaussian_mse
+from qcomp.pass_manager import PassContext, PassManager
+
+ROT = "canonicalize,insert-hadamard,fuse-hadamard"
+
+
+def load_model(path: Path, device: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ggufs = sorted(path.glob("*.gguf"))
+    kw = {"gguf_file": ggufs[0].name} if ggufs and not (path / "model.safetensors").exists() else {}
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **kw).to(device).eval()
+    tok = AutoTokenizer.from_pretrained(str(path), **kw)
+    return model, tok
+
+
+class Bench:
+    def __init__(self, model, windows, calib, device, out: Path):
+        self.model, self.windows, self.calib, self.device, self.out = model, windows, calib, device, out
+        self.ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0)).to(device)
+        t = time.perf_counter()
+        self.graph = capture_model(model, (self.ids,))
+        self.capture_s = time.perf_counter() - t
+        self.results: dict = {"capture_seconds": self.capture_s}
+        t = time.perf_counter()
+        self.ref = evaluate_lm(model, windows, keep_logits=True)
+        print(f"float: ppl {self.ref.ppl:.3f} ({time.perf_counter() - t:.1f}s)", flush=True)
+        self.results["float_ppl"] = self.ref.ppl
+
+    def compile(self, pipeline: str, budget: float = 4.0, graph=None, **options):
+        ctx = PassContext(options={"budget": budget, "device": self.device, "progress": False, **options},
+                          model=self.model, example_inputs=(self.ids,))
+        t = time.perf_counter()
+        g = PassManager(pipeline).run(graph if graph is not None else self.graph, ctx)
+        secs = time.perf_counter() - t
+        report = dict(ctx.artifacts)
+        return CompiledModel(g, CompileConfig(budget=budget, pipeline=pipeline), report, device=self.device,
+                             runtime="reference"), secs
+
+    def evaluate(self, label: str, compiled, secs: float, extra: dict | None = None) -> dict:
+        r = evaluate_lm(compiled, self.windows, reference=self.ref)
+        rows = compiled.layer_table()
+        numel = sum(x["numel"] for x in rows)
+        avg = sum(x["numel"] * x["bits_per_weight"] for x in rows) / numel if numel else 16.0
+        row = {"config": label, "ppl": r.ppl, "kl": r.kl, "avg_bits": avg, "compile_s": secs, **(extra or {})}
+        print(f"{label:<44} ppl {r.ppl:8.3f}  KL {r.kl:.4f}  bits {avg:.3f}  compile {secs:.1f}s", flush=True)
+        return row
+
+    # -- issue 3 -------------------------------------------------------------------------------
+    def rotation(self) -> list[dict]:
+        rows = []
+        for b in (3, 4, 5):
+            c, s = self.compile(f'canonicalize,quantize(bits={b}, grid="uniform", group_size=128)')
+            rows.append(self.evaluate(f"RTN uniform w{b} g128 (no rotation)", c, s, {"bits": b, "method": "rtn"}))
+            for p in (1, 2):
+                if b * p > 8:
+                    continue
+                c, s = self.compile(f'{ROT},quantize(bits={b}, grid="normal", p={p}, group_size=128)')
+                rows.append(self.evaluate(f"Hadamard + normal grid p={p} w{b} g128", c, s, {"bits": b, "method": f"rot-p{p}"}))
+        self.results["rotation"] = rows
+        return rows
+
+    # -- issue 4 -------------------------------------------------------------------------------
+    def allocation(self, budgets=(3.0, 3.5, 4.0, 4.5), n_random: int = 10) -> dict:
+        rot_graph, _ = self._rotated()
+        alphas = {}
+        for mode in ("data-free", "calibrated"):
+            opts = {"sensitivity_mode": mode, "cache_dir": str(self.out / "cache")}
+            if mode == "calibrated":
+                opts["calibration"] = [(w.unsqueeze(0),) for w in self.calib]
+            c, s = self.compile("allocate-bits", budget=4.0, graph=rot_graph, **opts)
+            rep = c.report["allocation"]
+            alphas[mode] = {r["node"]: r["alpha"] for r in rep["layers"]}
+            print(f"alpha ({mode}): {rep['sensitivity']['cost']}", flush=True)
+        nodes = list(alphas["data-free"])
+        # predicted vs measured KL for random allocations of 3/4/5-bit normal grids (rotated), g128
+        rng = random.Random(0)
+        specs = {b: QuantSpec(bits=b, grid="normal", p=1, group_size=128, scale="rms") for b in (3, 4, 5)}
+        rand_rows = []
+        for i in range(n_random):
+            lo, hi = rng.choice([(3, 4), (3, 5), (4, 5), (3, 5)])
+            choice = {n: rng.randint(lo, hi) for n in nodes}
+            g = rot_graph.copy()
+            for n, b in choice.items():
+                g.node(n).attrs["quant"] = {"spec": specs[b].to_dict()}
+            c, s = self.compile("quantize", graph=g)
+            pred = {m: sum(alphas[m][n] * gaussian_mse(specs[b]) for n, b in choice.items()) for m in alphas}
+            row = self.evaluate(f"random allocation {i} ({lo}..{hi} bits)", c, s,
+                                {"pred_kl_datafree": pred["data-free"], "pred_kl_calibrated": pred["calibrated"]})
+            rand_rows.append(row)
+        r2 = {m: _r2([r[f"pred_kl_{m.replace('-', '')}"] for r in rand_rows], [r["kl"] for r in rand_rows]) for m in alphas}
+        print(f"R^2 predicted vs measured KL: {r2}", flush=True)
+        # DP vs uniform allocation of the same family (rotated normal grids) at the same or more bits
+        dp_rows = []
+        for budget in budgets:
+            for mode in ("data-free", "calibrated"):
+                opts = {"sensitivity_mode": mode, "cache_dir": str(self.out / "cache")}
+                if mode == "calibrated":
+                    opts["calibration"] = [(w.unsqueeze(0),) for w in self.calib]
+                c, s = self.compile("allocate-bits,quantize", budget=budget, graph=rot_graph, **opts)
+                dp_rows.append(self.evaluate(f"DP {mode} budget {budget}", c, s, {"budget": budget, "method": f"dp-{mode}"}))
+            spec = _uniform_at_least(budget)
+            c, s = self.compile(f'quantize(bits={spec.bits}, grid="normal", p={spec.p}, group_size={spec.group_size})',
+                                graph=rot_graph)
+            dp_rows.append(self.evaluate(f"uniform {spec.short()} (>= {budget})", c, s, {"budget": budget, "method": "uniform"}))
+        self.results["allocation"] = {"random": rand_rows, "r2": r2, "dp_vs_uniform": dp_rows}
+        return self.results["allocation"]
+
+    def _rotated(self):
+        ctx = PassContext(options={"budget": 4.0, "device": self.device})
+        return PassManager(ROT).run(self.graph, ctx), ctx
+
+    # -- issue 7 -------------------------------------------------------------------------------
+    def budgets(self, budgets=(5.0, 4.5, 4.0, 3.5, 3.0)) -> list[dict]:
+        rows = []
+        for b in (4, 5):
+            c, s = self.compile(f'canonicalize,quantize(bits={b}, grid="uniform", group_size=128)')
+            rows.append(self.evaluate(f"RTN uniform w{b} g128", c, s, {"method": "rtn", "bits": b}))
+        for budget in budgets:
+            c, s = self.compile(DEFAULT_PIPELINE, budget=budget, cache_dir=str(self.out / "cache"))
+            rows.append(self.evaluate(f"qcomp default pipeline, budget {budget}", c, s, {"method": "qcomp", "budget": budget}))
+        self.results["budgets"] = rows
+        return rows
+
+
+def _uniform_at_least(budget: float) -> QuantSpec:
+    cands = [QuantSpec(bits=b, grid="normal", p=p, group_size=g, scale="rms") for b in range(1, 9) for p in (1, 2)
+             for g in (64, 128, 256) if b * p <= 8]
+    cost = lambda s: s.bits_per_weight(k=576, numel=576 * 1536)  # a typical SmolLM2 layer (lut amortized)
+    ok = [s for s in cands if cost(s) >= budget - 1e-9]
+    return min(ok, key=lambda s: (cost(s), s.p))
+
+
+def _r2(pred, meas) -> float:
+    n = len(pred)
+    mp, mm = sum(pred) / n, sum(meas) / n
+    cov = sum((p - mp) * (m - mm) for p, m in zip(pred, meas))
+    vp = sum((p - mp) ** 2 for p in pred)
+    vm = sum((m - mm) ** 2 for m in meas)
+    return cov * cov / (vp * vm) if vp > 0 and vm > 0 else float("nan")
+
+
+def markdown(results: dict) -> str:
+    out = [f"float reference ppl: {results['float_ppl']:.3f}; capture {results['capture_seconds']:.1f}s", ""]
+    for sec in ("rotation", "budgets"):
+        if sec in results:
+            out += [f"### {sec}", "", "| config | avg bits | ppl | KL to float |", "|---|---|---|---|"]
+            out += [f"| {r['config']} | {r['avg_bits']:.3f} | {r['ppl']:.3f} | {r['kl']:.4f} |" for r in results[sec]]
+            out.append("")
+    if "allocation" in results:
+        a = results["allocation"]
+        out += ["### allocation: predicted vs measured KL (random allocations)", "",
+                "| config | avg bits | measured KL | predicted (data-free α) | predicted (calibrated α) | ppl |", "|---|---|---|---|---|---|"]
+        out += [f"| {r['config']} | {r['avg_bits']:.3f} | {r['kl']:.4f} | {r['pred_kl_datafree']:.4f} | "
+                f"{r['pred_kl_calibrated']:.4f} | {r['ppl']:.3f} |" for r in a["random"]]
+        out += ["", f"R²: data-free {a['r2']['data-free']:.3f}, calibrated {a['r2']['calibrated']:.3f}", "",
+                "### allocation: DP vs uniform", "", "| config | avg bits | ppl | KL |", "|---|---|---|---|"]
+        out += [f"| {r['config']} | {r['avg_bits']:.3f} | {r['ppl']:.3f} | {r['kl']:.4f} |" for r in a["dp_vs_uniform"]]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, type=Path)
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--windows", type=int, default=20)
+    ap.add_argument("--seq-len", type=int, default=1024)
+    ap.add_argument("--sections", default="rotation,allocation,budgets")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model, tok = load_model(args.model, args.device)
+    text = read_text(args.data)
+    all_windows = lm_windows(tok, text, None, args.seq_len)
+    windows = all_windows[: args.windows].to(args.device)
+    calib = all_windows[-4:].to(args.device)  # calibration text disjoint from the evaluated windows
+    bench = Bench(model, windows, calib, args.device, args.out)
+    for sec in args.sections.split(","):
+        getattr(bench, sec.strip())()
+        (args.out / "quality.json").write_text(json.dumps(bench.results, indent=1, default=float))
+    md = markdown(bench.results)
+    (args.out / "quality.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
