@@ -1,18 +1,20 @@
-"""Packed storage of b-bit codes (b in 1..8) for the generated kernels (layout version 2, see PACKING.md).
+"""Packed storage of b-bit codes (b in 1..8) for the generated kernels (layout version 3, see PACKING.md).
 
 A code of `bits` bits is split into power-of-two *planes*, widest first, low bits in the widest plane
 (7 = 4+2+1: bits 0..3 in the 4-bit plane, bits 4..5 in the 2-bit plane, bit 6 in the 1-bit plane).
-Each plane of width w packs 32/w consecutive codes into one int32 word, code j of a row at word
-j // (32/w), bit offset (j % (32/w)) * w (LSB first). The codes of a row are padded with zeros to a
-multiple of PACK_TILE = 128 codes, so every plane's segment of one 128-code tile is 16*w bytes: whole
-16-byte vectors. packed: int32 [N, Mpad * bits / 32], row n = [plane 0 words | plane 1 words | ...],
-plane i starting at column Mpad * (sum of the widths before it) / 32.
+The codes of a row are padded with zeros to a multiple of PACK_TILE = 128 codes. Within one tile, a plane
+of width w has W = 4*w words (16*w bytes: whole 16-byte vectors) and S = 32/w slots per word, and code t
+(0..127) of the tile sits in word t % W at bit offset (t // W) * w ("strided" interleave): word i holds
+codes i, i+W, i+2W, ... So one shift-and-mask of a whole [rows, W] tile of words yields the codes of one
+slot for every word at once, in the layout the words were loaded in (no register reshapes).
+packed: int32 [N, Mpad * bits / 32], row n = [plane 0 words | plane 1 words | ...], plane i starting at
+column Mpad * (sum of the widths before it) / 32, tile q of a plane at words q*W .. q*W + W - 1.
 """
 from __future__ import annotations
 
 import torch
 
-PACKING_VERSION = 2
+PACKING_VERSION = 3
 PACK_TILE = 128  # codes; a multiple of 32 so that every plane row is whole int32 words
 
 
@@ -50,11 +52,12 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     c = torch.zeros(n, mp, dtype=torch.int64, device=codes.device)
     c[:, :m] = codes.to(torch.int64)
     parts = []
+    tiles = mp // PACK_TILE
     for w, off in pl:
-        per = 32 // w
-        v = ((c >> off) & ((1 << w) - 1)).reshape(n, mp // per, per)
-        shifts = torch.arange(per, dtype=torch.int64, device=codes.device) * w
-        word = (v << shifts).sum(-1)  # < 2**32, exact in int64
+        slots, nw = 32 // w, 4 * w  # slots per word, words per tile
+        v = ((c >> off) & ((1 << w) - 1)).reshape(n, tiles, slots, nw)  # code t = slot * nw + word
+        shifts = (torch.arange(slots, dtype=torch.int64, device=codes.device) * w).reshape(1, 1, slots, 1)
+        word = (v << shifts).sum(2).reshape(n, tiles * nw)  # < 2**32, exact in int64
         parts.append(torch.where(word >= 2**31, word - 2**32, word).to(torch.int32))
     return torch.cat(parts, dim=1).contiguous()
 
@@ -71,12 +74,12 @@ def unpack_codes(packed: torch.Tensor, bits: int, n: int, m: int) -> torch.Tenso
     p64 = packed.to(torch.int64) & 0xFFFFFFFF
     code = torch.zeros(n, mp, dtype=torch.int64, device=packed.device)
     col = 0
+    tiles = mp // PACK_TILE
     for w, off in planes(bits):
-        per = 32 // w
-        nw = mp // per
-        words = p64[:, col : col + nw]
-        shifts = torch.arange(per, dtype=torch.int64, device=packed.device) * w
-        v = (words[:, :, None] >> shifts) & ((1 << w) - 1)
+        slots, nw = 32 // w, 4 * w
+        words = p64[:, col : col + tiles * nw].reshape(n, tiles, 1, nw)
+        shifts = (torch.arange(slots, dtype=torch.int64, device=packed.device) * w).reshape(1, 1, slots, 1)
+        v = (words >> shifts) & ((1 << w) - 1)  # [n, tiles, slot, word]: code t = slot * nw + word
         code |= v.reshape(n, mp) << off
-        col += nw
+        col += tiles * nw
     return code[:, :m].to(torch.uint8)

@@ -1,4 +1,4 @@
-"""Packed layout v2 (codegen/packing.py): hypothesis round trips and the documented bit positions."""
+"""Packed layout v3 (codegen/packing.py): hypothesis round trips and the documented bit positions."""
 import torch
 from hypothesis import given, settings, strategies as st
 
@@ -25,15 +25,16 @@ def test_planes_cover_every_bit_once(bits):
 
 
 def test_documented_positions_3_bits():
-    # code 5 = 0b101 at j = 33: low 2 bits (0b01) in the 2-bit plane, word 2 (16 codes/word), shift 2;
-    # bit 2 (1) in the 1-bit plane starting at column Mpad*2/32 = 8, word 1, shift 1.
+    # code 5 = 0b101 at t = 33: low 2 bits (0b01) in the 2-bit plane (W = 8 words per tile): word 33 % 8 = 1,
+    # slot 33 // 8 = 4, shift 8; bit 2 (1) in the 1-bit plane (W = 4), which starts at column Mpad*2/32 = 8:
+    # word 8 + 33 % 4 = 9, slot 33 // 4 = 8, shift 8.
     codes = torch.zeros(1, PACK_TILE, dtype=torch.uint8)
     codes[0, 33] = 5
     p = pack_codes(codes, 3)
     assert p.shape == (1, 12)
     expect = torch.zeros(1, 12, dtype=torch.int32)
-    expect[0, 2] = 1 << 2
-    expect[0, 8 + 1] = 1 << 1
+    expect[0, 1] = 1 << 8
+    expect[0, 8 + 1] = 1 << 8
     assert torch.equal(p, expect)
 
 
@@ -41,6 +42,14 @@ def test_each_plane_tile_is_whole_16_byte_vectors():
     for bits in range(1, 9):
         for w, _ in planes(bits):
             assert PACK_TILE * w % 128 == 0  # 128 bits = 16 bytes
+
+
+def test_second_tile_and_8_bits():
+    # 8 bits: W = 32 words per tile, 4 slots; code t = 128 + 70 of tile 1: word 32 + 70 % 32 = 38, slot 2.
+    codes = torch.zeros(1, 2 * PACK_TILE, dtype=torch.uint8)
+    codes[0, 128 + 70] = 0xA5
+    p = pack_codes(codes, 8)
+    assert p.shape == (1, 64) and int(p[0, 38]) == 0xA5 << 16 and int(p.count_nonzero()) == 1
 
 
 def test_rejects_wide_codes():
