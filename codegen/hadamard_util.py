@@ -21,9 +21,15 @@ def _sylvester_cpu(n: int) -> torch.Tensor:
     return h
 
 
-def sylvester(n: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
-    """Unnormalized Sylvester Hadamard matrix (+-1 entries), n a power of two."""
+@functools.lru_cache(maxsize=64)
+def _sylvester_on(n: int, dtype: torch.dtype, device: str) -> torch.Tensor:
     return _sylvester_cpu(n).to(device=device, dtype=dtype)
+
+
+def sylvester(n: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """Unnormalized Sylvester Hadamard matrix (+-1 entries), n a power of two; cached per device (so that
+    a rotation inside CUDA-graph capture copies nothing from the host)."""
+    return _sylvester_on(n, dtype, str(torch.device(device)))
 
 
 def signs_for(h: int, seed: int | None) -> torch.Tensor:

@@ -1,9 +1,12 @@
 """KernelSpec: everything that decides the text of one generated qlinear kernel (a frozen dataclass).
 
 Two spec families come from one renderer (render.py):
-* variant "gemv": M <= 16. One 16-row tile of activations (rows >= M masked), tensor-core dot per K tile,
-  split-K across programs (the split count is a launch argument, not part of the source).
-* variant "gemm": M > 16. block_m x block_n output tiles, grouped program order for L2 reuse.
+* variant "gemv": small M (block_m in 1, 2, 4, 8, 16; rows >= M masked). No tl.dot: each program owns
+  block_n output rows x a K range (split-K with fp32 atomics; the split count is a launch argument), keeps
+  elementwise fp32 accumulators [block_n, words] per activation row and reduces once at the end; every
+  dequantized weight is reused for all block_m rows. The only variant with a fused Hadamard.
+* variant "gemm": tensor-core tiles, acc^T[block_n, block_m] += dot(W slot tile, x^T slot tile), the weight
+  tile dequantized once per K step in registers; grouped program order for L2 reuse; split-K as above.
 
 Fields that are not a kernel's text (the shape, the split count) stay out of it, so one compiled kernel
 serves every shape.
@@ -19,7 +22,7 @@ GRID_KINDS = ("uniform", "uniform_asym", "lut")
 ACT_DTYPES = ("fp16", "bf16")
 VARIANTS = ("gemv", "gemm")
 MAX_FUSED_HADAMARD = 256  # largest block rotated inside the kernel; larger blocks use a separate rotation
-KERNEL_SPEC_VERSION = 1
+KERNEL_SPEC_VERSION = 2
 
 
 class KernelSpecError(ValueError):
@@ -69,12 +72,20 @@ class KernelSpec:
             bad(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         for name in ("block_m", "block_n", "block_k"):
             v = getattr(self, name)
-            if v < 16 or v & (v - 1):
-                bad(f"{name} must be a power of two >= 16 (tl.dot needs 16), got {v}")
-        if self.variant == "gemv" and self.block_m != 16:
-            bad("variant 'gemv' uses block_m = 16")
-        if self.block_k % (32 * self.p):
-            bad("block_k must cover whole int32 words of the 1-bit plane: a multiple of 32 * p")
+            if v < 1 or v & (v - 1):
+                bad(f"{name} must be a power of two, got {v}")
+        if self.variant == "gemv" and self.block_m > 16:
+            bad("variant 'gemv' takes block_m <= 16 (one accumulator set per activation row)")
+        if self.variant == "gemm":
+            if self.block_m < 16 or self.block_n < 16:
+                bad("variant 'gemm' needs block_m, block_n >= 16 (tl.dot)")
+            if self.words_per_block < 16:
+                bad(f"variant 'gemm' needs >= 16 words of the widest plane per K step (tl.dot K), got "
+                    f"{self.words_per_block}: raise block_k")
+            if h:
+                bad("variant 'gemm' has no fused Hadamard (ops.py rotates x in a separate pass for M > 16)")
+        if self.block_k % (128 * self.p):
+            bad(f"block_k must cover whole 128-code pack tiles: a multiple of {128 * self.p}")
         if h and self.block_k % h:
             bad(f"block_k {self.block_k} must be a multiple of the fused Hadamard block {h}")
 
@@ -84,8 +95,17 @@ class KernelSpec:
         return self.bits * self.p
 
     @property
+    def widest_plane(self) -> int:
+        return 1 << (self.code_bits.bit_length() - 1)
+
+    @property
+    def words_per_block(self) -> int:
+        """Words of the widest plane per row and K step: (block_k / p / 128 tiles) x (4 * width)."""
+        return self.block_k // self.p // 128 * 4 * self.widest_plane
+
+    @property
     def scale_per_tile(self) -> bool:
-        """One scale per (row, K tile): scales multiply the dot's result instead of every weight."""
+        """One scale per (row, K step): scales multiply a partial sum instead of every weight."""
         return self.group_size == -1 or self.group_size % self.block_k == 0
 
     def to_dict(self) -> dict:

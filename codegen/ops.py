@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from .hadamard_util import rotate_blocks, signs_for, sylvester
+from .hadamard_util import rotate_blocks, signs_for
 from .kernel_spec import MAX_FUSED_HADAMARD, KernelSpec
 from .packing import packed_shape, padded_codes, unpack_codes
 from .render import load_kernel
@@ -30,6 +30,7 @@ from . import tune
 
 _GRID_ALIASES = {"uniform": "uniform", "uniform_asym": "uniform_asym", "lut": "lut", "normal": "lut"}
 _ACT = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+FUSED_HADAMARD_MAX_M = 4  # larger batches rotate x in one separate pass and use the tensor-core variant
 
 
 def _grid_kind(grid: str) -> str:
@@ -88,12 +89,6 @@ def reference_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p,
     return y.to(x.dtype)
 
 
-@functools.lru_cache(maxsize=64)
-def _hmat(h: int, dtype: torch.dtype, device: str) -> torch.Tensor:
-    side = h if h <= 128 else int(h**0.5)
-    return sylvester(side, dtype, device).contiguous()
-
-
 def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bias, signs, n, k,
            out: Optional[torch.Tensor] = None, warmup: bool = False) -> torch.Tensor:
     """Run one generated kernel on a 2-D activation x2 [M, k]; returns [M, n] in x2.dtype.
@@ -107,15 +102,14 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
         y = torch.zeros(m, n, device=dev, dtype=torch.float32)
     else:
         y = out if out is not None else torch.empty(m, n, device=dev, dtype=x2.dtype)
-    hm = _hmat(spec.had_block, x2.dtype, str(dev)) if spec.had_block else scales
     sg = signs.to(device=dev, dtype=torch.float32).contiguous() if spec.had_block else scales
     if spec.variant == "gemv":
         grid = (triton_cdiv(n, spec.block_n), split_k, triton_cdiv(m, spec.block_m))
     else:
-        grid = (triton_cdiv(m, spec.block_m) * triton_cdiv(n, spec.block_n),)
+        grid = (triton_cdiv(m, spec.block_m) * triton_cdiv(n, spec.block_n), split_k)
     run = functools.partial(kern.warmup, grid=grid) if warmup else kern[grid]
     run(
-        x2, packed, scales, offsets if offsets is not None else scales, lut, sg, hm,
+        x2, packed, scales, offsets if offsets is not None else scales, lut, sg,
         bias if bias is not None else scales, y,
         m, n, k, x2.stride(0), y.stride(0), packed.stride(0), padded_codes(k // spec.p) // 32, scales.stride(0),
         split_k, HAS_BIAS=bias is not None, num_warps=spec.num_warps, num_stages=spec.num_stages,
@@ -140,7 +134,7 @@ def _use_triton(x: torch.Tensor) -> bool:
 def base_spec(x_dtype, bits, p, group_size, grid, had_block) -> KernelSpec:
     fused = had_block if had_block and had_block <= MAX_FUSED_HADAMARD else 0
     return KernelSpec(bits=bits, grid=_grid_kind(grid), p=p, group_size=group_size, act_dtype=_ACT[x_dtype],
-                      had_block=fused, block_k=max(128, fused))
+                      had_block=fused, block_m=1, block_k=max(128 * p, fused))
 
 
 def triton_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block,
@@ -149,14 +143,19 @@ def triton_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, gr
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    if had_block and had_block > MAX_FUSED_HADAMARD:
-        x2 = rotate_blocks(x2, had_signs, had_block)  # beyond the fused limit: one separate pass over x
+    if had_block and (had_block > MAX_FUSED_HADAMARD or x2.shape[0] > FUSED_HADAMARD_MAX_M):
+        # beyond the fused limit, or a batch above 4 rows (the gemm variant has no fused rotation: rotating
+        # M x k activations once costs far less than redoing it for every output tile): one separate pass
+        x2 = rotate_blocks(x2, had_signs, had_block)
+        had_block = 0
     base = base_spec(x.dtype, bits, p, group_size, grid, had_block)
     lut32 = lut.to(device=x.device, dtype=torch.float32).contiguous()
     args = (x2, packed, scales, lut32, offsets, bias, had_signs, n, k)
     if spec is None:
         spec, chosen = tune.choose(base, x2.shape[0], n, k, x.device, lambda s, sk: launch(s, sk, *args))
         split_k = chosen if split_k is None else split_k
+    elif spec.had_block and not had_block:
+        raise ValueError(f"spec {spec.name()} fuses a Hadamard of {spec.had_block} but x was rotated separately")
     y = launch(spec, split_k or 1, *args)
     return y.reshape(*x.shape[:-1], n)
 

@@ -23,8 +23,9 @@ _CHOICES: dict[str, tuple[dict, int]] = {}
 _LOCK = threading.Lock()
 _FILE_LOADED = False
 
-GEMV_TILES = [(64, 128, 4, 4), (128, 128, 4, 4), (64, 256, 4, 3)]  # (n, k, warps, stages)
-GEMM_TILES = [(64, 128, 128, 4, 3), (128, 128, 64, 8, 3), (128, 256, 64, 8, 3)]  # (m, n, k, warps, stages)
+GEMV_TILES = [(128, 128, 4), (64, 256, 4), (128, 256, 4)]  # (n, k, warps)
+DOT_SMALL_M = [(64, 256, 4, 3), (128, 256, 4, 3)]  # gemm candidates for 4 < M <= 16: (n, k, warps, stages)
+GEMM_TILES = [(128, 128, 128, 8, 2), (64, 128, 128, 4, 3), (128, 256, 128, 8, 2), (64, 64, 256, 4, 2)]  # (m, n, k, ...)
 
 
 def m_bucket(m: int) -> int:
@@ -37,35 +38,51 @@ def _sm_count(device) -> int:
     return 132
 
 
-def _fit_k(bk: int, base: KernelSpec, k: int) -> int:
-    bk = max(bk, base.had_block or 16, 32 * base.p)
-    while bk > 32 * base.p and bk // 2 >= k and bk // 2 >= (base.had_block or 16):
+def _fit_k(bk: int, base: KernelSpec, k: int, min_words: int = 0) -> int:
+    """Scale a tile's K (given for p = 1) to whole pack tiles, the Hadamard block and the row length."""
+    bk = max(bk * base.p, base.had_block or 1, 128 * base.p)
+    while bk > 128 * base.p and bk // 2 >= k and bk // 2 >= (base.had_block or 1):
         bk //= 2  # no tile much larger than the whole row
+    while min_words and bk // base.p // 128 * 4 * base.widest_plane < min_words:
+        bk *= 2  # tl.dot needs 16 words of the widest plane per K step
     return bk
 
 
+def _split(progs: int, steps: int, sms: int) -> int:
+    split = 1
+    while progs * split < 2 * sms and split * 2 <= max(1, steps // 2):
+        split *= 2
+    return split
+
+
 def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tuple[KernelSpec, int]]:
-    """[(spec, split_k)], heuristic choice first."""
+    """[(spec, split_k)], heuristic choice first. M <= 16: the gemv variant (and, for M > 4, tensor-core
+    tiles of 16 rows); M > 16: gemm tiles (the caller has rotated x already)."""
     out = []
+    sms = _sm_count(device)
     if m <= 16:
-        sms = _sm_count(device)
-        for bn, bk, warps, stages in GEMV_TILES:
+        bm = m_bucket(m)
+        for bn, bk, warps in GEMV_TILES:
+            bn = max(16, bn // max(1, bm // 2))  # fewer rows per program as the accumulator sets multiply
             bk = _fit_k(bk, base, k)
-            spec = dataclasses.replace(base, variant="gemv", block_m=16, block_n=bn, block_k=bk,
-                                       num_warps=warps, num_stages=stages)
-            progs = -(-n // bn) * -(-m // 16)
-            tiles = -(-k // bk)
-            split = 1
-            while progs * split < 2 * sms and split * 2 <= max(1, tiles // 2):
-                split *= 2
-            for s in (split, min(split * 2, max(1, tiles // 2))):
-                out.append((spec, s))
+            spec = dataclasses.replace(base, variant="gemv", block_m=bm, block_n=bn, block_k=bk,
+                                       num_warps=warps, num_stages=2)
+            split = _split(-(-n // bn) * -(-m // bm), -(-k // bk), sms)
+            out.append((spec, split))
+        if m > 4 and not base.had_block:  # (ops.py rotates x apart above FUSED_HADAMARD_MAX_M)
+            for bn, bk, warps, stages in DOT_SMALL_M:
+                spec = dataclasses.replace(base, variant="gemm", block_m=16, block_n=bn, block_k=_fit_k(bk, base, k, 16),
+                                           num_warps=warps, num_stages=stages, group_m=1)
+                out.append((spec, _split(-(-n // bn), -(-k // spec.block_k), sms)))
     else:
+        if base.had_block:
+            raise ValueError("M > 16 takes no fused Hadamard: rotate x first (ops.triton_qlinear does)")
         for bm, bn, bk, warps, stages in GEMM_TILES:
-            spec = dataclasses.replace(base, variant="gemm", block_m=bm, block_n=bn, block_k=_fit_k(bk, base, k),
-                                       num_warps=warps, num_stages=stages)
-            if spec not in [c[0] for c in out]:
-                out.append((spec, 1))
+            bm = min(bm, max(16, m_bucket(m)))
+            spec = dataclasses.replace(base, variant="gemm", block_m=bm, block_n=bn,
+                                       block_k=_fit_k(bk, base, k, 16), num_warps=warps, num_stages=stages)
+            progs = -(-m // bm) * -(-n // bn)
+            out.append((spec, _split(progs, -(-k // spec.block_k), sms) if progs < sms else 1))
     seen, uniq = set(), []
     for c in out:
         if c not in seen:

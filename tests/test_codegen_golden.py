@@ -9,7 +9,8 @@ from qcomp.codegen.kernel_spec import KernelSpec
 from qcomp.codegen.render import kernel_source
 
 GOLDEN = Path(__file__).parent / "golden" / "codegen_gemv_w3_lut_g32_h128.py.txt"
-SPEC = KernelSpec(bits=3, grid="lut", p=1, group_size=32, had_block=128, variant="gemv", block_n=64, block_k=128)
+SPEC = KernelSpec(bits=3, grid="lut", p=1, group_size=32, had_block=128, variant="gemv", block_m=1, block_n=64,
+                  block_k=128)
 
 
 def test_generated_source_matches_golden():
@@ -21,7 +22,12 @@ def test_generated_source_matches_golden():
 
 def test_source_is_specialised_per_spec():
     a = kernel_source(SPEC)
-    b = kernel_source(KernelSpec(bits=5, grid="uniform", group_size=128, block_k=128))
+    b = kernel_source(KernelSpec(bits=5, grid="uniform", group_size=128, block_m=2, block_k=128))
+    c = kernel_source(KernelSpec(bits=2, grid="lut", group_size=128, block_m=1, block_k=128))
+    d = kernel_source(KernelSpec(bits=4, grid="uniform", group_size=128, variant="gemm", block_m=32, block_k=128))
     assert "4-bit plane" in b and "1-bit plane" in b and "2-bit plane" not in b
-    assert "lut_ptr + code" in a and "lut_ptr + code" not in b
-    assert "tl.dot(xr, hmat)" in a and "hmat" not in b.split('"""', 2)[2]
+    assert "lut_ptr + code" in a and "lut_ptr + code" not in b and "lut_ptr + code" not in c  # c: select tree
+    assert "tl.where((code & 2) != 0" in c
+    assert "butterfly" in a and "butterfly" not in b and "tl.dot" not in a + b + c and "tl.dot" in d
+    assert "acc1" in b and "acc2" not in b  # one accumulator set per activation row (block_m = 2)
+    assert "0x4a800000" in b and ".to(tl.float32)" not in b.split("# slot 0", 1)[1].split("# slot 1")[0]

@@ -2,7 +2,8 @@
 
 Every b in 1..8 x {uniform, lut p=1, lut p=2 (b <= 4)} x group {32, 128} x Hadamard {off, on}, fresh random
 inputs per case, the output buffer poisoned with NaN before each run; plus the GEMM variant (M > 16),
-split-K, uniform_asym, per-channel scales, bias, the separate-rotation fallback and the op's CPU path.
+split-K, uniform_asym, per-channel scales, bias, the separate-rotation fallbacks (blocks above the fused
+limit; M > 16) and the op's CPU path.
 """
 import os
 
@@ -70,26 +71,45 @@ def test_gemv_matches_reference(bits, grid, p, g, had):
     n, k, m = 48, 256, 3
     seed = hash((bits, grid, p, g, had)) % 2**31
     d = make_case(bits, grid, p, g, had, m, n, k, seed)
-    spec = KernelSpec(bits=bits, grid=grid, p=p, group_size=g, had_block=had, variant="gemv",
-                      block_n=32, block_k=128)
+    spec = KernelSpec(bits=bits, grid=grid, p=p, group_size=g, had_block=had, variant="gemv", block_m=4,
+                      block_n=32, block_k=128 * p)
     check(run_kernel(d, spec, 1, n, k), reference(d, bits, p, g, grid, n, k, had))
 
 
-@pytest.mark.parametrize("bits,grid,p,g,had", [(3, "uniform", 1, 128, 0), (5, "lut", 1, 32, 128),
-                                               (2, "lut", 2, 32, 0), (8, "uniform", 1, 128, 128)])
-def test_gemm_variant_m_above_16(bits, grid, p, g, had):
-    n, k, m = 40, 256, 37  # ragged M and N tiles
-    d = make_case(bits, grid, p, g, had, m, n, k, seed=bits * 7 + g)
-    spec = KernelSpec(bits=bits, grid=grid, p=p, group_size=g, had_block=had, variant="gemm",
-                      block_m=32, block_n=32, block_k=128, group_m=2)
-    check(run_kernel(d, spec, 1, n, k), reference(d, bits, p, g, grid, n, k, had))
+@pytest.mark.parametrize("bits,grid,p,g,split", [(3, "uniform", 1, 128, 1), (5, "lut", 1, 32, 1),
+                                                 (2, "lut", 2, 32, 1), (8, "uniform", 1, 128, 2),
+                                                 (1, "uniform", 1, 64, 1), (4, "lut", 1, 256, 1),
+                                                 (6, "uniform_asym", 1, 128, 1)])
+def test_gemm_variant(bits, grid, p, g, split):
+    n, k, m = 40, 1024, 37  # ragged M and N tiles
+    d = make_case(bits, grid, p, g, 0, m, n, k, seed=bits * 7 + g)
+    w0 = 1 << (bits * p).bit_length() - 1
+    bk = max(128 * p, 128 * p * 16 // (4 * w0))  # >= 16 words of the widest plane per K step (tl.dot)
+    spec = KernelSpec(bits=bits, grid=grid, p=p, group_size=g, variant="gemm",
+                      block_m=32, block_n=32, block_k=bk, group_m=2)
+    check(run_kernel(d, spec, split, n, k), reference(d, bits, p, g, grid, n, k, 0))
+
+
+@pytest.mark.parametrize("bits,grid,had", [(4, "uniform", 0), (3, "lut", 128)])
+def test_op_m_above_16_rotates_separately(bits, grid, had, monkeypatch):
+    n, k, m = 32, 512, 20
+    d = make_case(bits, grid, 1, 128, had, m, n, k, seed=bits)
+    kw = dict(bits=bits, p=1, group_size=128, grid=grid, n=n, k=k, had_block=had, had_signs=d["signs"])
+    monkeypatch.setenv("QCOMP_FORCE_TRITON", "1")
+    y = qlinear(d["x"], d["packed"], d["scales"], d["lut"], None, d["bias"], **kw)
+    check(y, reference(d, bits, 1, 128, grid, n, k, had))
+
+
+def test_gemm_rejects_fused_hadamard():
+    with pytest.raises(KernelSpecError, match="no fused Hadamard"):
+        KernelSpec(variant="gemm", had_block=128, block_m=16, block_k=128)
 
 
 @pytest.mark.parametrize("split", [2, 3])
 def test_split_k_and_ragged_k(split):
     n, k, m = 24, 384 + 128, 2  # K not a multiple of block_k=256
     d = make_case(4, "uniform", 1, 128, 0, m, n, k, seed=split)
-    spec = KernelSpec(bits=4, group_size=128, variant="gemv", block_n=16, block_k=256)
+    spec = KernelSpec(bits=4, group_size=128, variant="gemv", block_m=2, block_n=16, block_k=256)
     check(run_kernel(d, spec, split, n, k), reference(d, 4, 1, 128, "uniform", n, k, 0))
 
 
@@ -97,15 +117,16 @@ def test_split_k_and_ragged_k(split):
 def test_uniform_asym_and_per_channel(bits, g):
     n, k, m = 32, 256, 4
     d = make_case(bits, "uniform_asym", 1, g, 0, m, n, k, seed=bits)
-    spec = KernelSpec(bits=bits, grid="uniform_asym", group_size=g, variant="gemv", block_n=16, block_k=128)
+    spec = KernelSpec(bits=bits, grid="uniform_asym", group_size=g, variant="gemv", block_m=4, block_n=16,
+                      block_k=128)
     check(run_kernel(d, spec, 1, n, k), reference(d, bits, 1, g, "uniform_asym", n, k, 0))
 
 
-def test_fused_hadamard_256_kronecker():
+def test_fused_hadamard_256():
     n, k, m = 32, 512, 2
     d = make_case(4, "lut", 2, 128, 256, m, n, k, seed=11)
-    spec = KernelSpec(bits=4, grid="lut", p=2, group_size=128, had_block=256, variant="gemv", block_n=16,
-                      block_k=256)
+    spec = KernelSpec(bits=4, grid="lut", p=2, group_size=128, had_block=256, variant="gemv", block_m=2,
+                      block_n=16, block_k=256)
     check(run_kernel(d, spec, 1, n, k), reference(d, 4, 2, 128, "lut", n, k, 256))
 
 
@@ -154,3 +175,5 @@ def test_bad_inputs_name_the_fix():
                 grid="uniform", n=n, k=k)
     with pytest.raises(KernelSpecError, match="multiple of the fused Hadamard block"):
         KernelSpec(had_block=256, block_k=128)
+    with pytest.raises(KernelSpecError, match="whole 128-code pack tiles"):
+        KernelSpec(p=2, grid="lut", bits=2, block_k=128)
