@@ -3,7 +3,8 @@
     python benchmarks/bench_kernels.py [--quick] [--out DIR] [--no-peers]
 
 Per shape (N x K) and batch M: cuBLAS fp16 (F.linear), qcomp for b in {2,3,4,5,6,8} x {uniform, lut}
-x {no rotation, fused Hadamard 128}, group 128, and peers that import (tinygemm int4, bitsandbytes NF4).
+x {no rotation, fused Hadamard 128}, group 128, and peers that import (tinygemm int4, bitsandbytes NF4,
+gemlite W4, Marlin through optimum-quanto: --peers picks them; --shapes/--bits/--budget bound the run).
 Timing: CUDA-graph replay of R calls over R weight copies (R * bytes > 150 MB, past the 50 MB L2), median
 over replays, divided by R. Effective TB/s = (packed weight + scale bytes) / time; x_copy = that over the
 D2D copy bandwidth measured in the same run; x_fp16 = fp16 time / time; relerr = ||y - ref|| / ||ref||
@@ -136,7 +137,8 @@ def precompile(configs, workers):
     jobs, seen = [], set()
     dev = torch.device("cuda")
     for n, k, m, bits, grid, had in configs:
-        base = base_spec(torch.float16, bits, 1, GROUP, grid, had)
+        from qcomp.codegen.ops import FUSED_HADAMARD_MAX_M
+        base = base_spec(torch.float16, bits, 1, GROUP, grid, had if m <= FUSED_HADAMARD_MAX_M else 0)
         for spec, split in tune.candidates(base, m, n, k, dev):
             key = (spec, split == 1, m == 1)
             if key not in seen:
@@ -180,13 +182,54 @@ def peer_bnb(w16, x, copies):
     return fns, relerr(fns[0](), x.float() @ wd.t()), nbytes
 
 
-PEERS = {"tinygemm-w4g128": (4, peer_tinygemm), "bnb-nf4-b64": (4, peer_bnb)}
+def peer_gemlite(w16, x, copies):
+    from gemlite.helper import A16Wn
+
+    n, k = w16.shape
+    g = GROUP
+    wf = w16.float().reshape(n, k // g, g)
+    lo, hi = wf.amin(-1, keepdim=True), wf.amax(-1, keepdim=True)
+    scale = ((hi - lo) / 15).clamp_min(1e-6)
+    zero = -lo / scale  # gemlite: w = (q - zero) * scale
+    q = torch.round((wf - lo) / scale).clamp(0, 15).to(torch.uint8).reshape(n, k)
+    mods = [A16Wn(device="cuda:0", dtype=torch.float16).from_weights(q.clone(), scale.reshape(n, -1).half(),
+                                                                     zero.reshape(n, -1).half(), 4, g)
+            for _ in range(copies)]
+    fns = [lambda mod=mod: mod(x) for mod in mods]
+    wd = ((q.float().reshape(n, k // g, g) - zero.half().float()) * scale.half().float()).reshape(n, k)
+    return fns, relerr(fns[0](), x.float() @ wd.t()), n * k // 2 + 2 * 2 * n * (k // g)
+
+
+def peer_marlin(w16, x, copies):
+    """optimum-quanto qint4 group 128 (Marlin kernel on sm80+ fp16; the weight class is reported)."""
+    from optimum.quanto import freeze, qint4, quantize
+
+    n, k = w16.shape
+    mods = []
+    for _ in range(copies):
+        lin = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.float16)
+        lin.weight.data.copy_(w16)
+        quantize(lin, weights=qint4)
+        freeze(lin)
+        mods.append(lin)
+    log(f"quanto weight class: {type(mods[0].weight).__name__}")
+    fns = [lambda mod=mod: mod(x) for mod in mods]
+    wd = mods[0].weight.dequantize().float()
+    return fns, relerr(fns[0](), x.float() @ wd.t()), n * k // 2 + 2 * 2 * n * (k // 128)
+
+
+PEERS = {"tinygemm-w4g128": (4, peer_tinygemm), "bnb-nf4-b64": (4, peer_bnb), "gemlite-w4g128": (4, peer_gemlite),
+         "marlin-quanto-w4g128": (4, peer_marlin)}
 
 
 # -- main -----------------------------------------------------------------------------------------
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="one shape, M in {1, 256}, b in {3, 4}")
+    ap.add_argument("--quick", action="store_true", help="one shape, M in {1, 16, 256}, b in {2, 4}")
+    ap.add_argument("--budget", type=float, default=420, help="seconds; later configs are skipped past it")
+    ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated peer names")
+    ap.add_argument("--shapes", type=int, default=len(SHAPES), help="the first N shapes of SHAPES")
+    ap.add_argument("--bits", default=",".join(map(str, BITS)), help="comma-separated bit widths")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
@@ -195,9 +238,11 @@ def main():
     from qcomp.codegen.hadamard_util import rotate_blocks
     from qcomp.codegen.ops import qlinear
 
-    shapes, ms, bits_list = SHAPES, MS, BITS
+    shapes, ms, bits_list = SHAPES[: args.shapes], MS, [int(b) for b in args.bits.split(",")]
+    t_start = time.time()
     if args.quick:
-        shapes, ms, bits_list = [(28672, 8192)], [1, 256], [3, 4]
+        shapes, ms, bits_list = [(28672, 8192)], [1, 16, 256], [2, 4]
+    t_start = time.time()
     name = torch.cuda.get_device_name()
     bw = copy_bandwidth()
     log(f"GPU {name} | torch {torch.__version__} | copy 1 GiB D2D (read+write): {bw:.2f} TB/s")
@@ -247,6 +292,9 @@ def main():
                         kw = dict(bits=bits, p=1, group_size=GROUP, grid=grid, n=n, k=k, had_block=had,
                                   had_signs=signs)
                         tag = f"qcomp-{grid}{'-had' + str(had) if had else ''}"
+                        if time.time() - t_start > args.budget:
+                            emit(contestant=tag, b=bits, grid=grid, had=had, NxK=f"{n}x{k}", M=m, status="SKIP budget")
+                            continue
                         try:
                             y = qlinear(x, packed, scales, lut, None, None, **kw)  # autotunes, then checks
                             xr = rotate_blocks(x.float(), signs, had) if had else x.float()
@@ -255,7 +303,9 @@ def main():
                                                 for p_ in pcs])
                             from qcomp.codegen import tune
                             from qcomp.codegen.ops import base_spec
-                            spec, split = tune.choose(base_spec(x.dtype, bits, 1, GROUP, grid, had), m, n, k,
+                            from qcomp.codegen.ops import FUSED_HADAMARD_MAX_M
+                            fused = had if m <= FUSED_HADAMARD_MAX_M else 0  # larger M: x rotated apart
+                            spec, split = tune.choose(base_spec(x.dtype, bits, 1, GROUP, grid, fused), m, n, k,
                                                       x.device, None)
                             emit(contestant=tag, b=bits, grid=grid, had=had, NxK=f"{n}x{k}", M=m, us=us,
                                  TBs=nbytes / us / 1e6, x_copy=nbytes / us / 1e6 / bw, x_fp16=fp16_us[m] / us,
@@ -268,7 +318,12 @@ def main():
                 del pcs, what
         if not args.no_peers:
             for pname, (pb, fn) in PEERS.items():
+                if pname not in args.peers.split(","):
+                    continue
                 for m in ms:
+                    if time.time() - t_start > args.budget + 60 or (pname.startswith("marlin") and (n, k) != shapes[0]):
+                        emit(contestant=pname, b=pb, grid="-", had=0, NxK=f"{n}x{k}", M=m, status="SKIP budget")
+                        continue
                     try:
                         fns, err, nbytes = fn(w16, xs[m], copies_for(w16.numel() // 4))
                         us = graph_time_us(fns)
@@ -306,6 +361,16 @@ def summary(rows, name, bw):
                 had = f"{100 * (r1['us'] / r0['us'] - 1):+.0f}%" if r0 and r1 else "-"
                 log(f"{s:>11} {m:>4} {f['us'] if f else float('nan'):7.1f} " + " ".join(f"{c:>18}" for c in cells)
                     + f"  {had}")
+    peers = [p for p in PEERS if any(r["contestant"] == p for r in rows)]
+    log("-- batch-M view at 4 bits (us): fp16, qcomp uniform / +had128 / lut, peers")
+    log(f"{'NxK':>11} {'M':>4} {'fp16':>7} {'w4':>7} {'w4had':>7} {'w4lut':>7} " + " ".join(f"{p[:14]:>14}" for p in peers))
+    for s in shapes:
+        for m in ms:
+            def us(c, b=4):
+                r = key.get((c, b, s, m))
+                return f"{r['us']:7.1f}" if r else f"{'-':>7}"
+            log(f"{s:>11} {m:>4} {us('fp16-cublas', 16)} {us('qcomp-uniform')} {us('qcomp-uniform-had128')} "
+                f"{us('qcomp-lut')} " + " ".join(f"{us(p):>14}" for p in peers))
     bad = [r for r in rows if r.get("status") not in ("ok",)]
     log(f"rows {len(rows)}, not ok {len(bad)}; max relerr qcomp "
         f"{max((r['relerr'] for r in rows if r['contestant'].startswith('qcomp') and r.get('us')), default=float('nan')):.1e}")
