@@ -55,14 +55,15 @@ def max_rel_error(g_ref: Graph, g: Graph, *inputs) -> float:
     return max(float((y - x).abs().max() / x.abs().max()) for x, y in zip(a, b))
 
 
-def check_equivalence(model: nn.Module, inputs: tuple, capture: str = "auto", **options) -> dict:
+def check_equivalence(model: nn.Module, inputs: tuple, capture: str = "auto", insert: dict | None = None,
+                      fuse: dict | None = None) -> dict:
     """Capture in float64, run canonicalize | insert | insert+fuse; return the graphs and errors."""
     model = model.to(torch.float64).eval()
     g0 = capture_model(model, inputs, method=capture)
     g1, _ = run_pipeline(g0, "canonicalize")
     snapshot = {k: (v, v.clone()) for k, v in g1.params.items()}
-    g2, rec2 = run_pipeline(g1, "insert-hadamard", **options)
-    g3, rec3 = run_pipeline(g2, "fuse-hadamard", **options)
+    g2, rec2 = run_pipeline(g1, "insert-hadamard", **(insert or {}))
+    g3, rec3 = run_pipeline(g2, "fuse-hadamard", **(fuse or {}))
     for k, (t, copy) in snapshot.items():  # passes never mutate their input's tensors
         assert g1.params[k] is t and torch.equal(t, copy), k
     return {"float": g1, "insert": g2, "fuse": g3, "insert_stats": rec2[-1].stats, "fuse_stats": rec3[-1].stats,
