@@ -7,7 +7,7 @@ import numbers
 from dataclasses import dataclass
 
 CONFIG_VERSION = 1
-DEFAULT_PIPELINE = "canonicalize,allocate-bits,quantize"
+DEFAULT_PIPELINE = "canonicalize,insert-hadamard,fuse-hadamard,allocate-bits,quantize,lower"
 
 
 def check_budget(budget) -> float:
