@@ -246,7 +246,7 @@ def dequantize_weight(q: QuantizedWeight, spec: QuantSpec, dtype: torch.dtype = 
         raise ValueError(f"lut has shape {tuple(q.lut.shape)}, spec {spec.short()} needs ({spec.n_points}, {spec.p})")
     if q.scales.shape != (n, k // g):
         raise ValueError(f"scales have shape {tuple(q.scales.shape)}, expected ({n}, {k // g}) for group {g}")
-    lut = q.lut.to(torch.float32)
+    lut = q.lut.to(device=q.codes.device, dtype=torch.float32)
     out = torch.empty(n, k, dtype=dtype)
     step = _chunk_rows(n, k)
     for r in range(0, n, step):
