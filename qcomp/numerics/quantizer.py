@@ -247,7 +247,7 @@ def dequantize_weight(q: QuantizedWeight, spec: QuantSpec, dtype: torch.dtype = 
     if q.scales.shape != (n, k // g):
         raise ValueError(f"scales have shape {tuple(q.scales.shape)}, expected ({n}, {k // g}) for group {g}")
     lut = q.lut.to(device=q.codes.device, dtype=torch.float32)
-    out = torch.empty(n, k, dtype=dtype)
+    out = torch.empty(n, k, dtype=dtype, device=q.codes.device)
     step = _chunk_rows(n, k)
     for r in range(0, n, step):
         vals = lut[q.codes[r : r + step].long()].reshape(-1, k // g, g)
