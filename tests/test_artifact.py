@@ -105,7 +105,7 @@ def test_resave_of_loaded_artifact_is_identical(tiny_llama, tmp_path):
 def test_tied_parameters_are_stored_once(tmp_path):
     model, (ids,) = builtin_model("tiny-llama")
     model.lm_head.weight = model.embed_tokens.weight  # tie, as many HF LMs do
-    compiled = qcomp.compile(model, budget=4, example_inputs=(ids,))
+    compiled = qcomp.compile(model, budget=4, example_inputs=(ids,), pipeline=PIPELINE)  # rotations untie them
     compiled.save(tmp_path / "a")
     m = artifact.read_manifest(tmp_path / "a")
     stored = load_file(str(tmp_path / "a" / "weights.safetensors"))
