@@ -173,6 +173,7 @@ def _raster_for(lut_bytes: bytes, n: int) -> _Raster2D:
 def nearest_points(z: torch.Tensor, lut: torch.Tensor, chunk: int = 1 << 18) -> torch.Tensor:
     """Index (int64) of the nearest row of lut [n, p] for every p-vector of z [..., p] (exact; ties: any)."""
     p = lut.shape[1]
+    lut = lut.to(z.device)
     if p == 1:
         lut1 = lut[:, 0]
         if not bool((lut1[1:] > lut1[:-1]).all()):
@@ -182,12 +183,12 @@ def nearest_points(z: torch.Tensor, lut: torch.Tensor, chunk: int = 1 << 18) -> 
         raise ValueError(f"nearest_points supports p = 1 or 2, got lut of shape {tuple(lut.shape)}")
     lut = lut.to(torch.float32).contiguous()
     flat = z.reshape(-1, p).to(torch.float32)
-    if lut.shape[0] <= RASTER_MIN_POINTS:  # few points: comparing all of them is cheaper
+    if lut.shape[0] <= RASTER_MIN_POINTS or flat.device.type != "cpu":  # few points / GPU: compare all of them
         cn = (lut * lut).sum(-1)
         search = lambda x: (cn[None, :] - 2 * x @ lut.T).argmin(-1)  # noqa: E731
     else:
         search = _raster_for(lut.numpy().tobytes(), lut.shape[0])
-    out = torch.empty(flat.shape[0], dtype=torch.long)
+    out = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
     for s in range(0, flat.shape[0], chunk):
         out[s : s + chunk] = search(flat[s : s + chunk])
     return out.reshape(z.shape[:-1])
@@ -218,12 +219,14 @@ def quantize_weight(w: torch.Tensor, spec: QuantSpec) -> QuantizedWeight:
     g = spec.group(k)
     sdt = _SCALE_DTYPES[spec.scale_dtype]
     lut = spec_lut(spec)
-    codes = torch.empty(n, k // spec.p, dtype=torch.uint8)
-    scales = torch.empty(n, k // g, dtype=sdt)
-    offsets = torch.empty(n, k // g, dtype=sdt) if spec.has_offset else None
+    dev = w.device  # quantize where the weight lives (CUDA weights stay on the GPU)
+    lut = lut.to(dev)
+    codes = torch.empty(n, k // spec.p, dtype=torch.uint8, device=dev)
+    scales = torch.empty(n, k // g, dtype=sdt, device=dev)
+    offsets = torch.empty(n, k // g, dtype=sdt, device=dev) if spec.has_offset else None
     step = _chunk_rows(n, k)
     for r in range(0, n, step):
-        wg = w[r : r + step].to(device="cpu", dtype=torch.float32).reshape(-1, k // g, g)
+        wg = w[r : r + step].to(dtype=torch.float32).reshape(-1, k // g, g)
         if spec.grid == "uniform":
             c, sc, off = _quant_uniform(wg, spec, sdt)
         elif spec.grid == "uniform_asym":
