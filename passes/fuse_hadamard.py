@@ -115,9 +115,9 @@ def apply_region(g: Graph, region: Region, params: ParamRewriter) -> None:
                 params.apply(node, 2, ("rows", h, s), lambda t: rotate_last(t, h, s), "rot")
             node.attrs["hadamard_out"] = {"size": h, "seed": s}
         elif kind == "param":
-            target = node.attrs["target"]
-            new_target = target if sum(n.op == "param" and n.attrs["target"] == target for n in g.nodes) == 1 else \
-                g.fresh_name(target + "_rot")
+            target = new_target = node.attrs["target"]
+            if sum(n.op == "param" and n.attrs["target"] == target for n in g.nodes) > 1:
+                new_target = next(f"{target}.rot{i or ''}" for i in range(len(g.params) + 1) if f"{target}.rot{i or ''}" not in g.params)
             g.params[new_target] = rotate_last(g.params[target], h, s)
             node.attrs["target"] = new_target
         elif kind == "entry":

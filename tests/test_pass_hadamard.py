@@ -236,3 +236,48 @@ def test_layer_without_hadamard_block_is_left_alone(f64_norms):
     r = check_equivalence(Odd(), (x,))
     assert r["insert_stats"]["no_block"] == ["a"] and r["insert_stats"]["rotated"] == 1
     assert r["err_insert"] < TOL and r["err_fuse"] < TOL
+
+
+def test_param_added_to_the_stream_is_rotated_offline(f64_norms):
+    class LearnedPositions(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.emb, self.pos = nn.Embedding(40, 24), nn.Parameter(torch.randn(6, 24))
+            self.norm, self.up, self.down = nn.RMSNorm(24), nn.Linear(24, 48), nn.Linear(48, 24)
+            self.head = nn.Linear(24, 40)
+
+        def forward(self, ids):
+            x = self.emb(ids) + self.pos
+            x = x + self.down(torch.relu(self.up(self.norm(x))))
+            return self.head(x)  # no final norm: the head reads the stream directly
+
+    ids = torch.randint(0, 40, (2, 6), generator=torch.Generator().manual_seed(0))
+    r = check_equivalence(LearnedPositions(), (ids,), capture="fx")
+    assert r["err_insert"] < TOL and r["err_fuse"] < TOL, (r["err_insert"], r["err_fuse"])
+    region = r["fuse_stats"]["regions"][0]
+    assert (region["params"], region["entries"], region["exits"]) == (1, [], [])
+    assert rotated_layers(r["fuse"]) == ["down"]
+
+
+def test_region_with_entry_and_exit_is_applied_only_when_it_pays(f64_norms):
+    class FloatStream(nn.Module):
+        def __init__(self, n_blocks: int):
+            super().__init__()
+            torch.manual_seed(0)
+            self.norms = nn.ModuleList(nn.RMSNorm(16) for _ in range(n_blocks))
+            self.ups = nn.ModuleList(nn.Linear(16, 32) for _ in range(n_blocks))
+            self.downs = nn.ModuleList(nn.Linear(32, 16) for _ in range(n_blocks))
+
+        def forward(self, x):  # the stream enters from the input and leaves to the output
+            for norm, up, down in zip(self.norms, self.ups, self.downs):
+                x = x + down(torch.relu(up(norm(x))))
+            return x
+
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    two = check_equivalence(FloatStream(2), (x,), capture="fx")  # removes 2 rotations, would add 2
+    assert two["fuse_stats"]["regions"] == [] and two["err_fuse"] < TOL
+    three = check_equivalence(FloatStream(3), (x,), capture="fx")  # removes 3, adds 2
+    region = three["fuse_stats"]["regions"][0]
+    assert (region["entries"], region["exits"], region["online_removed"], region["online_added"]) == (["x"], ["out"], 3, 2)
+    assert three["fuse_stats"]["online_after"] == 3 + 2 and three["err_fuse"] < TOL, three["err_fuse"]

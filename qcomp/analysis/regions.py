@@ -106,8 +106,10 @@ def find_region(g: Graph, seed: str, users: dict[str, list[Node]] | None = None)
             continue
         members.add(v)
         node = g.node(v)
-        if node.op in ("embedding", "linear") or (node.op == "param" and last_dim(g, v) == d):
+        if node.op in ("embedding", "linear"):
             region.producers[v] = node.op
+        elif node.op == "param" and all(is_metadata_use(u) or transparent(u) for u in users[v]):
+            region.producers[v] = "param"  # read only through transparent ops: rotate the tensor itself
         elif transparent(node):
             region.producers[v] = "transparent"
             ins = [node.args[0]] if node.op == "norm" else tensor_inputs(g, node)
