@@ -45,9 +45,11 @@ def rotate(x: torch.Tensor, size: int, seed, inverse: bool = False) -> torch.Ten
 class ReferenceRuntime:
     """Interpret `graph`. Override `qlinear` in a subclass to run kernels instead of dequantize+matmul."""
 
-    def __init__(self, graph: Graph, device: torch.device | str | None = None):
+    def __init__(self, graph: Graph, device: torch.device | str | None = None, cache_dequantized: bool = True):
         self.graph = graph
         self.device = torch.device(device) if device is not None else None
+        self.cache_dequantized = cache_dequantized  # keep each qlinear's float weight after its first use
+        self._dequantized: dict[str, torch.Tensor] = {}
         self._params: dict[str, torch.Tensor] = {}
         self._fns: dict[str, object] = {}
         self._last_use = self._compute_last_use()
@@ -74,6 +76,7 @@ class ReferenceRuntime:
     def to(self, device) -> "ReferenceRuntime":
         self.device = torch.device(device)
         self._params.clear()
+        self._dequantized.clear()
         return self
 
     # -- execution ------------------------------------------------------------------------
@@ -155,5 +158,9 @@ class ReferenceRuntime:
         spec = QuantSpec.from_dict(a["spec"])
         if a.get("rotate"):
             x = rotate(x, a["rotate"]["size"], a["rotate"].get("seed"))
-        w = dequantize_packed(packed, scales, lut, offsets, spec, a["n"], a["k"], dtype=torch.float32)
-        return F.linear(x, w.to(x.dtype), bias)
+        w = self._dequantized.get(node.name)
+        if w is None or w.dtype != x.dtype or w.device != x.device:
+            w = dequantize_packed(packed, scales, lut, offsets, spec, a["n"], a["k"], dtype=torch.float32).to(x.dtype)
+            if self.cache_dequantized:
+                self._dequantized[node.name] = w
+        return F.linear(x, w, bias)
