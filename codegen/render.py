@@ -110,6 +110,10 @@ def _setup(s: KernelSpec) -> list[str]:
         "step_hi = (pid_k + 1) * n_steps // SPLIT_K",
         "offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)",
         "mask_n = offs_n < N",
+    ]
+    if s.variant == "gemm":
+        return L  # the gemm body sets up its own [BLOCK_N, T, S, W0] indexing
+    L += [
         "offs_c = tl.arange(0, C)",
         f"code_c = (offs_c // {W0}) * 128 + offs_c % {W0}  # code of slot 0 of column c within the K step",
         f"code_c = tl.max_contiguous(tl.multiple_of(code_c, {W0}), {W0})  # runs of {W0}: vector loads of x",
@@ -339,61 +343,91 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
 
 
 def _gemm_body(s: KernelSpec, dt: str) -> list[str]:
-    S, P = 32 // s.widest_plane, s.p
-    mode, sb = _scale_mode(s)
+    """One dequantized [BLOCK_N, BLOCK_K] weight tile per K step, in natural K order, and ONE tl.dot with the
+    [BLOCK_K, BLOCK_M] x^T tile. The widest plane's words are loaded as [BLOCK_N, T, 1, W0] (T tiles of W0
+    words), shifted by the slot offsets [S] (broadcast to [BLOCK_N, T, S, W0]: code t*128 + j*W0 + q, which is
+    natural order), and reshaped to [BLOCK_N, BLOCK_K] (p = 2: the two table columns joined last)."""
+    w0 = s.widest_plane
+    S, P, W0 = 32 // w0, s.p, 4 * w0
+    T = s.block_k // P // 128
+    mode, _ = _scale_mode(s)
     after = mode in ("row", "channel") and s.grid != "uniform_asym"
+    fp16_magic = s.grid == "uniform" and after and s.act_dtype == "fp16"
+    nb = 2 ** s.bits - 1  # 2 * zero point
     L = [
         "offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)",
         "mask_m = offs_m < M",
         "x_col = x_ptr + offs_m[None, :] * stride_xm",
-        "acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # transposed output tile: rows = features",
-        "for step in range(step_lo, step_hi):",
+        "offs_k = tl.arange(0, BLOCK_K)",
+        f"t_idx = tl.arange(0, {T})[:, None]  # pack tile of the K step",
+        f"q_idx = tl.arange(0, {W0})[None, :]  # column (word) within the tile",
+        "w_row4 = w_ptr + offs_n[:, None, None, None] * stride_w",
+        "mask_n4 = mask_n[:, None, None, None]",
+        f"sh_{w0} = (tl.arange(0, {S}) * {w0})[None, None, :, None]  # slot j of the widest plane: bits {w0}*j",
     ]
-    loop = _load_planes(s)
-    if mode == "row" and after:
-        loop.append(f"sc = tl.load(s_ptr + offs_n * stride_s + (step * BLOCK_K) // {s.group_size}, mask=mask_n, "
-                    "other=0.0).to(tl.float32)")
-    uni_sub = s.grid == "uniform" and after  # w = code exactly in fp16/bf16; z * sum(x) subtracted per step
-    if uni_sub:
-        loop.append("xsum = tl.zeros((BLOCK_M,), dtype=tl.float32)")
-    for j0 in range(0, S, sb):
+    for w, off in planes(s.code_bits)[1:]:
+        Wp = 4 * w
+        L.append(f"sh_{w} = (tl.arange(0, {S})[:, None] * {w0} + ((q_idx % {W0}) // {Wp}) * {w})[None, None, :, :]"
+                 f"  # {w}-bit plane: word q % {Wp}, bit {w0}*j + {w}*(q // {Wp})")
+    L.append("acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # transposed output tile: rows = features")
+    loop = []
+    for i, (w, off) in enumerate(planes(s.code_bits)):
+        Wp = 4 * w
+        loop += [
+            f"wofs = step * {T * Wp} + t_idx * {Wp} + q_idx % {Wp}  # [T, W0] words of the {w}-bit plane",
+            f"word_{w} = tl.load(w_row4 + {off} * plane_words + wofs[None, :, None, :], "
+            f"mask=mask_n4 & (wofs < {w} * plane_words)[None, :, None, :], other=0)",
+        ]
+    parts = []
+    for i, (w, off) in enumerate(planes(s.code_bits)):
+        e = f"((word_{w} >> sh_{w}) & {2 ** w - 1})"
+        parts.append(e if off == 0 else f"({e} << {off})")
+    loop.append("code = " + " | ".join(parts) + "  # [BLOCK_N, T, S, W0]: code of weight t*128 + j*W0 + q")
+    four = f"(BLOCK_N, {T}, {S}, {W0})"
+    if s.grid == "uniform" and after:
+        if fp16_magic:
+            loop.append(f"wq = (code * 2 + 0x6400).to(tl.int16).to(tl.float16, bitcast=True) - {1024.0 + nb!r}"
+                        f"  # 2 * (code - {nb / 2}), exact in fp16 (magic 1024)")
+        else:
+            loop.append(f"wq = ((code * 2 | 0x4b000000).to(tl.float32, bitcast=True) - {2.0 ** 23 + nb!r})"
+                        f".to({dt})  # 2 * (code - {nb / 2}), exact")
+        loop.append("wt = tl.reshape(wq, (BLOCK_N, BLOCK_K))")
+    else:
+        if s.grid == "uniform":
+            loop.append(f"val = (code | 0x4b000000).to(tl.float32, bitcast=True) - {2.0 ** 23!r} - {nb / 2!r}  # code - z")
+        elif s.grid == "uniform_asym":
+            loop.append(f"val = (code | 0x4b000000).to(tl.float32, bitcast=True) - {2.0 ** 23!r}  # code")
+        elif P == 1:
+            loop.append("val = tl.load(lut_ptr + code)  # table gather (L1-resident)")
+        else:
+            loop += ["val = tl.join(tl.load(lut_ptr + code * 2), tl.load(lut_ptr + code * 2 + 1))"
+                     "  # weights 2t, 2t + 1 last"]
+        loop.append("val = tl.reshape(val, (BLOCK_N, BLOCK_K))")
         if not after:
-            jk = j0 * 4 * s.widest_plane * P
-            gi = f"(step * BLOCK_K + code_c{f' * {P}' if P > 1 else ''}{f' + {jk}' if jk else ''}) // {s.group_size}" \
-                if mode != "channel" else "0 * offs_c"
-            if mode == "row":
-                gi = f"0 * offs_c + (step * BLOCK_K) // {s.group_size}"
-            loop += [f"gidx = {gi}",
-                     "sidx = offs_n[:, None] * stride_s + gidx[None, :]",
+            gi = f"(offs_k + step * BLOCK_K) // {s.group_size}" if mode != "channel" else "0 * offs_k"
+            loop += ["sidx = offs_n[:, None] * stride_s + (" + gi + ")[None, :]",
                      "sc2 = tl.load(s_ptr + sidx, mask=mask_n[:, None], other=0.0).to(tl.float32)"]
             if s.grid == "uniform_asym":
-                loop.append("of2 = tl.load(o_ptr + sidx, mask=mask_n[:, None], other=0.0).to(tl.float32)")
-        for j in range(j0, j0 + sb):
-            loop.append(f"# slot {j}")
-            loop += _values(s, j)
-            if uni_sub:
-                loop[-1] = f"val = (code2 | {_MAGIC:#x}).to(tl.float32, bitcast=True) - {2.0 ** 22!r}  # code"
-            for e in range(P):
-                v = "val" if P == 1 else f"val{e}"
-                if not after:
-                    v = f"({v} * sc2" + (" + of2)" if s.grid == "uniform_asym" else ")")
-                idx = _x_index(s, j, e)
-                loop += [
-                    f"kx = {idx}",
-                    "xt = tl.load(x_col + kx[:, None], mask=mask_m[None, :] & (kx < K)[:, None], other=0.0)",
-                    f"part = tl.dot({v}.to({dt}), xt" + (")" if j == j0 == 0 and e == 0 else ", part)"),
-                ]
-                if uni_sub:
-                    loop.append("xsum += tl.sum(xt.to(tl.float32), axis=0)")
-    z = (2 ** s.bits - 1) / 2
-    if after:
-        fix = f"part - {z!r} * xsum[None, :]" if uni_sub else "part"
-        loop.append(f"acc += ({fix}) * sc[:, None]" if mode == "row" else f"acc += {fix}")
+                loop += ["of2 = tl.load(o_ptr + sidx, mask=mask_n[:, None], other=0.0).to(tl.float32)",
+                         "val = val * sc2 + of2"]
+            else:
+                loop.append("val = val * sc2")
+        loop.append(f"wt = val.to({dt})")
+    loop += [
+        "kx = offs_k + step * BLOCK_K",
+        "xt = tl.load(x_col + kx[:, None], mask=mask_m[None, :] & (kx < K)[:, None], other=0.0)",
+    ]
+    half = " * 0.5" if s.grid == "uniform" and after else ""
+    if mode == "row" and after:
+        loop += [f"sc = tl.load(s_ptr + offs_n * stride_s + (step * BLOCK_K) // {s.group_size}, mask=mask_n, "
+                 f"other=0.0).to(tl.float32){half}",
+                 "acc += tl.dot(wt, xt) * sc[:, None]  # one tensor-core product per K step"]
     else:
-        loop.append("acc += part")
+        loop.append("acc = tl.dot(wt, xt, acc)  # one tensor-core product per K step")
+    L.append("for step in range(step_lo, step_hi):")
     L += ["    " + x for x in loop]
     if mode == "channel" and after:
-        L += ["acc = acc * tl.load(s_ptr + offs_n * stride_s, mask=mask_n, other=0.0).to(tl.float32)[:, None]"]
+        L += [f"acc = acc * (tl.load(s_ptr + offs_n * stride_s, mask=mask_n, other=0.0).to(tl.float32){half})[:, None]"]
     L += [
         "if HAS_BIAS:",
         "    if pid_k == 0:  # split-K: one program per output tile adds the bias",

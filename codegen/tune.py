@@ -24,8 +24,15 @@ _LOCK = threading.Lock()
 _FILE_LOADED = False
 
 GEMV_TILES = [(128, 128, 4), (64, 256, 4), (128, 256, 4)]  # (n, k, warps)
-DOT_SMALL_M = [(64, 256, 4, 3), (128, 256, 4, 3)]  # gemm candidates for 4 < M <= 16: (n, k, warps, stages)
-GEMM_TILES = [(128, 128, 128, 8, 2), (64, 128, 128, 4, 3), (128, 256, 128, 8, 2), (64, 64, 256, 4, 2)]  # (m, n, k, ...)
+DOT_SMALL_M = [(64, 256, 4, 3), (128, 128, 4, 4), (128, 256, 4, 3)]  # gemm for 4 < M <= 16: (n, k, warps, stages)
+# gemm (M > 16) per M bucket: (m, n, k, warps, stages); acc^T is [n, m]: n feeds the wgmma M dimension
+GEMM_TILES = {
+    32: [(32, 128, 128, 4, 4), (32, 64, 256, 4, 4), (32, 128, 256, 8, 3)],
+    64: [(64, 128, 128, 4, 4), (64, 128, 256, 8, 3), (64, 64, 128, 4, 4), (64, 256, 128, 8, 3)],
+    128: [(128, 128, 128, 8, 3), (64, 128, 128, 4, 4), (128, 256, 128, 8, 3), (128, 64, 128, 4, 4)],
+    256: [(128, 128, 128, 8, 3), (256, 128, 128, 8, 2), (128, 256, 128, 8, 3), (64, 256, 128, 8, 3),
+          (128, 128, 128, 4, 4)],
+}
 
 
 def m_bucket(m: int) -> int:
@@ -38,13 +45,11 @@ def _sm_count(device) -> int:
     return 132
 
 
-def _fit_k(bk: int, base: KernelSpec, k: int, min_words: int = 0) -> int:
+def _fit_k(bk: int, base: KernelSpec, k: int) -> int:
     """Scale a tile's K (given for p = 1) to whole pack tiles, the Hadamard block and the row length."""
     bk = max(bk * base.p, base.had_block or 1, 128 * base.p)
     while bk > 128 * base.p and bk // 2 >= k and bk // 2 >= (base.had_block or 1):
         bk //= 2  # no tile much larger than the whole row
-    while min_words and bk // base.p // 128 * 4 * base.widest_plane < min_words:
-        bk *= 2  # tl.dot needs 16 words of the widest plane per K step
     return bk
 
 
@@ -71,16 +76,15 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
             out.append((spec, split))
         if m > 4 and not base.had_block:  # (ops.py rotates x apart above FUSED_HADAMARD_MAX_M)
             for bn, bk, warps, stages in DOT_SMALL_M:
-                spec = dataclasses.replace(base, variant="gemm", block_m=16, block_n=bn, block_k=_fit_k(bk, base, k, 16),
+                spec = dataclasses.replace(base, variant="gemm", block_m=16, block_n=bn, block_k=_fit_k(bk, base, k),
                                            num_warps=warps, num_stages=stages, group_m=1)
                 out.append((spec, _split(-(-n // bn), -(-k // spec.block_k), sms)))
     else:
         if base.had_block:
             raise ValueError("M > 16 takes no fused Hadamard: rotate x first (ops.triton_qlinear does)")
-        for bm, bn, bk, warps, stages in GEMM_TILES:
-            bm = min(bm, max(16, m_bucket(m)))
+        for bm, bn, bk, warps, stages in GEMM_TILES[min(256, max(32, m_bucket(m)))]:
             spec = dataclasses.replace(base, variant="gemm", block_m=bm, block_n=bn,
-                                       block_k=_fit_k(bk, base, k, 16), num_warps=warps, num_stages=stages)
+                                       block_k=_fit_k(bk, base, k), num_warps=warps, num_stages=stages)
             progs = -(-m // bm) * -(-n // bn)
             out.append((spec, _split(progs, -(-k // spec.block_k), sms) if progs < sms else 1))
     seen, uniq = set(), []

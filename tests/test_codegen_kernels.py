@@ -16,6 +16,7 @@ from qcomp.codegen.hadamard_util import rotate_blocks, sylvester  # noqa: E402
 from qcomp.codegen.kernel_spec import KernelSpec, KernelSpecError  # noqa: E402
 from qcomp.codegen.ops import launch, qlinear, reference_qlinear  # noqa: E402
 from qcomp.codegen.packing import pack_codes  # noqa: E402
+from qcomp.codegen.render import kernel_source  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
 
@@ -88,6 +89,30 @@ def test_gemm_variant(bits, grid, p, g, split):
     spec = KernelSpec(bits=bits, grid=grid, p=p, group_size=g, variant="gemm",
                       block_m=32, block_n=32, block_k=bk, group_m=2)
     check(run_kernel(d, spec, split, n, k), reference(d, bits, p, g, grid, n, k, 0))
+
+
+@pytest.mark.parametrize("bits,grid,p,g,bk", [(4, "uniform", 1, 128, 128), (2, "uniform", 1, -1, 256),
+                                              (3, "lut", 2, 256, 256), (5, "uniform", 1, 128, 128),
+                                              (8, "uniform", 1, -1, 256), (7, "uniform_asym", 1, 128, 128)])
+def test_gemm_one_dot_per_k_step(bits, grid, p, g, bk):
+    """Natural-order weight tile + one tl.dot per K step: the exact fp16 magic (row/channel scales after the
+    dot), table and per-weight-scale paths, several pack tiles per K step."""
+    n, k, m = 72, 1024, 33
+    d = make_case(bits, grid, p, g, 0, m, n, k, seed=bits * 13 + bk)
+    spec = KernelSpec(bits=bits, grid=grid, p=p, group_size=g, variant="gemm", block_m=32, block_n=64,
+                      block_k=bk, group_m=2)
+    check(run_kernel(d, spec, 1, n, k), reference(d, bits, p, g, grid, n, k, 0))
+    assert kernel_source(spec).count("tl.dot(") == 1
+
+
+def test_gemm_bf16_source():
+    """bf16 activations: the weight tile is made exactly in fp32 and cast (no fp16 magic). Numerics run on the
+    GPU only: the Triton 3.9 CPU interpreter's tl.dot on bf16 operands returns garbage (checked by hand)."""
+    src = kernel_source(KernelSpec(bits=4, group_size=128, variant="gemm", act_dtype="bf16", block_m=32,
+                                   block_k=128))
+    assert ".to(tl.bfloat16)" in src and "0x4b000000" in src and "0x6400" not in src
+    src16 = kernel_source(KernelSpec(bits=4, group_size=128, variant="gemm", block_m=32, block_k=128))
+    assert "0x6400" in src16 and src16.count("tl.dot(") == 1
 
 
 @pytest.mark.parametrize("bits,grid,had", [(4, "uniform", 0), (3, "lut", 128)])
