@@ -232,13 +232,18 @@ def main():
     ap.add_argument("--bits", default=",".join(map(str, BITS)), help="comma-separated bit widths")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--ms", default=",".join(map(str, MS)), help="comma-separated batch sizes M")
+    ap.add_argument("--grids", default=",".join(GRIDS), help="comma-separated grids (uniform, lut)")
+    ap.add_argument("--hads", default=",".join(map(str, HADS)), help="comma-separated Hadamard blocks (0: none)")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     from qcomp.codegen.hadamard_util import rotate_blocks
     from qcomp.codegen.ops import qlinear
 
-    shapes, ms, bits_list = SHAPES[: args.shapes], MS, [int(b) for b in args.bits.split(",")]
+    shapes, ms, bits_list = SHAPES[: args.shapes], [int(v) for v in args.ms.split(",")], [int(b) for b in args.bits.split(",")]
+    GRIDS[:] = args.grids.split(",")
+    HADS[:] = [int(v) for v in args.hads.split(",")]
     t_start = time.time()
     if args.quick:
         shapes, ms, bits_list = [(28672, 8192)], [1, 16, 256], [2, 4]
