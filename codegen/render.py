@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import struct
 from pathlib import Path
 
 from .kernel_spec import KernelSpec
@@ -64,6 +65,116 @@ def _header(s: KernelSpec) -> list[str]:
         "",
         "",
     ]
+
+
+def use_half2(s: KernelSpec) -> bool:
+    """GEMV with two weights per 32-bit op: uniform grid, fp16 x, one plane of 1, 2 or 4 bits, scales per row
+    or per K step (w8 stays fp32: (code - z) * x could leave the fp16 range for large activations)."""
+    mode, _ = _scale_mode(s)
+    return (s.variant == "gemv" and s.grid == "uniform" and s.act_dtype == "fp16" and s.p == 1
+            and s.code_bits in (1, 2, 4) and mode in ("row", "channel"))
+
+
+def _f16_bits(v: float) -> int:
+    return struct.unpack("<H", struct.pack("<e", v))[0]
+
+
+def _half2_helpers(s: KernelSpec) -> list[str]:
+    """Packed-half2 helpers: PTX on CUDA, the same arithmetic in plain Triton under TRITON_INTERPRET=1."""
+    z = 512.0 + (2 ** s.bits - 1) / 2
+    zz = _f16_bits(z)
+    zz2 = zz | zz << 16
+    return [
+        "# two fp16 per int32 (lo, hi): PTX on CUDA; the same values in plain Triton in the CPU interpreter",
+        'USE_PTX = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")',
+        "",
+        "",
+        "@triton.jit",
+        "def _lo(a):",
+        "    return (a & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)",
+        "",
+        "",
+        "@triton.jit",
+        "def _hi(a):",
+        "    return ((a >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)",
+        "",
+        "",
+        "@triton.jit",
+        "def _pack(lo, hi):",
+        "    return (lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (hi.to(tl.int16, bitcast=True).to(tl.int32) << 16)",
+        "",
+        "",
+        "@triton.jit",
+        "def _deq2(h):",
+        f"    # h = (2 * code | 0x6000) per half = {512.0!r} + code; minus {z!r} = code - {z - 512.0!r}, exact",
+        "    if USE_PTX:",
+        "        return tl.inline_asm_elementwise(",
+        f'            "{{ .reg .b32 t; mov.b32 t, {zz2:#010x}; sub.rn.f16x2 $0, $1, t; }}", "=r,r", [h],',
+        "            dtype=tl.int32, is_pure=True, pack=1)",
+        "    else:",
+        f"        z = tl.full((), {z!r}, tl.float16)",
+        "        return _pack(_lo(h) - z, _hi(h) - z)",
+        "",
+        "",
+        "@triton.jit",
+        "def _mul2(a, b):",
+        "    if USE_PTX:",
+        '        return tl.inline_asm_elementwise("mul.rn.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32,',
+        "                                         is_pure=True, pack=1)",
+        "    else:",
+        "        return _pack(_lo(a) * _lo(b), _hi(a) * _hi(b))",
+        "",
+        "",
+        "@triton.jit",
+        "def _fma2(a, b, c):",
+        "    if USE_PTX:",
+        '        return tl.inline_asm_elementwise("fma.rn.f16x2 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],',
+        "                                         dtype=tl.int32, is_pure=True, pack=1)",
+        "    else:",
+        "        return _pack(_lo(a) * _lo(b) + _lo(c), _hi(a) * _hi(b) + _hi(c))",
+        "",
+        "",
+        "@triton.jit",
+        "def _sum2(a):",
+        "    # lo + hi in fp32",
+        "    if USE_PTX:",
+        "        return tl.inline_asm_elementwise(",
+        '            "{ .reg .f16 l, h; .reg .f32 x, y; mov.b32 {l, h}, $1; cvt.f32.f16 x, l; cvt.f32.f16 y, h; "',
+        '            "add.f32 $0, x, y; }", "=f,r", [a], dtype=tl.float32, is_pure=True, pack=1)',
+        "    else:",
+        "        return _lo(a).to(tl.float32) + _hi(a).to(tl.float32)",
+        "",
+        "",
+        "@triton.jit",
+        "def _xpair(a, b):",
+        "    # two activations -> one int32 of two fp16 (a low, b high)",
+        "    return _pack(a.to(tl.float16), b.to(tl.float16))",
+        "",
+        "",
+    ]
+
+
+def _half2_slots(s: KernelSpec, ms) -> list[str]:
+    """All S slots of the widest plane as S/2 packed pairs: slot jj in the low half, jj + S/2 in the high half
+    (bit jj*w + 16), so one shift and one and|or make two fp16 (512 + code); part{m} = fp32 sum per word."""
+    w0 = s.widest_plane
+    S = 32 // w0
+    H = S // 2
+    m2 = ((2 ** w0 - 1) << 1) * 0x10001
+    L = [f"# two weights per 32-bit op: slot jj in the low fp16 half, slot jj + {H} in the high half"]
+    for m in ms:
+        for jj in range(H):
+            L.append(f"xp{m}_{jj} = _xpair(x{m}_{jj}_0, x{m}_{jj + H}_0)")
+    for jj in range(H):
+        sh = jj * w0 - 1
+        src = f"(word_{w0} << 1)" if sh < 0 else (f"(word_{w0} >> {sh})" if sh else f"word_{w0}")
+        L.append(f"v = _deq2(({src} & {m2:#x}) | 0x60006000)  # code - z of slots {jj} and {jj + H}")
+        for m in ms:
+            L.append(f"hp{m} = _mul2(v, xp{m}_{jj}[None, :])" if jj == 0 else
+                     f"hp{m} = _fma2(v, xp{m}_{jj}[None, :], hp{m})")
+    for m in ms:
+        L.append(f"part{m} = _sum2(hp{m})")
+    return L
 
 
 def _scale_mode(s: KernelSpec) -> tuple[str, int]:
@@ -271,16 +382,19 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
                 for e in range(P):
                     idx = _x_index(s, j, e)
                     loop.append(f"x{m}_{j}_{e} = tl.load(x_ptr + row{m} * stride_xm + {idx}, "
-                                f"mask={idx} < klim{m}, other=0.0).to(tl.float32)")
+                                f"mask={idx} < klim{m}, other=0.0)" + ("" if use_half2(s) else ".to(tl.float32)"))
     if mode == "row":
         loop += [f"sc = tl.load(s_ptr + offs_n * stride_s + (step * BLOCK_K) // {s.group_size}, mask=mask_n, "
                  "other=0.0).to(tl.float32)"]
         if s.grid == "uniform_asym":
             loop += [f"of = tl.load(o_ptr + offs_n * stride_s + (step * BLOCK_K) // {s.group_size}, mask=mask_n, "
                      "other=0.0).to(tl.float32)"]
+    h2 = use_half2(s)
     for j0 in range(0, S, sb):
         blk = range(j0, j0 + sb)
-        for j in blk:
+        if h2:
+            loop += _half2_slots(s, ms)
+        for j in blk if not h2 else []:
             loop.append(f"# slot {j}")
             loop += _values(s, j)
             for m in ms:
@@ -455,7 +569,10 @@ def kernel_source(spec: KernelSpec) -> str:
         "    HAS_BIAS: tl.constexpr,",
         "):",
     ]
-    return "\n".join(_header(s) + sig + ["    " + b for b in body]) + "\n"
+    hdr = _header(s)
+    if use_half2(s):
+        hdr = hdr[: hdr.index("import triton")] + ["import os", ""] + hdr[hdr.index("import triton"):] + _half2_helpers(s)
+    return "\n".join(hdr + sig + ["    " + b for b in body]) + "\n"
 
 
 def load_kernel(spec: KernelSpec):
