@@ -92,7 +92,7 @@ class Bench:
         return rows
 
     # -- issue 4 -------------------------------------------------------------------------------
-    def allocation(self, budgets=(3.0, 3.5, 4.0, 4.5), n_random: int = 10) -> dict:
+    def allocation(self, budgets=(3.0, 3.5, 4.0, 4.5), n_random: int = 8) -> dict:
         rot_graph, _ = self._rotated()
         alphas = {}
         for mode in ("data-free", "calibrated"):

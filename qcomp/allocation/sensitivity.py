@@ -267,7 +267,7 @@ def measure_sensitivity(
         target = targets[name]
         w = graph.params[target]
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + zlib.crc32(name.encode()))
-        z = torch.randn(w.shape, generator=gen, dtype=torch.float32)
+        z = torch.randn(w.shape, generator=gen, dtype=torch.float32).to(w.device)  # seeded on CPU: same noise on any device
         z *= w.float().norm() / z.norm().clamp_min(1e-30)
         ds = []
         for t in config.levels:
