@@ -23,7 +23,7 @@ _CHOICES: dict[str, tuple[dict, int]] = {}
 _LOCK = threading.Lock()
 _FILE_LOADED = False
 
-GEMV_TILES = [(128, 128, 4), (64, 256, 4), (128, 256, 4)]  # (n, k, warps)
+GEMV_TILES = [(128, 128, 4), (64, 256, 4), (128, 256, 4), (256, 128, 8)]  # (n, k, warps)
 DOT_SMALL_M = [(64, 256, 4, 3), (128, 128, 4, 4), (128, 256, 4, 3)]  # gemm for 4 < M <= 16: (n, k, warps, stages)
 # gemm (M > 16) per M bucket: (m, n, k, warps, stages); acc^T is [n, m]: n feeds the wgmma M dimension
 GEMM_TILES = {
