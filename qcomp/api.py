@@ -97,6 +97,11 @@ def compile(model: nn.Module, budget: float = 4.0, example_inputs: Any = None, *
     before = _state_fingerprint(model)
     was_training = model.training
     model.eval()
+    if example_inputs is None:  # models with a known input kind (HF text models); else a clear CaptureError
+        from .capture import default_example_inputs
+
+        example_inputs, default_kwargs = default_example_inputs(model)
+        example_kwargs = {**default_kwargs, **(example_kwargs or {})}
     try:
         graph = capture_model(model, example_inputs, example_kwargs, method=config.capture)
     finally:

@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`: not an error
+        sys.stderr.close()
+        return 0
     except Exception as e:  # user-facing errors: one clear line, no traceback unless asked
         if getattr(args, "traceback", False):
             raise

@@ -26,9 +26,11 @@ def run(args) -> int:
     compiled = qcomp.compile(model, budget=args.budget, example_inputs=inputs, pipeline=args.pipeline,
                              dump_dir=args.dump_dir, progress=not args.json and sys.stderr.isatty())
     if args.out:
-        if not hasattr(compiled, "save"):
-            raise RuntimeError("this qcomp build cannot save artifacts yet")
-        compiled.save(args.out)
+        from pathlib import Path
+
+        src = Path(args.model)  # a Hugging Face directory: keep its tokenizer with the artifact (for `qcomp run --prompt`)
+        tok = str(src) if src.is_dir() and any((src / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")) else None
+        compiled.save(args.out, tokenizer=tok)
     if args.json:
         print(json.dumps({"model": args.model, "budget": args.budget, "pipeline": compiled.report.get("pipeline"),
                           "layers": compiled.layer_table(), "kept_float": compiled.report.get("kept_float", [])}, indent=2))

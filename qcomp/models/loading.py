@@ -31,8 +31,15 @@ def load_hf(path: Path, dtype=torch.float32):
         kw["gguf_file"] = ggufs[0].name
     elif not cfg_file.exists():
         raise ModelRefError(f"{path} has no config.json: not a Hugging Face model directory")
-    archs = json.loads(cfg_file.read_text()).get("architectures") or [] if cfg_file.exists() else ["CausalLM"]
-    causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or "gguf_file" in kw
+    cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
+    archs = cfg.get("architectures") or []
+    if archs:
+        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    else:  # no architectures recorded (e.g. configs converted from GGUF): decoder-only model types are causal LMs
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        causal = "gguf_file" in kw or (cfg.get("model_type") in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+                                       and not cfg.get("is_encoder_decoder") and cfg.get("model_type") != "bert")
     cls = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
     return cls.from_pretrained(str(path), **kw).eval()
 

@@ -47,6 +47,7 @@ def prepare_smollm2(out: Path, tmp: Path) -> None:
     stage = out.with_name(out.name + ".partial")
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
+    model.config.architectures = [type(model).__name__]
     model.config.save_pretrained(stage)
     tok.save_pretrained(stage)
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
