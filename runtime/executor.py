@@ -87,15 +87,10 @@ class Executor(ReferenceRuntime):
         self._seen.clear()
         return self
 
-    def param(self, target: str) -> torch.Tensor:
-        t = self._params.get(target)
-        if t is None:
-            t = self.graph.params[target]
-            if self.device is not None:
-                t = t.to(self.device)
-            if self.dtype is not None and t.is_floating_point() and target not in self._quant_targets:
-                t = t.to(self.dtype)
-            self._params[target] = t
+    def prepare_param(self, target: str, t: torch.Tensor) -> torch.Tensor:
+        t = super().prepare_param(target, t)
+        if self.dtype is not None and t.is_floating_point() and target not in self._quant_targets:
+            t = t.to(self.dtype)
         return t
 
     def _cast(self, v):

@@ -67,11 +67,12 @@ class ReferenceRuntime:
     def param(self, target: str) -> torch.Tensor:
         t = self._params.get(target)
         if t is None:
-            t = self.graph.params[target]
-            if self.device is not None:
-                t = t.to(self.device)
-            self._params[target] = t
+            t = self._params[target] = self.prepare_param(target, self.graph.params[target])
         return t
+
+    def prepare_param(self, target: str, t: torch.Tensor) -> torch.Tensor:
+        """A stored parameter as this runtime uses it (moved to its device; subclasses may cast)."""
+        return t.to(self.device) if self.device is not None else t
 
     def to(self, device) -> "ReferenceRuntime":
         self.device = torch.device(device)

@@ -51,3 +51,12 @@ def assert_golden(text: str, name: str) -> None:
         path.write_text(text)
     assert path.exists(), f"golden file {path} missing: run with QCOMP_UPDATE_GOLDEN=1 to create it"
     assert text == path.read_text(), f"output differs from golden {path} (QCOMP_UPDATE_GOLDEN=1 to accept)"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls on a shared 2-core machine are far faster single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -13,12 +13,7 @@ from qcomp.qir import parse_graph, print_graph
 PIPE = "canonicalize,allocate-bits,quantize"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
