@@ -114,12 +114,22 @@ def build_manifest(compiled, files: dict[str, bytes], aliases: dict[str, str]) -
         "pipeline": report.get("pipeline", compiled.config.pipeline),
         "layers": _jsonable(report.get("layers", [])),
         "kept_float": _jsonable(report.get("kept_float", [])),
-        "passes": [_jsonable({k: v for k, v in p.items() if k != "seconds"}) for p in report.get("passes", [])],
+        "passes": [_jsonable(_reproducible(p)) for p in report.get("passes", [])],
         "graph": {"name": g.name, "inputs": [_jsonable({"index": n.attrs["index"], "name": n.attrs.get("name", n.name),
                                                        "type": str(n.type)}) for n in g.inputs]},
         "aliases": aliases,
         "files": {name: {"sha256": sha256_bytes(data), "bytes": len(data)} for name, data in sorted(files.items())},
     }
+
+
+_VOLATILE = ("seconds", "cached")  # timings and cache hits differ between identical compiles
+
+
+def _reproducible(record: dict) -> dict:
+    """A pass record without timings or cache hits (at any depth), so equal compiles give equal manifests."""
+    if isinstance(record, dict):
+        return {k: _reproducible(v) for k, v in record.items() if not any(w in k for w in _VOLATILE)}
+    return record
 
 
 def save(compiled, path: str | os.PathLike, tokenizer: str | os.PathLike | None = None) -> Path:
