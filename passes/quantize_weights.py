@@ -6,7 +6,8 @@ from the compile budget when not given: the most bits b with b + 16/group <= bud
 pipeline's default until allocate-bits runs). Layers matching `skip` (comma-separated names; default
 "lm_head") stay float and are not counted in the budget; layers the allocator keeps at 16 bits are
 reported at 16 bits per weight. A group size that does not divide in_features falls back to the largest
-power-of-two divisor >= 16, else per-channel; the choice is recorded per layer.
+power-of-two divisor >= 16, else per-channel (and, when bits come from the budget, per-channel whenever the
+smaller group would push the layer over the budget); the choice is recorded per layer.
 """
 from __future__ import annotations
 
@@ -86,6 +87,7 @@ def quantize_linear(g: Graph, node: Node, spec: QuantSpec) -> tuple[Node, dict]:
 def quantize(graph: Graph, ctx: PassContext, bits: int | None = None, grid: str = "uniform", group_size: int = 128,
              scale: str | None = None, p: int = 1, skip: str = "lm_head"):
     """Quantize every linear (except `skip`) to its allocated spec or the default spec."""
+    budget_bits = None
     if bits is None:
         budget = ctx.options.get("budget")
         if budget is None:
@@ -93,6 +95,7 @@ def quantize(graph: Graph, ctx: PassContext, bits: int | None = None, grid: str 
         if budget >= 16:
             return graph, {"quantized": 0, "kept": "all (budget >= 16)"}
         bits = bits_for_budget(float(budget), group_size)
+        budget_bits = float(budget)
     default = QuantSpec(bits=int(bits), grid=grid, p=p, group_size=group_size,
                         scale=scale or ("rms" if grid == "normal" else "absmax"))
     g = graph.copy()
@@ -111,6 +114,8 @@ def quantize(graph: Graph, ctx: PassContext, bits: int | None = None, grid: str 
         if w.dim() != 2:
             raise NodeError(node, f"linear weight must be 2-D, got {tuple(w.shape)}")
         spec = QuantSpec.from_dict(quant["spec"]) if quant.get("spec") else default
+        if budget_bits is not None and fit_group(spec, w.shape[1]).bits_per_weight(k=w.shape[1]) > budget_bits:
+            spec = QuantSpec(**{**spec.to_dict(), "group_size": -1})  # the fallback group would exceed the budget
         try:
             _, row = quantize_linear(g, node, spec)
         except ValueError as e:

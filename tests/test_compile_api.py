@@ -86,3 +86,13 @@ def test_cli_main_job(capsys):
     assert "layers.1.mlp.down_proj" in out and "allocate-bits" in out
     avg = float(out.split("average ")[1].split(" bits/weight")[0])
     assert 3.0 < avg <= 3.5
+
+
+def test_budget_derived_bits_never_exceed_the_budget_with_fallback_groups():
+    # in_features 96: group 128 does not divide it; group 32 would cost 4.5 > 4.2 bits, so per-channel is used
+    model = torch.nn.Sequential(torch.nn.Linear(96, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+    x = torch.randn(5, 96)
+    c = qcomp.compile(model, budget=4.2, example_inputs=(x,), pipeline="canonicalize,quantize")
+    rows = c.layer_table()
+    assert all(r["bits_per_weight"] <= 4.2 for r in rows), rows
+    assert rows[0]["spec"] == "uniform-w4-gch"
