@@ -6,8 +6,8 @@ from the compile budget when not given: the most bits b with b + 16/group <= bud
 pipeline's default until allocate-bits runs). Layers matching `skip` (comma-separated names; default
 "lm_head") stay float and are not counted in the budget; layers the allocator keeps at 16 bits are
 reported at 16 bits per weight. A group size that does not divide in_features falls back to the largest
-power-of-two divisor >= 16, else per-channel (and, when bits come from the budget, per-channel whenever the
-smaller group would push the layer over the budget); the choice is recorded per layer.
+power-of-two divisor >= 16, else per-channel. When bits come from the budget, a layer whose fallback group
+would exceed it goes per-channel, or one bit lower if even that does not fit; the choice is recorded per layer.
 """
 from __future__ import annotations
 
@@ -41,6 +41,16 @@ def fit_group(spec: QuantSpec, k: int) -> QuantSpec:
             return QuantSpec(**{**spec.to_dict(), "group_size": g})
         g //= 2
     return QuantSpec(**{**spec.to_dict(), "group_size": -1})
+
+
+def within_budget(spec: QuantSpec, k: int, budget: float) -> QuantSpec:
+    """The spec with the most bits whose cost on in_features k (fallback group, else per-channel) fits the budget."""
+    for bits in range(spec.bits, 0, -1):
+        s = fit_group(QuantSpec(**{**spec.to_dict(), "bits": bits}), k)
+        for cand in (s, QuantSpec(**{**s.to_dict(), "group_size": -1})):
+            if cand.bits_per_weight(k=k) <= budget + 1e-9:
+                return cand
+    raise ValueError(f"no {spec.grid} spec fits {budget} bits per weight for in_features {k}")
 
 
 def matches(layer: str, patterns: str | list) -> bool:
@@ -114,8 +124,8 @@ def quantize(graph: Graph, ctx: PassContext, bits: int | None = None, grid: str 
         if w.dim() != 2:
             raise NodeError(node, f"linear weight must be 2-D, got {tuple(w.shape)}")
         spec = QuantSpec.from_dict(quant["spec"]) if quant.get("spec") else default
-        if budget_bits is not None and fit_group(spec, w.shape[1]).bits_per_weight(k=w.shape[1]) > budget_bits:
-            spec = QuantSpec(**{**spec.to_dict(), "group_size": -1})  # the fallback group would exceed the budget
+        if budget_bits is not None and not quant.get("spec"):
+            spec = within_budget(spec, int(w.shape[1]), budget_bits)
         try:
             _, row = quantize_linear(g, node, spec)
         except ValueError as e:
