@@ -14,7 +14,9 @@ def test_rtn_end_to_end(budget, bits):
     model, inputs = builtin_model("tiny-mlp")
     c = qcomp.compile(model, budget=budget, example_inputs=inputs, pipeline="canonicalize,quantize")
     rows = c.layer_table()
-    assert all(r["spec"] == f"uniform-w{bits}-g128" or r["spec"].startswith(f"uniform-w{bits}-g") for r in rows)
+    assert all(r["bits_per_weight"] <= budget for r in rows)
+    # the 256-wide layers take `bits` at group 128; fc1 (in_features 64) may need a bit less to fit the budget
+    assert [r["spec"] for r in rows[1:]] == [f"uniform-w{bits}-g128"] * 2
     ref = model(*inputs)
     out = c(*inputs)
     rel = ((out - ref).norm() / ref.norm()).item()
