@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import numbers
 from dataclasses import dataclass
+
+from .versioned_json import dumps_versioned, loads_versioned
 
 CONFIG_VERSION = 1
 DEFAULT_PIPELINE = "canonicalize,insert-hadamard,fuse-hadamard,allocate-bits,quantize,lower"
@@ -32,12 +33,8 @@ class CompileConfig:
             raise ValueError(f"capture must be 'auto', 'fx' or 'export', got {self.capture!r}")
 
     def to_json(self) -> str:
-        return json.dumps({"version": CONFIG_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        return dumps_versioned(CONFIG_VERSION, dataclasses.asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> "CompileConfig":
-        d = json.loads(text)
-        v = d.pop("version", None)
-        if v != CONFIG_VERSION:
-            raise ValueError(f"CompileConfig version {v!r} is not supported (this qcomp reads {CONFIG_VERSION})")
-        return cls(**d)
+        return cls(**loads_versioned(text, CONFIG_VERSION, "CompileConfig"))

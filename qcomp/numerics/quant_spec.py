@@ -21,8 +21,9 @@ see `bits_per_weight(numel=...)`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
+
+from qcomp.versioned_json import dumps_versioned, loads_versioned
 
 GRIDS = ("uniform", "uniform_asym", "normal")
 SCALE_METHODS = {
@@ -125,15 +126,11 @@ class QuantSpec:
         return cls(**d)
 
     def to_json(self) -> str:
-        return json.dumps({"version": SPEC_VERSION, **self.to_dict()}, sort_keys=True)
+        return dumps_versioned(SPEC_VERSION, self.to_dict())
 
     @classmethod
     def from_json(cls, text: str) -> "QuantSpec":
-        d = json.loads(text)
-        v = d.pop("version", None)
-        if v != SPEC_VERSION:
-            raise QuantSpecError(f"QuantSpec version {v!r} is not supported (this qcomp reads {SPEC_VERSION})")
-        return cls.from_dict(d)
+        return cls.from_dict(loads_versioned(text, SPEC_VERSION, "QuantSpec", error=QuantSpecError))
 
     def short(self) -> str:
         g = "ch" if self.group_size == -1 else str(self.group_size)
