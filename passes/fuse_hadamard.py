@@ -23,6 +23,10 @@
    before each LayerNorm, which costs at least what it saves, so for these models fuse-hadamard keeps
    insert-hadamard's online rotations (after the peepholes).
 
+Accuracy: the float function is unchanged, but folding RMSNorm weights moves where a data-free quantizer's
+error lands; on SmolLM2-135M with Gaussian grids, `residual=False` (keep per-linear online rotations) gives
+lower perplexity than the full fusion (benchmarks/RESULTS_rotation.md). The fusion halves online rotations.
+
 Stats: online rotations before/after, pairs cancelled, merged, per applied region a summary, rejected
 regions with their gain.
 """
