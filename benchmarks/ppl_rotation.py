@@ -109,6 +109,8 @@ def main() -> None:
     ap.add_argument("--ablation", action="store_true")
     ap.add_argument("--only", help="comma-separated configuration names to run (default: all)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS_rotation.md"))
+    ap.add_argument("--no-residual", action="store_true",
+                    help="fuse-hadamard(residual=False): keep every linear's rotation online, fold no RMSNorm weights")
     args = ap.parse_args()
 
     from transformers import LlamaForCausalLM
@@ -124,7 +126,7 @@ def main() -> None:
     del model
     base, _ = run_passes(captured, [("canonicalize", {})])
     inserted, _ = run_passes(base, [("insert-hadamard", {})])
-    rotated, rot_stats = run_passes(inserted, [("fuse-hadamard", {})])
+    rotated, rot_stats = run_passes(inserted, [("fuse-hadamard", {"residual": not args.no_residual})])
     print(f"captured and rotated in {time.time() - t0:.0f}s; online rotations {rot_stats['fuse-hadamard']['online_before']}"
           f" -> {rot_stats['fuse-hadamard']['online_after']}", flush=True)
 
@@ -157,9 +159,11 @@ def write_results(out: Path, rows: list[dict], args, model_dir: Path, rot_stats:
         f"({args.windows} non-overlapping windows of {args.seq} tokens from {Path(args.data).name}, model {model_dir.name}, "
         f"float32, reference runtime on CPU, group size {args.group}, lm_head float).",
         "",
-        f"Rotation: insert-hadamard + fuse-hadamard; residual stream rotated offline (block "
-        f"{fuse['regions'][0]['size'] if fuse['regions'] else '-'}), online rotations {fuse['online_before']} -> "
-        f"{fuse['online_after']} (before o_proj and down_proj).",
+        (f"Rotation: insert-hadamard + fuse-hadamard; residual stream rotated offline (block "
+         f"{fuse['regions'][0]['size'] if fuse['regions'] else '-'}), online rotations {fuse['online_before']} -> "
+         f"{fuse['online_after']} (before o_proj and down_proj).") if fuse["regions"] else
+        (f"Rotation: insert-hadamard + fuse-hadamard(residual=False): every quantized linear keeps its block "
+         f"Hadamard online ({fuse['online_after']} online rotations, fused into the kernels by `lower`); no RMSNorm folding."),
         "",
         "| configuration | bits | bits/weight | perplexity | seconds |",
         "|---|---:|---:|---:|---:|",
