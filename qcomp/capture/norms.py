@@ -2,7 +2,7 @@
 
     rms_norm(x, w, eps) = w * (x.float() * rsqrt(mean(x.float()^2, -1) + eps)).to(x.dtype)
 
-(the Llama/HF formula). A module counts as an RMSNorm when its class name ends in "RMSNorm", it has a
+(the Llama/HF formula; float64 inputs are computed in float64). A module counts as an RMSNorm when its class name ends in "RMSNorm", it has a
 1-D `weight` and an epsilon attribute, and it computes exactly this formula on a random probe input —
 so look-alikes with another formula (e.g. Gemma's 1 + w) are traced through instead of misread.
 """
@@ -23,7 +23,7 @@ def _(x, weight, eps):
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-    xf = x.to(torch.float32)
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))  # at least float32; float64 stays float64
     y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
     return y if weight is None else weight * y
 
