@@ -7,18 +7,18 @@ the separate-pass fallback for blocks larger than the fused limit.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
+
+from qcomp.numerics.hadamard import hadamard_matrix, random_signs
 
 
 @functools.lru_cache(maxsize=None)
 def _sylvester_cpu(n: int) -> torch.Tensor:
     if n < 1 or n & (n - 1):
         raise ValueError(f"Hadamard size must be a power of two, got {n}")
-    h = torch.ones(1, 1)
-    while h.shape[0] < n:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    return h
+    return (hadamard_matrix(n) * math.sqrt(n)).round().to(torch.float32)  # the project's H_n, entries +-1
 
 
 @functools.lru_cache(maxsize=64)
@@ -34,16 +34,7 @@ def sylvester(n: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
 
 def signs_for(h: int, seed: int | None) -> torch.Tensor:
     """The sign vector D_s of qcomp.numerics.hadamard.random_signs(h, seed); seed None: all +1."""
-    if seed is None:
-        return torch.ones(h)
-    try:
-        from qcomp.numerics.hadamard import random_signs
-    except ImportError as e:  # the numerics module is written by another part of the project
-        raise ImportError(
-            "had_seed needs qcomp.numerics.hadamard.random_signs, which is not importable; "
-            "pass had_signs (a +-1 tensor of length had_block) instead"
-        ) from e
-    return torch.as_tensor(random_signs(h, seed)).to(torch.float32).reshape(h)
+    return random_signs(h, seed, dtype=torch.float32)
 
 
 def rotate_blocks(x: torch.Tensor, signs: torch.Tensor, h: int) -> torch.Tensor:

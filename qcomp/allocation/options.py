@@ -28,6 +28,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from qcomp.numerics.hadamard import rotate_weight
 from qcomp.numerics.quant_spec import QuantSpec
 from qcomp.numerics.quantizer import dequantize_weight, quantize_weight, relative_mse
 
@@ -216,8 +217,4 @@ def hadamard_rotate(w: torch.Tensor, block: int | None = None) -> torch.Tensor:
     b = block or hadamard_block(k)
     if k % b or b & (b - 1):
         raise ValueError(f"Hadamard block {b} must be a power of two dividing in_features {k}")
-    h = torch.ones(1, 1, dtype=torch.float32)
-    while h.shape[0] < b:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    x = w.detach().to(torch.float32).reshape(n, k // b, b)
-    return (x @ (h / math.sqrt(b))).reshape(n, k)
+    return rotate_weight(w.detach().to(torch.float32), b)
