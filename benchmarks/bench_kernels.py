@@ -152,13 +152,21 @@ def precompile(configs, workers):
 
 
 # -- peers ----------------------------------------------------------------------------------------
+def asym_int4(w16):
+    """Min-max 4-bit codes per GROUP along K: (q uint8 [n, k], scale and lo float32 [n, k/GROUP, 1])."""
+    n, k = w16.shape
+    wf = w16.float().reshape(n, k // GROUP, GROUP)
+    lo, hi = wf.amin(-1, keepdim=True), wf.amax(-1, keepdim=True)
+    scale = ((hi - lo) / 15).clamp_min(1e-6)
+    q = torch.round((wf - lo) / scale).clamp(0, 15).to(torch.uint8).reshape(n, k)
+    return q, scale, lo
+
+
 def peer_tinygemm(w16, x, copies):
     n, k = w16.shape
     g = GROUP
-    wf = w16.float().reshape(n, k // g, g)
-    lo, hi = wf.amin(-1, keepdim=True), wf.amax(-1, keepdim=True)
-    scale = ((hi - lo) / 15).clamp_min(1e-6)
-    q = torch.round((wf - lo) / scale).clamp(0, 15).to(torch.int32).reshape(n, k)
+    q, scale, lo = asym_int4(w16)
+    q = q.to(torch.int32)
     zero = lo + 8 * scale  # tinygemm: w = (q - 8) * scale + zero
     sz = torch.stack([scale.reshape(n, -1), zero.reshape(n, -1)], -1).transpose(0, 1).contiguous().bfloat16()
     qu8 = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
@@ -187,11 +195,8 @@ def peer_gemlite(w16, x, copies):
 
     n, k = w16.shape
     g = GROUP
-    wf = w16.float().reshape(n, k // g, g)
-    lo, hi = wf.amin(-1, keepdim=True), wf.amax(-1, keepdim=True)
-    scale = ((hi - lo) / 15).clamp_min(1e-6)
+    q, scale, lo = asym_int4(w16)
     zero = -lo / scale  # gemlite: w = (q - zero) * scale
-    q = torch.round((wf - lo) / scale).clamp(0, 15).to(torch.uint8).reshape(n, k)
     mods = [A16Wn(device="cuda:0", dtype=torch.float16).from_weights(q.clone(), scale.reshape(n, -1).half(),
                                                                      zero.reshape(n, -1).half(), 4, g)
             for _ in range(copies)]
