@@ -32,7 +32,7 @@ from qcomp.numerics.quant_spec import QuantSpec
 from qcomp.numerics.quantizer import gaussian_mse
 from qcomp.pass_manager import PassContext, PassManager
 
-ROT = "canonicalize,insert-hadamard,fuse-hadamard"
+ROT = DEFAULT_PIPELINE.split(",allocate-bits")[0]  # the default pipeline's rotation prefix
 
 
 def load_model(path: Path, device: str):
@@ -46,8 +46,10 @@ def load_model(path: Path, device: str):
 
 
 class Bench:
-    def __init__(self, model, windows, calib, device, out: Path):
+    def __init__(self, model, windows, calib, device, out: Path, cache_dir: Path | None = None):
         self.model, self.windows, self.calib, self.device, self.out = model, windows, calib, device, out
+        self.cache_dir = cache_dir or out / "cache"
+        self.done: dict[str, dict] = {}
         self.ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0)).to(device)
         t = time.perf_counter()
         self.graph = capture_model(model, (self.ids,))
@@ -68,26 +70,37 @@ class Bench:
         return CompiledModel(g, CompileConfig(budget=budget, pipeline=pipeline), report, device=self.device,
                              runtime="reference"), secs
 
-    def evaluate(self, label: str, compiled, secs: float, extra: dict | None = None) -> dict:
+    def measure(self, label: str, pipeline: str, extra: dict | None = None, **compile_kw) -> dict:
+        """Compile with `pipeline` and evaluate; a row already in --resume files is reused, each new row is
+        appended to OUT/rows.jsonl at once (so a run cut by a time limit loses at most one row)."""
+        if label in self.done:
+            print(f"{label:<44} (resumed)", flush=True)
+            return self.done[label]
+        compiled, secs = self.compile(pipeline, **compile_kw)
+        t = time.perf_counter()
         r = evaluate_lm(compiled, self.windows, reference=self.ref)
         rows = compiled.layer_table()
         numel = sum(x["numel"] for x in rows)
         avg = sum(x["numel"] * x["bits_per_weight"] for x in rows) / numel if numel else 16.0
-        row = {"config": label, "ppl": r.ppl, "kl": r.kl, "avg_bits": avg, "compile_s": secs, **(extra or {})}
-        print(f"{label:<44} ppl {r.ppl:8.3f}  KL {r.kl:.4f}  bits {avg:.3f}  compile {secs:.1f}s", flush=True)
+        row = {"config": label, "ppl": r.ppl, "kl": r.kl, "avg_bits": avg, "compile_s": secs,
+               "eval_s": time.perf_counter() - t, **(extra or {})}
+        print(f"{label:<44} ppl {r.ppl:8.3f}  KL {r.kl:.4f}  bits {avg:.3f}  compile {secs:.1f}s  "
+              f"eval {row['eval_s']:.1f}s", flush=True)
+        with open(self.out / "rows.jsonl", "a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
         return row
 
     # -- issue 3 -------------------------------------------------------------------------------
     def rotation(self) -> list[dict]:
         rows = []
         for b in (3, 4, 5):
-            c, s = self.compile(f'canonicalize,quantize(bits={b}, grid="uniform", group_size=128)')
-            rows.append(self.evaluate(f"RTN uniform w{b} g128 (no rotation)", c, s, {"bits": b, "method": "rtn"}))
+            rows.append(self.measure(f"RTN uniform w{b} g128 (no rotation)",
+                                     f'canonicalize,quantize(bits={b}, grid="uniform", group_size=128)', {"bits": b, "method": "rtn"}))
             for p in (1, 2):
                 if b * p > 8:
                     continue
-                c, s = self.compile(f'{ROT},quantize(bits={b}, grid="normal", p={p}, group_size=128)')
-                rows.append(self.evaluate(f"Hadamard + normal grid p={p} w{b} g128", c, s, {"bits": b, "method": f"rot-p{p}"}))
+                rows.append(self.measure(f"Hadamard + normal grid p={p} w{b} g128",
+                                         f'{ROT},quantize(bits={b}, grid="normal", p={p}, group_size=128)', {"bits": b, "method": f"rot-p{p}"}))
         self.results["rotation"] = rows
         return rows
 
@@ -96,7 +109,7 @@ class Bench:
         rot_graph, _ = self._rotated()
         alphas = {}
         for mode in ("data-free", "calibrated"):
-            opts = {"sensitivity_mode": mode, "cache_dir": str(self.out / "cache")}
+            opts = {"sensitivity_mode": mode, "cache_dir": str(self.cache_dir)}
             if mode == "calibrated":
                 opts["calibration"] = [(w.unsqueeze(0),) for w in self.calib]
             c, s = self.compile("allocate-bits", budget=4.0, graph=rot_graph, **opts)
@@ -114,10 +127,9 @@ class Bench:
             g = rot_graph.copy()
             for n, b in choice.items():
                 g.node(n).attrs["quant"] = {"spec": specs[b].to_dict()}
-            c, s = self.compile("quantize", graph=g)
             pred = {m: sum(alphas[m][n] * gaussian_mse(specs[b]) for n, b in choice.items()) for m in alphas}
-            row = self.evaluate(f"random allocation {i} ({lo}..{hi} bits)", c, s,
-                                {"pred_kl_datafree": pred["data-free"], "pred_kl_calibrated": pred["calibrated"]})
+            row = self.measure(f"random allocation {i} ({lo}..{hi} bits)", "quantize",
+                               {"pred_kl_datafree": pred["data-free"], "pred_kl_calibrated": pred["calibrated"]}, graph=g)
             rand_rows.append(row)
         r2 = {m: _r2([r[f"pred_kl_{m.replace('-', '')}"] for r in rand_rows], [r["kl"] for r in rand_rows]) for m in alphas}
         print(f"R^2 predicted vs measured KL: {r2}", flush=True)
@@ -125,15 +137,15 @@ class Bench:
         dp_rows = []
         for budget in budgets:
             for mode in ("data-free", "calibrated"):
-                opts = {"sensitivity_mode": mode, "cache_dir": str(self.out / "cache")}
+                opts = {"sensitivity_mode": mode, "cache_dir": str(self.cache_dir)}
                 if mode == "calibrated":
                     opts["calibration"] = [(w.unsqueeze(0),) for w in self.calib]
-                c, s = self.compile("allocate-bits,quantize", budget=budget, graph=rot_graph, **opts)
-                dp_rows.append(self.evaluate(f"DP {mode} budget {budget}", c, s, {"budget": budget, "method": f"dp-{mode}"}))
+                dp_rows.append(self.measure(f"DP {mode} budget {budget}", "allocate-bits,quantize",
+                                            {"budget": budget, "method": f"dp-{mode}"}, budget=budget, graph=rot_graph, **opts))
             spec = _uniform_at_least(budget)
-            c, s = self.compile(f'quantize(bits={spec.bits}, grid="normal", p={spec.p}, group_size={spec.group_size})',
-                                graph=rot_graph)
-            dp_rows.append(self.evaluate(f"uniform {spec.short()} (>= {budget})", c, s, {"budget": budget, "method": "uniform"}))
+            dp_rows.append(self.measure(f"uniform {spec.short()} (>= {budget})",
+                                        f'quantize(bits={spec.bits}, grid="normal", p={spec.p}, group_size={spec.group_size})',
+                                        {"budget": budget, "method": "uniform"}, graph=rot_graph))
         self.results["allocation"] = {"random": rand_rows, "r2": r2, "dp_vs_uniform": dp_rows}
         return self.results["allocation"]
 
@@ -145,11 +157,11 @@ class Bench:
     def budgets(self, budgets=(5.0, 4.5, 4.0, 3.5, 3.0)) -> list[dict]:
         rows = []
         for b in (4, 5):
-            c, s = self.compile(f'canonicalize,quantize(bits={b}, grid="uniform", group_size=128)')
-            rows.append(self.evaluate(f"RTN uniform w{b} g128", c, s, {"method": "rtn", "bits": b}))
+            rows.append(self.measure(f"RTN uniform w{b} g128", f'canonicalize,quantize(bits={b}, grid="uniform", group_size=128)',
+                                     {"method": "rtn", "bits": b}))
         for budget in budgets:
-            c, s = self.compile(DEFAULT_PIPELINE, budget=budget, cache_dir=str(self.out / "cache"))
-            rows.append(self.evaluate(f"qcomp default pipeline, budget {budget}", c, s, {"method": "qcomp", "budget": budget}))
+            rows.append(self.measure(f"qcomp default pipeline, budget {budget}", DEFAULT_PIPELINE,
+                                     {"method": "qcomp", "budget": budget}, budget=budget, cache_dir=str(self.cache_dir)))
         self.results["budgets"] = rows
         return rows
 
@@ -196,6 +208,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--windows", type=int, default=20)
+    ap.add_argument("--resume", type=Path, nargs="*", default=[], help="rows.jsonl files of earlier runs: their rows are reused")
+    ap.add_argument("--cache-dir", type=Path, default=None, help="sensitivity cache (default OUT/cache)")
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--sections", default="rotation,allocation,budgets")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -207,7 +221,13 @@ def main(argv=None) -> int:
     all_windows = lm_windows(tok, text, None, args.seq_len)
     windows = all_windows[: args.windows].to(args.device)
     calib = all_windows[-4:].to(args.device)  # calibration text disjoint from the evaluated windows
-    bench = Bench(model, windows, calib, args.device, args.out)
+    bench = Bench(model, windows, calib, args.device, args.out, args.cache_dir)
+    for f in args.resume:
+        if f.exists():
+            for line in f.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    bench.done[row["config"]] = row
     for sec in args.sections.split(","):
         getattr(bench, sec.strip())()
         (args.out / "quality.json").write_text(json.dumps(bench.results, indent=1, default=float))
