@@ -29,6 +29,14 @@ CONFIGS = {
 }
 
 
+# Decode-speed pipeline: qcomp's default passes with two deployment choices, stated in RESULTS.md:
+# Hadamard blocks of 128 (fused into the GEMV; the default's 1024-wide blocks on K = 4096 would be separate
+# rotate kernels) and rotated *uniform* grids (QuEST-style; arithmetic dequant) instead of Gaussian lookup
+# tables, whose per-weight gather is ~2.7x slower in the current kernels (benchmarks/RESULTS_kernels.md).
+SPEED_PIPELINE = ('canonicalize,insert-hadamard(max_block=128),fuse-hadamard(residual=False),'
+                  'allocate-bits(family="uniform", group_sizes=[128], bits=[2,3,4,5,6,8]),quantize,lower')
+
+
 def build_model(name: str, device: str, dtype=torch.bfloat16):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -85,7 +93,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--max-len", type=int, default=256)
     ap.add_argument("--pos", type=int, default=128, help="decode position timed (tokens already in the cache)")
-    ap.add_argument("--pipeline", default=None)
+    ap.add_argument("--pipeline", default=SPEED_PIPELINE,
+                    help="default: the default pipeline with 128-wide Hadamard blocks (fused into the kernels) and "
+                         "rotated uniform grids (arithmetic dequant); 'default' = qcomp's DEFAULT_PIPELINE")
     ap.add_argument("--out", type=Path, default=Path("decode_results"))
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -119,7 +129,8 @@ def main(argv=None) -> int:
     for budget in [float(x) for x in args.budgets.split(",")]:
         ex = inputs(1)
         t = time.perf_counter()
-        compiled = qcomp.compile(step, budget=budget, example_inputs=ex, pipeline=args.pipeline,
+        pipeline = None if args.pipeline == "default" else args.pipeline
+        compiled = qcomp.compile(step, budget=budget, example_inputs=ex, pipeline=pipeline,
                                  calibration=[ex], cache_dir=cache_dir, device=dev)
         csec = time.perf_counter() - t
         rep = compiled.report
@@ -142,6 +153,7 @@ def main(argv=None) -> int:
                   f"logit rel err vs bf16 {rel:.3f}, fallbacks {sorted(ex_rt.fallbacks)}", flush=True)
             del replay
             torch.cuda.empty_cache()
+            (args.out / "decode.json").write_text(json.dumps(rows, indent=1))
         del compiled, ex_rt
         torch.cuda.empty_cache()
     (args.out / "decode.json").write_text(json.dumps(rows, indent=1))
