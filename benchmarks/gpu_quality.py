@@ -142,10 +142,18 @@ class Bench:
                     opts["calibration"] = [(w.unsqueeze(0),) for w in self.calib]
                 dp_rows.append(self.measure(f"DP {mode} budget {budget}", "allocate-bits,quantize",
                                             {"budget": budget, "method": f"dp-{mode}"}, budget=budget, graph=rot_graph, **opts))
-            spec = _uniform_at_least(budget)
-            dp_rows.append(self.measure(f"uniform {spec.short()} (>= {budget})",
-                                        f'quantize(bits={spec.bits}, grid="normal", p={spec.p}, group_size={spec.group_size})',
-                                        {"budget": budget, "method": "uniform"}, graph=rot_graph))
+            shapes = [tuple(rot_graph.param(n.args[1]).shape) for n in rot_graph.nodes
+                      if n.op == "linear" and n.name in alphas["data-free"]]
+            # two uniform comparators: the smallest average >= budget over groups 32..256 (same bits where a
+            # group size makes it exact, e.g. w3-g32 = 3.5), and over groups 64..256 (the next width up)
+            for groups in ((32, 64, 128, 256), (64, 128, 256)):
+                spec, a = _uniform_at_least(budget, shapes, groups)
+                label = f"uniform {spec.short()} ({a:.3f} bits >= {budget})"
+                if any(r["config"] == label for r in dp_rows):
+                    continue
+                dp_rows.append(self.measure(label,
+                                            f'quantize(bits={spec.bits}, grid="normal", p={spec.p}, group_size={spec.group_size})',
+                                            {"budget": budget, "method": "uniform"}, graph=rot_graph))
         self.results["allocation"] = {"random": rand_rows, "r2": r2, "dp_vs_uniform": dp_rows}
         return self.results["allocation"]
 
@@ -166,12 +174,22 @@ class Bench:
         return rows
 
 
-def _uniform_at_least(budget: float) -> QuantSpec:
+def _uniform_at_least(budget: float, shapes: list[tuple[int, int]], groups=(32, 64, 128, 256)) -> tuple[QuantSpec, float]:
+    """The uniform allocation (one normal-grid spec for every layer) with the smallest average bits >= budget.
+
+    Average bits are computed over the real layer shapes exactly as the quantize pass stores them (a group
+    that does not divide K falls back, lookup tables amortized); ties go to p=1. Returns (spec, avg bits)."""
+    from qcomp.passes.quantize_weights import fit_group
+
+    def avg(s: QuantSpec) -> float:
+        tot = sum(n * k for n, k in shapes)
+        return sum(fit_group(s, k).bits_per_weight(k=k, numel=n * k) * n * k for n, k in shapes) / tot
+
     cands = [QuantSpec(bits=b, grid="normal", p=p, group_size=g, scale="rms") for b in range(1, 9) for p in (1, 2)
-             for g in (64, 128, 256) if b * p <= 8]
-    cost = lambda s: s.bits_per_weight(k=576, numel=576 * 1536)  # a typical SmolLM2 layer (lut amortized)
-    ok = [s for s in cands if cost(s) >= budget - 1e-9]
-    return min(ok, key=lambda s: (cost(s), s.p))
+             for g in groups if b * p <= 8]
+    ok = [(avg(s), s.p, s.group_size, s) for s in cands if avg(s) >= budget - 1e-9]
+    a, _, _, s = min(ok, key=lambda t: t[:3])
+    return s, a
 
 
 def _r2(pred, meas) -> float:
