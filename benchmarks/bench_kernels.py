@@ -242,6 +242,9 @@ def main():
     ap.add_argument("--hads", default=",".join(map(str, HADS)), help="comma-separated Hadamard blocks (0: none)")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     args = ap.parse_args()
+    unknown = [p for p in args.peers.split(",") if p and p not in PEERS]
+    if unknown and not args.no_peers:
+        ap.error(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}")
     os.makedirs(args.out, exist_ok=True)
     from qcomp.codegen.hadamard_util import rotate_blocks
     from qcomp.codegen.ops import qlinear
