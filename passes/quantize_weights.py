@@ -8,6 +8,15 @@ pipeline's default until allocate-bits runs). Layers matching `skip` (comma-sepa
 reported at 16 bits per weight. A group size that does not divide in_features falls back to the largest
 power-of-two divisor >= 16, else per-channel. When bits come from the budget, a layer whose fallback group
 would exceed it goes per-channel, or one bit lower if even that does not fit; the choice is recorded per layer.
+
+GPTQ (`gptq`, default on when ctx.options["calibration"] holds calibration batches): each weight is quantized
+by `qcomp.numerics.gptq.gptq_quantize` with the Hessian H = mean x^T x of the inputs the linear sees in this
+graph (after the online rotations), collected by running the pass's input graph (float weights) on the
+reference runtime over the calibration batches. Same storage as without GPTQ. Linears sharing an input share
+one H; Hessians are collected for groups of layers whose H's fit in `hessian_gb` (one calibration run per
+group), so an 8B model (K up to 14336: 0.8 GB per H) does not hold all of them at once. Each report row then
+also carries out_rel_mse (tr(D H D^T) / tr(W H W^T), D = W - W_hat, on the calibration inputs), the same for
+the plain quantizer (out_rel_mse_plain) and GPTQ's proxy loss.
 """
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ import torch
 
 from qcomp.codegen.packing import pack_codes
 from qcomp.numerics.quant_spec import QuantSpec
+from qcomp.numerics.gptq import collect_hessians, gptq_quantize, output_rel_error
 from qcomp.numerics.quantizer import dequantize_weight, quantize_weight, relative_mse
 from qcomp.pass_manager import NodeError, PassContext, register_pass
 from qcomp.qir import Graph, Node, Ref, TensorType
@@ -58,13 +68,25 @@ def matches(layer: str, patterns: str | list) -> bool:
     return any(p and (layer == p or fnmatch.fnmatch(layer, p)) for p in pats)
 
 
-def quantize_linear(g: Graph, node: Node, spec: QuantSpec) -> tuple[Node, dict]:
-    """Replace linear `node` in g by a qlinear with `spec`; returns the new node and its report row."""
+def quantize_linear(g: Graph, node: Node, spec: QuantSpec, hessian: torch.Tensor | None = None,
+                    damp: float = 0.01, block: int = 128) -> tuple[Node, dict]:
+    """Replace linear `node` in g by a qlinear with `spec` (GPTQ when `hessian` is given); returns the new
+    node and its report row."""
     w = g.param(node.args[1])
     n, k = w.shape
     spec = fit_group(spec, k)
-    q = quantize_weight(w.to(torch.float32), spec)
-    err = relative_mse(w, dequantize_weight(q, spec))
+    extra = {}
+    if hessian is None:
+        q = quantize_weight(w.to(torch.float32), spec)
+        w_hat = dequantize_weight(q, spec)
+    else:
+        stats: dict = {}
+        q = gptq_quantize(w.to(torch.float32), hessian, spec, damp=damp, block=block, stats=stats)
+        w_hat = dequantize_weight(q, spec)
+        plain = dequantize_weight(quantize_weight(w.to(torch.float32), spec), spec)
+        extra = {"out_rel_mse": output_rel_error(w, w_hat, hessian),
+                 "out_rel_mse_plain": output_rel_error(w, plain, hessian), "gptq_proxy_loss": stats["proxy_loss"]}
+    err = relative_mse(w, w_hat)
     layer = node.attrs.get("layer") or node.name
     tensors = {"qweight": pack_codes(q.codes, spec.code_bits), "scales": q.scales, "lut": q.lut.to(torch.float32)}
     if q.offsets is not None:
@@ -89,14 +111,42 @@ def quantize_linear(g: Graph, node: Node, spec: QuantSpec) -> tuple[Node, dict]:
     if not any(w_ref in u.refs() for u in g.nodes):
         g.erase(g.node(w_ref))
     row = {"layer": layer, "n": int(n), "k": int(k), "numel": int(n * k), "spec": spec.short(),
-           "bits_per_weight": spec.bits_per_weight(k=k, numel=n * k), "rel_mse": err}
+           "bits_per_weight": spec.bits_per_weight(k=k, numel=n * k), "rel_mse": err, **extra}
     return g.node(node.name), row
+
+
+def _hessian_groups(items: list[tuple[Node, QuantSpec]], graph: Graph, max_bytes: float) -> list[list[str]]:
+    """Producers (args[0] of the linears) in graph order, cut into groups whose K x K float32 H's fit max_bytes."""
+    groups, cur, size, seen = [], [], 0.0, set()
+    for node, _ in items:
+        src = node.args[0]
+        if not isinstance(src, Ref):
+            raise NodeError(node, "gptq: the linear's input is not a graph value")
+        if src.name in seen:
+            continue
+        seen.add(src.name)
+        k = int(graph.param(node.args[1]).shape[1])
+        if cur and size + 4.0 * k * k > max_bytes:
+            groups.append(cur)
+            cur, size = [], 0.0
+        cur.append(src.name)
+        size += 4.0 * k * k
+    if cur:
+        groups.append(cur)
+    return groups
 
 
 @register_pass("quantize")
 def quantize(graph: Graph, ctx: PassContext, bits: int | None = None, grid: str = "uniform", group_size: int = 128,
-             scale: str | None = None, p: int = 1, skip: str = "lm_head"):
-    """Quantize every linear (except `skip`) to its allocated spec or the default spec."""
+             scale: str | None = None, p: int = 1, skip: str = "lm_head", gptq: bool | None = None,
+             damp: float = 0.01, block: int = 128, hessian_gb: float = 4.0):
+    """Quantize every linear (except `skip`) to its allocated spec or the default spec (GPTQ with calibration)."""
+    calibration = ctx.options.get("calibration")
+    if gptq is None:
+        gptq = bool(calibration)
+    elif gptq and not calibration:
+        raise ValueError("quantize(gptq=True) needs calibration batches: pass calibration=[(input_ids,), ...] to "
+                         "qcomp.compile (ctx.options['calibration']), or use quantize(gptq=False)")
     budget_bits = None
     if bits is None:
         budget = ctx.options.get("budget")
@@ -109,14 +159,14 @@ def quantize(graph: Graph, ctx: PassContext, bits: int | None = None, grid: str 
     default = QuantSpec(bits=int(bits), grid=grid, p=p, group_size=group_size,
                         scale=scale or ("rms" if grid == "normal" else "absmax"))
     g = graph.copy()
-    rows, kept = [], []
+    rows, kept, items = {}, [], []
     for node in [n for n in g.nodes if n.op == "linear"]:
         layer = node.attrs.get("layer") or node.name
         quant = node.attrs.get("quant") or {}
         w = g.param(node.args[1])
         if quant.get("keep"):  # allocated 16 bits: counted in the budget at 16
-            rows.append({"layer": layer, "n": int(w.shape[0]), "k": int(w.shape[1]), "numel": int(w.numel()),
-                         "spec": "keep-f16", "bits_per_weight": 16.0, "rel_mse": 0.0})
+            rows[node.name] = {"layer": layer, "n": int(w.shape[0]), "k": int(w.shape[1]), "numel": int(w.numel()),
+                               "spec": "keep-f16", "bits_per_weight": 16.0, "rel_mse": 0.0}
             continue
         if not quant and matches(layer, skip):
             kept.append(layer)
@@ -126,13 +176,31 @@ def quantize(graph: Graph, ctx: PassContext, bits: int | None = None, grid: str 
         spec = QuantSpec.from_dict(quant["spec"]) if quant.get("spec") else default
         if budget_bits is not None and not quant.get("spec"):
             spec = within_budget(spec, int(w.shape[1]), budget_bits)
-        try:
-            _, row = quantize_linear(g, node, spec)
-        except ValueError as e:
-            raise NodeError(node, str(e)) from e
-        rows.append(row)
+        rows[node.name] = None  # keeps graph order
+        items.append((node, spec))
+    hessians: dict[str, torch.Tensor] = {}
+    groups = _hessian_groups(items, g, hessian_gb * 2**30) if gptq and items else [[]]
+    batches = [b if isinstance(b, tuple) else (b,) for b in calibration] if gptq else []
+    for group in groups:
+        if group:  # run the input graph (float weights) once per group of Hessians
+            hessians = collect_hessians(graph, group, batches, device=ctx.options.get("device"))
+        for node, spec in items:
+            if gptq and node.args[0].name not in hessians:
+                continue
+            try:
+                _, row = quantize_linear(g, node, spec, hessians.get(node.args[0].name) if gptq else None, damp, block)
+            except ValueError as e:
+                raise NodeError(node, str(e)) from e
+            rows[node.name] = row
+        hessians.clear()
+    rows = list(rows.values())
     numel = sum(r["numel"] for r in rows)
     avg = sum(r["numel"] * r["bits_per_weight"] for r in rows) / numel if numel else 0.0
     ctx.artifacts["layers"] = rows
     ctx.artifacts["kept_float"] = kept
-    return g, {"quantized": sum(r["spec"] != "keep-f16" for r in rows), "kept_float": kept, "average_bits": round(avg, 4), "quantized_numel": numel}
+    stats = {"quantized": sum(r["spec"] != "keep-f16" for r in rows), "kept_float": kept, "average_bits": round(avg, 4),
+             "quantized_numel": numel, "gptq": bool(gptq)}
+    if gptq and items:
+        stats["hessian_runs"] = len(groups)
+        stats["calibration_batches"] = len(batches)
+    return g, stats

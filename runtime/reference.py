@@ -53,6 +53,9 @@ class ReferenceRuntime:
         self._params: dict[str, torch.Tensor] = {}
         self._fns: dict[str, object] = {}
         self._last_use = self._compute_last_use()
+        # node name -> fn(value), called with the node's value right after it is computed (e.g. to collect
+        # statistics of a linear's inputs for GPTQ); empty by default
+        self.value_hooks: dict[str, object] = {}
 
     def _compute_last_use(self) -> dict[int, list[str]]:
         last: dict[str, int] = {}
@@ -101,6 +104,9 @@ class ReferenceRuntime:
                     result = value
                 else:
                     env[node.name] = value
+                    hook = self.value_hooks.get(node.name)
+                    if hook is not None:
+                        hook(value)
                 for name in self._last_use.get(i, ()):
                     env.pop(name, None)
         return result
