@@ -8,6 +8,8 @@ Sections:
   allocation  sensitivity α (data-free and calibrated), predicted vs measured KL for random allocations (R²),
               DP allocation vs uniform allocation of the same grid family at budgets 3.0/3.5/4.0/4.5
   budgets     the default pipeline at budgets 5.0..3.0 next to RTN g128 at 4 and 5 bits
+  gptq        GPTQ error feedback (quantize with calibration) vs none: the default pipeline with calibrated
+              sensitivity at budgets 4.5/4.0/3.5, and Hadamard + normal p=1 w4 g128 (8 evaluations)
 The graph is captured once; every configuration runs its pipeline on it (passes never mutate their input).
 Results: OUT/quality.json and a markdown table per section printed at the end (and OUT/quality.md).
 """
@@ -174,6 +176,27 @@ class Bench:
         return rows
 
 
+    # -- GPTQ ----------------------------------------------------------------------------------------
+    def gptq(self, budgets=(4.5, 4.0, 3.5)) -> list[dict]:
+        """Each configuration with GPTQ (the calibration windows feed both the Hessians and the calibrated
+        sensitivity) and without (quantize(gptq=False), same allocation)."""
+        cal = {"calibration": [(w.unsqueeze(0),) for w in self.calib], "sensitivity_mode": "calibrated",
+               "cache_dir": str(self.cache_dir)}
+        off = DEFAULT_PIPELINE.replace(",quantize,", ",quantize(gptq=False),")
+        assert off != DEFAULT_PIPELINE, f"no plain quantize step in {DEFAULT_PIPELINE!r}"
+        rows = []
+        for budget in budgets:
+            for gptq, pipe in ((True, DEFAULT_PIPELINE), (False, off)):
+                rows.append(self.measure(f"default pipeline (calibrated α) budget {budget}, gptq={gptq}", pipe,
+                                         {"method": "qcomp", "budget": budget, "gptq": gptq}, budget=budget, **cal))
+        for gptq in (True, False):
+            rows.append(self.measure(f"Hadamard + normal grid p=1 w4 g128, gptq={gptq}",
+                                     f'{ROT},quantize(bits=4, grid="normal", p=1, group_size=128, gptq={gptq})',
+                                     {"method": "rot-p1", "bits": 4, "gptq": gptq}, **cal))
+        self.results["gptq"] = rows
+        return rows
+
+
 def _uniform_at_least(budget: float, shapes: list[tuple[int, int]], groups=(32, 64, 128, 256)) -> tuple[QuantSpec, float]:
     """The uniform allocation (one normal-grid spec for every layer) with the smallest average bits >= budget.
 
@@ -203,7 +226,7 @@ def _r2(pred, meas) -> float:
 
 def markdown(results: dict) -> str:
     out = [f"float reference ppl: {results['float_ppl']:.3f}; capture {results['capture_seconds']:.1f}s", ""]
-    for sec in ("rotation", "budgets"):
+    for sec in ("rotation", "budgets", "gptq"):
         if sec in results:
             out += [f"### {sec}", "", "| config | avg bits | ppl | KL to float |", "|---|---|---|---|"]
             out += [f"| {r['config']} | {r['avg_bits']:.3f} | {r['ppl']:.3f} | {r['kl']:.4f} |" for r in results[sec]]
