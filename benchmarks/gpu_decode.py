@@ -32,9 +32,10 @@ CONFIGS = {
 # Decode-speed pipeline: qcomp's default passes with two deployment choices, stated in RESULTS.md:
 # Hadamard blocks of 128 (fused into the GEMV; the default's 1024-wide blocks on K = 4096 would be separate
 # rotate kernels) and rotated *uniform* grids (QuEST-style; arithmetic dequant) instead of Gaussian lookup
-# tables, whose per-weight gather is ~2.7x slower in the current kernels (benchmarks/RESULTS_kernels.md).
+# tables, whose per-weight gather is ~2.7x slower in the current kernels (benchmarks/RESULTS_kernels.md);
+# no GPTQ: the calibration input is one decode token (random weights, a speed test).
 SPEED_PIPELINE = ('canonicalize,insert-hadamard(max_block=128),fuse-hadamard(residual=False),'
-                  'allocate-bits(family="uniform", group_sizes=[128], bits=[2,3,4,5,6,8]),quantize,lower')
+                  'allocate-bits(family="uniform", group_sizes=[128], bits=[2,3,4,5,6,8]),quantize(gptq=False),lower')
 
 
 def build_model(name: str, device: str, dtype=torch.bfloat16):

@@ -142,7 +142,7 @@ class Bench:
                 opts = {"sensitivity_mode": mode, "cache_dir": str(self.cache_dir)}
                 if mode == "calibrated":
                     opts["calibration"] = [(w.unsqueeze(0),) for w in self.calib]
-                dp_rows.append(self.measure(f"DP {mode} budget {budget}", "allocate-bits,quantize",
+                dp_rows.append(self.measure(f"DP {mode} budget {budget}", "allocate-bits,quantize(gptq=False)",
                                             {"budget": budget, "method": f"dp-{mode}"}, budget=budget, graph=rot_graph, **opts))
             shapes = [tuple(rot_graph.param(n.args[1]).shape) for n in rot_graph.nodes
                       if n.op == "linear" and n.name in alphas["data-free"]]
