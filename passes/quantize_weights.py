@@ -16,7 +16,8 @@ reference runtime over the calibration batches. Same storage as without GPTQ. Li
 one H; Hessians are collected for groups of layers whose H's fit in `hessian_gb` (one calibration run per
 group), so an 8B model (K up to 14336: 0.8 GB per H) does not hold all of them at once. Each report row then
 also carries out_rel_mse (tr(D H D^T) / tr(W H W^T), D = W - W_hat, on the calibration inputs), the same for
-the plain quantizer (out_rel_mse_plain) and GPTQ's proxy loss.
+the plain quantizer (out_rel_mse_plain) and GPTQ's proxy loss. Options: damp (fraction of mean H_ii added to
+the diagonal), block (lazy-update width), act_order (columns by decreasing H_ii, static group scales).
 """
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def matches(layer: str, patterns: str | list) -> bool:
 
 
 def quantize_linear(g: Graph, node: Node, spec: QuantSpec, hessian: torch.Tensor | None = None,
-                    damp: float = 0.01, block: int = 128) -> tuple[Node, dict]:
+                    damp: float = 0.01, block: int = 128, act_order: bool = False) -> tuple[Node, dict]:
     """Replace linear `node` in g by a qlinear with `spec` (GPTQ when `hessian` is given); returns the new
     node and its report row."""
     w = g.param(node.args[1])
@@ -81,7 +82,7 @@ def quantize_linear(g: Graph, node: Node, spec: QuantSpec, hessian: torch.Tensor
         w_hat = dequantize_weight(q, spec)
     else:
         stats: dict = {}
-        q = gptq_quantize(w.to(torch.float32), hessian, spec, damp=damp, block=block, stats=stats)
+        q = gptq_quantize(w.to(torch.float32), hessian, spec, damp=damp, block=block, act_order=act_order, stats=stats)
         w_hat = dequantize_weight(q, spec)
         plain = dequantize_weight(quantize_weight(w.to(torch.float32), spec), spec)
         extra = {"out_rel_mse": output_rel_error(w, w_hat, hessian),
@@ -139,7 +140,7 @@ def _hessian_groups(items: list[tuple[Node, QuantSpec]], graph: Graph, max_bytes
 @register_pass("quantize")
 def quantize(graph: Graph, ctx: PassContext, bits: int | None = None, grid: str = "uniform", group_size: int = 128,
              scale: str | None = None, p: int = 1, skip: str = "lm_head", gptq: bool | None = None,
-             damp: float = 0.01, block: int = 128, hessian_gb: float = 4.0):
+             damp: float = 0.01, block: int = 128, act_order: bool = False, hessian_gb: float = 4.0):
     """Quantize every linear (except `skip`) to its allocated spec or the default spec (GPTQ with calibration)."""
     calibration = ctx.options.get("calibration")
     if gptq is None:
@@ -188,7 +189,8 @@ def quantize(graph: Graph, ctx: PassContext, bits: int | None = None, grid: str 
             if gptq and node.args[0].name not in hessians:
                 continue
             try:
-                _, row = quantize_linear(g, node, spec, hessians.get(node.args[0].name) if gptq else None, damp, block)
+                _, row = quantize_linear(g, node, spec, hessians.get(node.args[0].name) if gptq else None, damp, block,
+                                         act_order)
             except ValueError as e:
                 raise NodeError(node, str(e)) from e
             rows[node.name] = row

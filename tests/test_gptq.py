@@ -96,15 +96,30 @@ def test_block_size_does_not_change_the_result():
                                dequantize_weight(gptq_quantize(w, h, per_ch, block=128), per_ch), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("spec", SPECS[:5], ids=lambda s: f"{s.short()}-{s.scale}")
+def test_act_order_static_groups(spec):
+    w = torch.randn(32, 96, generator=torch.Generator().manual_seed(11))
+    x, h = correlated(512, 96, 12)
+    x = x * torch.linspace(0.2, 3.0, 96)  # uneven input scales: act-order has something to reorder
+    h = x.T @ x
+    q = gptq_quantize(w, h, spec, act_order=True)
+    ref = quantize_weight(w, spec)
+    assert torch.equal(q.scales, ref.scales)  # static groups: the scales of the untouched weights
+    w_hat = dequantize_weight(q, spec)
+    assert out_err(w, w_hat, x) < 0.8 * out_err(w, dequantize_weight(ref, spec), x)
+    # H = I: nothing to feed forward, any order gives round-to-nearest
+    assert torch.equal(gptq_quantize(w, torch.eye(96), spec, act_order=True).codes, ref.codes)
+
+
 def test_dead_inputs_and_rank_deficient_hessian():
     w = torch.randn(8, 64, generator=torch.Generator().manual_seed(6))
     x, _ = correlated(16, 64, 7)  # 16 tokens: H has rank 16 < 64
     x[:, 5] = 0  # a dead input
     h = x.T @ x
     spec = QuantSpec(4, "normal", 1, 32, "rms")
-    for damp in (0.01, 0.0):
+    for damp, act_order in ((0.01, False), (0.0, False), (0.01, True)):
         stats = {}
-        q = gptq_quantize(w, h, spec, damp=damp, stats=stats)
+        q = gptq_quantize(w, h, spec, damp=damp, act_order=act_order, stats=stats)
         w_hat = dequantize_weight(q, spec)
         assert torch.isfinite(w_hat).all() and stats["proxy_loss"] >= 0
         # dead column zeroed before quantization, as in GPTQ: it gets the grid point nearest to 0
@@ -165,6 +180,9 @@ def test_pass_with_and_without_calibration(tiny):
     assert [r["spec"] for r in rows] == [r["spec"] for r in plain.report["layers"]]
     assert kl_to_float(m, with_cal) < kl_to_float(m, plain)
     assert kl_to_float(m, off) == pytest.approx(kl_to_float(m, plain))
+    ao = qcomp.compile(m, example_inputs=x, pipeline=pipe[:-1] + ", act_order=True, damp=0.1)", calibration=calib())
+    assert all(r["out_rel_mse"] <= r["out_rel_mse_plain"] for r in ao.report["layers"])
+    assert kl_to_float(m, ao) < kl_to_float(m, plain)
 
 
 def test_pass_hessians_in_several_runs_give_the_same_graph(tiny):

@@ -100,9 +100,11 @@ def prepare_hessian(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.T
 
 
 def gptq_quantize(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, damp: float = 0.01, block: int = 128,
-                  stats: dict | None = None) -> QuantizedWeight:
+                  act_order: bool = False, stats: dict | None = None) -> QuantizedWeight:
     """Quantize w [N, K] to `spec` with GPTQ error feedback given H [K, K] = sum of x^T x over inputs x.
 
+    act_order: quantize columns (p-vectors) in decreasing order of H_ii, with "static groups": every group's
+    scale is computed from the original weights first (groups are no longer contiguous in time).
     Runs on H's device; the result lives on w's device. `stats`, when given, receives "proxy_loss"
     (GPTQ's sum over columns of (w - q)^2 / U_ii^2 / 2, relative to the damped Hessian).
     """
@@ -124,13 +126,26 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, damp: fl
     p, g = spec.p, spec.group(k)
     sdt = _SCALE_DTYPES[spec.scale_dtype]
     lut = spec_lut(spec).to(dev)
-    U, dead = prepare_hessian(H, damp)
     W = w.detach().to(device=dev, dtype=torch.float32).clone()
-    W[:, dead] = 0
+    W[:, H.diagonal() == 0] = 0
     codes = torch.empty(n, k // p, dtype=torch.uint8, device=dev)
     scales = torch.empty(n, k // g, dtype=sdt, device=dev)
     offsets = torch.empty(n, k // g, dtype=sdt, device=dev) if spec.has_offset else None
-    bs = _block_size(block, g, p)
+    perm = None
+    if act_order:  # static groups from the original weights, then columns by decreasing H_ii
+        static = []
+        for gi in range(k // g):
+            sc, of = _group_params(W[:, gi * g : (gi + 1) * g], spec, sdt, lut)
+            static.append((sc, of))
+            scales[:, gi] = sc[:, 0].to(sdt)
+            if offsets is not None:
+                offsets[:, gi] = of[:, 0].to(sdt)
+        units = torch.argsort(H.diagonal().reshape(-1, p).sum(-1), descending=True, stable=True)
+        perm = (units[:, None] * p + torch.arange(p, device=dev)).reshape(-1)
+        W, H = W[:, perm], H[perm][:, perm]
+        perm = perm.tolist()
+    U, _ = prepare_hessian(H, damp)
+    bs = _block_size(block, g, p) if perm is None else max(p, block - block % p)
     loss = torch.zeros((), dtype=torch.float64, device=dev)
     scale = off = None
     for i1 in range(0, k, bs):
@@ -140,7 +155,10 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, damp: fl
         Err1 = torch.empty_like(W1)
         for i in range(0, i2 - i1, p):
             col = i1 + i
-            if col % g == 0:  # a group starts: its scale from the weights as corrected so far
+            if perm is not None:
+                col = perm[col]  # the column's place in the weight (and its group)
+                scale, off = static[col // g]
+            elif col % g == 0:  # a group starts: its scale from the weights as corrected so far
                 src = W1[:, i : i + g] if i + g <= i2 - i1 else W[:, col : col + g]
                 scale, off = _group_params(src, spec, sdt, lut)
                 scales[:, col // g] = scale[:, 0].to(sdt)
