@@ -16,7 +16,11 @@ Modes (`SensitivityConfig.mode`):
 Metrics: "kl" = mean KL(p_original || p_noisy) over all positions of the output logits (nats);
 "loss" = mean next-token cross-entropy increase (integer token inputs, logits output; measured with
 antithetic ±Z pairs so that the first-order term cancels); "mse" = relative squared error of the
-output. "auto" = kl for integer inputs, mse otherwise.
+output; "cosine" = mean over output vectors (all positions) of 1 - cos(original, noisy) along the
+last dim. "auto" = kl for integer inputs whose main output is logits (last dim >= the vocabulary of
+the graph's embedding table), cosine for integer inputs whose main output is hidden states (an encoder:
+a softmax over hidden features is meaningless, and embeddings are compared by cosine), mse for float
+inputs.
 
 Results are cached as JSON under `cache_dir` (default $QCOMP_CACHE_DIR or ~/.cache/qcomp), keyed by a
 hash of the graph text, its parameter contents, the layer list, the config and, when calibrated, the
@@ -41,7 +45,7 @@ from qcomp.runtime.reference import ReferenceRuntime
 
 SENSITIVITY_VERSION = 1
 MODES = ("data-free", "calibrated")
-METRICS = ("auto", "kl", "loss", "mse")
+METRICS = ("auto", "kl", "loss", "mse", "cosine")
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,8 @@ class _Metric:
                 raise ValueError("metric 'loss' needs integer token inputs [B, T] and logits [B, T, V]")
             self.labels = ids[:, 1:].reshape(-1).to(ref.device)
             self.ref_loss = self._ce(ref)
+        elif kind == "cosine":
+            self.ref_unit = F.normalize(ref.double().reshape(-1, ref.shape[-1]), dim=-1)
         else:
             self.ref = ref
             self.ref_sq = float((ref.double() ** 2).sum().clamp_min(1e-300))
@@ -178,7 +184,21 @@ class _Metric:
             return float(kl.mean())
         if self.kind == "loss":
             return self._ce(out) - self.ref_loss
+        if self.kind == "cosine":
+            unit = F.normalize(out.double().reshape(-1, out.shape[-1]), dim=-1)
+            return float((1.0 - (unit * self.ref_unit).sum(-1)).mean())
         return float(((out.double() - self.ref.double()) ** 2).sum()) / self.ref_sq
+
+
+def auto_metric(graph: Graph, inputs: tuple, output: torch.Tensor) -> str:
+    """The "auto" metric for a graph, one input batch and its main output (see the module docstring)."""
+    first = inputs[0] if inputs else None
+    if not (isinstance(first, torch.Tensor) and not first.is_floating_point()):
+        return "mse"
+    vocab = vocab_size(graph)
+    if vocab is not None and output.dim() >= 2 and output.shape[-1] < vocab:
+        return "cosine"  # hidden states of an encoder, not logits over the vocabulary
+    return "kl"
 
 
 # -- the measurement ------------------------------------------------------------------------------
@@ -234,10 +254,9 @@ def measure_sensitivity(
         batches = [b if isinstance(b, tuple) else (b,) for b in calibration]
     else:
         batches = random_inputs(graph, tuple(example_inputs), config.n_batches, config.seed)
-    metric = config.metric
-    if metric == "auto":
-        first = batches[0][0]
-        metric = "kl" if isinstance(first, torch.Tensor) and not first.is_floating_point() else "mse"
+    rt = _NoisyRuntime(graph, device=device)
+    refs = [_main_output(rt.run(*b)) for b in batches]
+    metric = config.metric if config.metric != "auto" else auto_metric(graph, batches[0], refs[0])
 
     key_src = json.dumps({"graph": graph_hash(graph), "layers": layers, "config": config.to_dict(), "metric": metric,
                           "inputs": _inputs_hash(batches) if config.mode == "calibrated" else None}, sort_keys=True)
@@ -251,8 +270,7 @@ def measure_sensitivity(
             return s
 
     t0 = time.perf_counter()
-    rt = _NoisyRuntime(graph, device=device)
-    metrics = [_Metric(metric, _main_output(rt.run(*b)), b) for b in batches]
+    metrics = [_Metric(metric, r, b) for r, b in zip(refs, batches)]
     signs = (1.0, -1.0) if metric == "loss" else (1.0,)
     elems = sum(b[0].numel() for b in batches if isinstance(b[0], torch.Tensor))
     n_fwd = len(batches)
