@@ -48,7 +48,8 @@ def _block_size(block: int, g: int, p: int) -> int:
 
 
 def _group_params(src: torch.Tensor, spec: QuantSpec, sdt: torch.dtype, lut: torch.Tensor):
-    """Scale [N, 1] and rounded offset [N, 1] (or None) of one group src [N, g], by the spec's own rule."""
+    """(scale, scale with zeros replaced by 1, rounded offset or None), each [N, 1], of one group src [N, g],
+    by the spec's own rule."""
     wg = src[:, None, :]
     if spec.grid == "uniform":
         _, scale, off = _quant_uniform(wg, spec, sdt)
@@ -57,21 +58,21 @@ def _group_params(src: torch.Tensor, spec: QuantSpec, sdt: torch.dtype, lut: tor
         off = _round_scale(off, sdt)[:, 0]  # the stored offset, as dequantize_weight will use it
     else:
         _, scale, off = _quant_normal(wg, spec, sdt, lut)
-    return scale[:, 0], off
+    return scale[:, 0], _safe(scale[:, 0]), off
 
 
-def _quant_cols(w: torch.Tensor, scale: torch.Tensor, off, spec: QuantSpec, lut: torch.Tensor):
-    """Codes [N] and dequantized values [N, p] of columns w [N, p] with the group's scale/offset [N, 1]."""
+def _quant_cols(w: torch.Tensor, params, spec: QuantSpec, lut: torch.Tensor, mid: torch.Tensor):
+    """Codes [N] and dequantized values [N, p] of columns w [N, p] with the group's _group_params."""
+    scale, safe, off = params
     levels = spec.n_points - 1
     if spec.grid == "uniform":
-        code = torch.round(w / _safe(scale) + levels / 2).clamp(0, levels)
+        code = torch.round(w / safe + levels / 2).clamp(0, levels)
         return code[:, 0], scale * (code - levels / 2)
     if spec.grid == "uniform_asym":
-        code = torch.round((w - off) / _safe(scale)).clamp(0, levels)
+        code = torch.round((w - off) / safe).clamp(0, levels)
         return code[:, 0], scale * code + off
-    z = w / _safe(scale)
-    if spec.p == 1:  # = nearest_points (bucketize on the midpoints), without bucketize's per-call overhead
-        mid = 0.5 * (lut[1:, 0] + lut[:-1, 0])
+    z = w / safe
+    if spec.p == 1:  # = nearest_points (bucketize on the midpoints `mid`), without bucketize's per-call overhead
         code = (z > mid).sum(-1)
     else:
         code = nearest_points(z, lut)
@@ -126,6 +127,7 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, damp: fl
     p, g = spec.p, spec.group(k)
     sdt = _SCALE_DTYPES[spec.scale_dtype]
     lut = spec_lut(spec).to(dev)
+    mid = 0.5 * (lut[1:, 0] + lut[:-1, 0])
     W = w.detach().to(device=dev, dtype=torch.float32).clone()
     W[:, H.diagonal() == 0] = 0
     codes = torch.empty(n, k // p, dtype=torch.uint8, device=dev)
@@ -135,11 +137,10 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, damp: fl
     if act_order:  # static groups from the original weights, then columns by decreasing H_ii
         static = []
         for gi in range(k // g):
-            sc, of = _group_params(W[:, gi * g : (gi + 1) * g], spec, sdt, lut)
-            static.append((sc, of))
-            scales[:, gi] = sc[:, 0].to(sdt)
+            static.append(_group_params(W[:, gi * g : (gi + 1) * g], spec, sdt, lut))
+            scales[:, gi] = static[-1][0][:, 0].to(sdt)
             if offsets is not None:
-                offsets[:, gi] = of[:, 0].to(sdt)
+                offsets[:, gi] = static[-1][2][:, 0].to(sdt)
         units = torch.argsort(H.diagonal().reshape(-1, p).sum(-1), descending=True, stable=True)
         perm = (units[:, None] * p + torch.arange(p, device=dev)).reshape(-1)
         W, H = W[:, perm], H[perm][:, perm]
@@ -147,7 +148,7 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, damp: fl
     U, _ = prepare_hessian(H, damp)
     bs = _block_size(block, g, p) if perm is None else max(p, block - block % p)
     loss = torch.zeros((), dtype=torch.float64, device=dev)
-    scale = off = None
+    params = None
     for i1 in range(0, k, bs):
         i2 = min(i1 + bs, k)
         W1 = W[:, i1:i2].clone()
@@ -157,22 +158,22 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, damp: fl
             col = i1 + i
             if perm is not None:
                 col = perm[col]  # the column's place in the weight (and its group)
-                scale, off = static[col // g]
+                params = static[col // g]
             elif col % g == 0:  # a group starts: its scale from the weights as corrected so far
                 src = W1[:, i : i + g] if i + g <= i2 - i1 else W[:, col : col + g]
-                scale, off = _group_params(src, spec, sdt, lut)
-                scales[:, col // g] = scale[:, 0].to(sdt)
+                params = _group_params(src, spec, sdt, lut)
+                scales[:, col // g] = params[0][:, 0].to(sdt)
                 if offsets is not None:
-                    offsets[:, col // g] = off[:, 0].to(sdt)
-            code, q = _quant_cols(W1[:, i : i + p], scale, off, spec, lut)
+                    offsets[:, col // g] = params[2][:, 0].to(sdt)
+            code, q = _quant_cols(W1[:, i : i + p], params, spec, lut, mid)
             codes[:, col // p] = code.to(torch.uint8)
             for j in range(p):  # p = 2: the second column's error after the first one's update
                 d = U1[i + j, i + j]
                 e = (W1[:, i + j] - q[:, j]) / d
-                loss += (e.double() ** 2).sum() / 2
                 W1[:, i + j + 1 :] -= e[:, None] * U1[i + j, i + j + 1 :][None, :]
                 Err1[:, i + j] = e
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+        loss += Err1.double().pow(2).sum() / 2
     if stats is not None:
         stats["proxy_loss"] = float(loss)
     out_dev = w.device
