@@ -17,7 +17,9 @@ one H; Hessians are collected for groups of layers whose H's fit in `hessian_gb`
 group), so an 8B model (K up to 14336: 0.8 GB per H) does not hold all of them at once. Each report row then
 also carries out_rel_mse (tr(D H D^T) / tr(W H W^T), D = W - W_hat, on the calibration inputs), the same for
 the plain quantizer (out_rel_mse_plain) and GPTQ's proxy loss. Options: damp (fraction of mean H_ii added to
-the diagonal), block (lazy-update width), act_order (columns by decreasing H_ii, static group scales).
+the diagonal), block (lazy-update width), act_order (columns by decreasing H_ii, static group scales),
+sequential (each H from the graph with every earlier linear already quantized, as the GPTQ reference does
+block by block: one calibration run per distinct linear input, each stopping at that input).
 """
 from __future__ import annotations
 
@@ -140,7 +142,8 @@ def _hessian_groups(items: list[tuple[Node, QuantSpec]], graph: Graph, max_bytes
 @register_pass("quantize")
 def quantize(graph: Graph, ctx: PassContext, bits: int | None = None, grid: str = "uniform", group_size: int = 128,
              scale: str | None = None, p: int = 1, skip: str = "lm_head", gptq: bool | None = None,
-             damp: float = 0.01, block: int = 128, act_order: bool = False, hessian_gb: float = 4.0):
+             damp: float = 0.01, block: int = 128, act_order: bool = False, sequential: bool = False,
+             hessian_gb: float = 4.0):
     """Quantize every linear (except `skip`) to its allocated spec or the default spec (GPTQ with calibration)."""
     calibration = ctx.options.get("calibration")
     if gptq is None:
@@ -180,11 +183,11 @@ def quantize(graph: Graph, ctx: PassContext, bits: int | None = None, grid: str 
         rows[node.name] = None  # keeps graph order
         items.append((node, spec))
     hessians: dict[str, torch.Tensor] = {}
-    groups = _hessian_groups(items, g, hessian_gb * 2**30) if gptq and items else [[]]
+    groups = _hessian_groups(items, g, 0.0 if sequential else hessian_gb * 2**30) if gptq and items else [[]]
     batches = [b if isinstance(b, tuple) else (b,) for b in calibration] if gptq else []
     for group in groups:
-        if group:  # run the input graph (float weights) once per group of Hessians
-            hessians = collect_hessians(graph, group, batches, device=ctx.options.get("device"))
+        if group:  # one calibration run per group of Hessians, on float weights (or those quantized so far)
+            hessians = collect_hessians(g if sequential else graph, group, batches, device=ctx.options.get("device"))
         for node, spec in items:
             if gptq and node.args[0].name not in hessians:
                 continue

@@ -183,6 +183,10 @@ def test_pass_with_and_without_calibration(tiny):
     ao = qcomp.compile(m, example_inputs=x, pipeline=pipe[:-1] + ", act_order=True, damp=0.1)", calibration=calib())
     assert all(r["out_rel_mse"] <= r["out_rel_mse_plain"] for r in ao.report["layers"])
     assert kl_to_float(m, ao) < kl_to_float(m, plain)
+    seq = qcomp.compile(m, example_inputs=x, pipeline=pipe[:-1] + ", sequential=True)", calibration=calib())
+    assert seq.report["passes"][-1]["stats"]["hessian_runs"] == 8  # 2 blocks x (qkv, o, gate/up, down) inputs
+    assert all(r["out_rel_mse"] <= r["out_rel_mse_plain"] for r in seq.report["layers"])
+    assert kl_to_float(m, seq) < kl_to_float(m, plain)
 
 
 def test_pass_hessians_in_several_runs_give_the_same_graph(tiny):

@@ -192,17 +192,24 @@ def output_rel_error(w: torch.Tensor, w_hat: torch.Tensor, H: torch.Tensor) -> f
 
 
 # -- Hessians from the graph's own activations -------------------------------------------------------
+class _AllSeen(Exception):
+    """Raised by the hooks once every producer of a batch is recorded: the rest of the forward is not needed."""
+
+
 def collect_hessians(graph, producers: Iterable[str], batches: list[tuple], *, device=None) -> dict[str, torch.Tensor]:
     """Mean x^T x (float32 [K, K]) of the value of each node in `producers`, over all calibration batches.
 
     A producer is the node whose output a linear reads (its args[0]); linears that share an input (q/k/v,
-    gate/up) share one Hessian. The graph runs on the reference runtime (float weights, as in the graph).
+    gate/up) share one Hessian. The graph runs on the reference runtime (its weights as they are: float, or
+    already quantized for sequential GPTQ), and each forward stops once all producers have been seen.
     """
     from qcomp.runtime.reference import ReferenceRuntime
 
     rt = ReferenceRuntime(graph, device=device)
+    producers = list(dict.fromkeys(producers))
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
+    seen: set[str] = set()
 
     def hook(name: str) -> Callable[[torch.Tensor], None]:
         def record(x):
@@ -215,12 +222,19 @@ def collect_hessians(graph, producers: Iterable[str], batches: list[tuple], *, d
                 counts[name] = 0
             s.addmm_(x.T, x)
             counts[name] += x.shape[0]
+            seen.add(name)
+            if len(seen) == len(producers):
+                raise _AllSeen
         return record
 
     rt.value_hooks = {name: hook(name) for name in producers}
     for b in batches:
-        rt.run(*(b if isinstance(b, tuple) else (b,)))
-    missing = [n for n in rt.value_hooks if n not in sums]
+        seen.clear()
+        try:
+            rt.run(*(b if isinstance(b, tuple) else (b,)))
+        except _AllSeen:
+            pass
+    missing = [n for n in producers if n not in sums]
     if missing:
         raise ValueError(f"gptq: the calibration run never produced %{missing[0]} (inputs of a linear)")
     return {n: s / max(counts[n], 1) for n, s in sums.items()}
