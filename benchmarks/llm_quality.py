@@ -9,7 +9,9 @@ Sections (--sections, comma-separated):
            plain RTN (uniform, group 128) at --rtn-bits, and qcomp's default pipeline at each of --budgets,
            all in this run; KL(float || model) per token on the same windows.
   encoder  all-MiniLM-L6-v2 mean cosine of mean-pooled L2-normalized embeddings to the float model over
-           --sentences wikitext-2 sentences at each of --encoder-budgets (unpadded: see qcomp.eval.encoder).
+           --sentences wikitext-2 sentences at each of --encoder-budgets (unpadded: see qcomp.eval.encoder);
+           data-free, and with --calibration N also calibrated on the N sentences after the evaluated ones
+           (disjoint from them; batches of equal token length, unpadded).
   gen      greedy generation of SmolLM2 compiled for generation (qcomp.generate, KV cache) at --gen-budget.
 
 Results are written after every row to --out (markdown) and its .json sidecar; rows of earlier runs
@@ -52,6 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--encoder-budgets", default="4.0,3.0")
     p.add_argument("--sentences", type=int, default=256)
+    p.add_argument("--calibration", type=int, default=0,
+                   help="encoder: also compile with N calibration sentences (the N wikitext-2 sentences after the "
+                        "evaluated ones; calibrated α and GPTQ); 0 = data-free rows only")
     p.add_argument("--gen-budget", type=float, default=5.0)
     p.add_argument("--prompt", default="The capital of France is Paris. The capital of Germany is")
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -137,12 +142,16 @@ def render(data: dict) -> str:
     if enc:
         lines += ["", "## all-MiniLM-L6-v2, cosine to float embeddings", "",
                   "Mean-pooled, L2-normalized embeddings of wikitext-2 sentences, unpadded (batches of equal length).", "",
-                  "| model | pipeline | bits/weight | sentences | mean cosine | min cosine | target | commit |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in sorted(enc, key=lambda r: -r["budget"]):
+                  "| model | pipeline | sensitivity / GPTQ | bits/weight | sentences | mean cosine | min cosine | target | "
+                  "compile s | commit |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(enc, key=lambda r: (r.get("calibration") or 0, -r["budget"])):
             target = {4.0: "≥ 0.99", 3.0: "≥ 0.97"}.get(r["budget"], "")
-            lines.append(f"| {r['label']} | `{r['pipeline']}` | {_fmt(r.get('avg_bits'))} | {r['n_sentences']} | "
-                         f"{r['mean_cosine']:.5f} | {r['min_cosine']:.5f} | {target} | {r.get('commit', '')} |")
+            cal = (f"calibrated on {r['calibration']} other sentences, GPTQ" if r.get("calibration")
+                   else "data-free, no GPTQ")
+            lines.append(f"| {r['label']} | `{r['pipeline']}` | {cal} | {_fmt(r.get('avg_bits'))} | {r['n_sentences']} | "
+                         f"{r['mean_cosine']:.5f} | {r['min_cosine']:.5f} | {target} | "
+                         f"{_fmt(r.get('compile_seconds'), '{:.0f}')} | {r.get('commit', '')} |")
     gen = [r for r in rows if r["section"] == "gen"]
     for r in gen:
         lines += ["", f"## Greedy generation, SmolLM2-135M compiled for generation at budget {r['budget']:g}", "",
@@ -182,11 +191,29 @@ def run_encoder(a, res: Results, info: dict) -> None:
     tokens = tokenize_unpadded(tok, encoder_sentences(read_text(a.text), a.sentences))
     ref = mean_pooled_embeddings(model, tokens)
     pipeline = a.pipeline or DEFAULT_PIPELINE
-    for b in _floats(a.encoder_budgets):
-        cm = compile_hf(model, b, pipeline)
-        r = evaluate_encoder(cm, tokens, ref)
-        res.put("encoder", f"qcomp budget {b:g}", {**r.row(), "budget": b, "pipeline": pipeline, "avg_bits": avg_bits(cm),
-                                                   "commit": info["commit"]})
+    runs = [("", None)]
+    if a.calibration > 0:
+        cal = tokenize_unpadded(tok, encoder_sentences(read_text(a.text), a.sentences + a.calibration)[a.sentences:])
+        runs.append((f" calibrated {len(cal)}", equal_length_batches(cal)))
+    for suffix, calibration in runs:
+        for b in _floats(a.encoder_budgets):
+            t0 = time.perf_counter()
+            cm = compile_hf(model, b, pipeline, **({"calibration": calibration} if calibration else {}))
+            compile_s = time.perf_counter() - t0
+            r = evaluate_encoder(cm, tokens, ref)
+            res.put("encoder", f"qcomp budget {b:g}{suffix}",
+                    {**r.row(), "budget": b, "pipeline": pipeline, "avg_bits": avg_bits(cm), "commit": info["commit"],
+                     "calibration": sum(x[0].shape[0] for x in calibration) if calibration else 0,
+                     "compile_seconds": compile_s})
+
+
+def equal_length_batches(token_lists: list[torch.Tensor], batch_size: int = 32) -> list[tuple[torch.Tensor]]:
+    """Calibration batches (ids [B, T],) of sentences of equal token length (no padding, as in the evaluation)."""
+    by_len: dict[int, list[torch.Tensor]] = {}
+    for t in token_lists:
+        by_len.setdefault(int(t.numel()), []).append(t)
+    return [(torch.stack(ts[j:j + batch_size]).to(torch.int64),) for _, ts in sorted(by_len.items())
+            for j in range(0, len(ts), batch_size)]
 
 
 def run_gen(a, res: Results, info: dict) -> None:
