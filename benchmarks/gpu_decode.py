@@ -115,9 +115,10 @@ def main(argv=None) -> int:
         vc.normal_()
         return ids, torch.tensor([args.pos], device=dev), kc, vc
 
+    fixed = {b: inputs(b) for b in batches}  # one input per batch size: the calibrated-α cache key stays the same
     base = {}
     for b in batches:
-        replay = graph_of(step, inputs(b))
+        replay = graph_of(step, fixed[b])
         sec = time_graph(replay)
         base[b] = sec
         rows.append({"config": "bf16 (eager + CUDA graph)", "batch": b, "ms_per_step": sec * 1e3, "tok_s": b / sec,
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
         for b in batches:
             # the static step's graph is specialized to its batch size (torch.export pins B in the views), so
             # each batch size is compiled on its own; the sensitivity cache is keyed by the graph, so each pays it
-            inp = inputs(b)
+            inp = fixed[b]
             t = time.perf_counter()
             compiled = qcomp.compile(step, budget=budget, example_inputs=inp, pipeline=pipeline,
                                      calibration=[inp], cache_dir=cache_dir, device=dev)

@@ -127,13 +127,14 @@ def random_inputs(graph: Graph, example_inputs: tuple, n_batches: int, seed: int
             if not isinstance(x, torch.Tensor):
                 batch.append(x)
             elif x.is_floating_point():
-                std, mean = (x.float().std(), x.float().mean()) if x.numel() > 1 else (torch.tensor(1.0), torch.tensor(0.0))
-                batch.append((torch.randn(x.shape, generator=gen) * std + mean).to(x.dtype))
+                xf = x.detach().float().cpu()
+                std, mean = (xf.std(), xf.mean()) if x.numel() > 1 else (torch.tensor(1.0), torch.tensor(0.0))
+                batch.append((torch.randn(x.shape, generator=gen) * std + mean).to(device=x.device, dtype=x.dtype))
             elif x.dtype == torch.bool:
                 batch.append(x.clone())  # masks: keep as given
             else:
                 hi = vocab if vocab is not None else int(x.max()) + 1
-                batch.append(torch.randint(0, max(hi, 1), x.shape, generator=gen, dtype=x.dtype))
+                batch.append(torch.randint(0, max(hi, 1), x.shape, generator=gen, dtype=x.dtype).to(x.device))
         batches.append(tuple(batch))
     return batches
 
