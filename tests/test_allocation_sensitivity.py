@@ -4,11 +4,11 @@ import torch
 from torch import nn
 
 from qcomp.allocation.sensitivity import (
-    SensitivityConfig, _Metric, _main_output, fit_slope, graph_hash, measure_sensitivity, random_inputs,
+    SensitivityConfig, fit_slope, graph_hash, measure_sensitivity,
 )
 from qcomp.capture import capture_model
 from qcomp.models.tiny import builtin_model
-from qcomp.runtime.reference import ReferenceRuntime
+from noise_delta import all_layers_noise_delta
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,15 +46,8 @@ def test_alphas_predict_joint_noise_on_a_small_lm(tiny_llama):
     s = measure_sensitivity(g, layers, SensitivityConfig(levels=(0.05, 0.1)), example_inputs=x, cache_dir=False,
                             progress=False)
     assert s.metric == "kl" and all(a > 0 for a in s.alphas.values())
-    t, gen, noisy = 0.03, torch.Generator().manual_seed(9), g.copy()
-    for name in layers:
-        target = g.node(g.node(name).args[1]).attrs["target"]
-        w = g.params[target]
-        z = torch.randn(w.shape, generator=gen)
-        noisy.params[target] = w + t * w.norm() * z / z.norm()
-    batches = random_inputs(g, x, 4, seed=0)
-    measured = sum(_Metric("kl", _main_output(ReferenceRuntime(g).run(*b)), b).delta(
-        _main_output(ReferenceRuntime(noisy).run(*b))) for b in batches) / len(batches)
+    t = 0.03
+    measured = all_layers_noise_delta(g, layers, x, t, "kl")
     predicted = sum(s.alphas.values()) * t * t
     assert measured == pytest.approx(predicted, rel=0.25)
 

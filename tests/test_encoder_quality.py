@@ -6,11 +6,13 @@ from torch import nn
 
 import qcomp
 from qcomp.allocation.sensitivity import (
-    SensitivityConfig, _main_output, _Metric, auto_metric, measure_sensitivity, random_inputs,
+    SensitivityConfig, _main_output, _Metric, auto_metric, measure_sensitivity,
 )
 from qcomp.capture import capture_model
 from qcomp.models.tiny import builtin_model
 from qcomp.runtime.reference import ReferenceRuntime
+
+from noise_delta import all_layers_noise_delta
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,15 +83,8 @@ def test_cosine_alphas_predict_joint_noise_on_an_encoder(encoder):
     _, g, x, layers = encoder
     s = measure_sensitivity(g, layers, SensitivityConfig(levels=(0.05, 0.1)), example_inputs=x, cache_dir=False,
                             progress=False)
-    t, gen, noisy = 0.05, torch.Generator().manual_seed(9), g.copy()
-    for name in layers:
-        target = g.node(g.node(name).args[1]).attrs["target"]
-        w = g.params[target]
-        z = torch.randn(w.shape, generator=gen)
-        noisy.params[target] = w + t * w.norm() * z / z.norm()
-    batches = random_inputs(g, x, 4, seed=0)
-    measured = sum(_Metric("cosine", _main_output(ReferenceRuntime(g).run(*b)), b).delta(
-        _main_output(ReferenceRuntime(noisy).run(*b))) for b in batches) / len(batches)
+    t = 0.05
+    measured = all_layers_noise_delta(g, layers, x, t, "cosine")
     assert measured == pytest.approx(sum(s.alphas.values()) * t * t, rel=0.25)
 
 
