@@ -192,8 +192,8 @@ def test_pass_with_and_without_calibration(tiny):
 def test_pass_hessians_in_several_runs_give_the_same_graph(tiny):
     m, x = tiny
     pipe = f'{ROT},quantize(bits=4, grid="normal", group_size=32, hessian_gb={{}})'
-    one = qcomp.compile(m, example_inputs=x, pipeline=pipe.format(4.0), calibration=calib(2))
-    many = qcomp.compile(m, example_inputs=x, pipeline=pipe.format(1e-4), calibration=calib(2))  # one H per run
+    one = qcomp.compile(m, example_inputs=x, pipeline=pipe.format(4.0), calibration=calib(4))
+    many = qcomp.compile(m, example_inputs=x, pipeline=pipe.format(1e-4), calibration=calib(4))  # one H per run
     a = {k: v for k, v in one.graph.params.items()}
     b = {k: v for k, v in many.graph.params.items()}
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -203,6 +203,17 @@ def test_pass_gptq_without_calibration_is_a_clear_error(tiny):
     m, x = tiny
     with pytest.raises(PassError, match="needs calibration batches.*gptq=False"):
         qcomp.compile(m, example_inputs=x, pipeline=f'{ROT},quantize(bits=4, grid="normal", gptq=True)')
+
+
+def test_pass_warns_when_calibration_has_fewer_tokens_than_inputs(tiny):
+    m, x = tiny  # tiny-llama's down_proj has K = 256; 2 x 64 = 128 calibration tokens
+    pipe = f'{ROT},quantize(bits=4, grid="normal", group_size=32)'
+    with pytest.warns(qcomp.QcompWarning, match="128 rows.*up to 256 inputs.*at least 256"):
+        qcomp.compile(m, example_inputs=x, pipeline=pipe, calibration=calib(2))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", qcomp.QcompWarning)
+        qcomp.compile(m, example_inputs=x, pipeline=pipe, calibration=calib(8))  # 512 tokens: no warning
 
 
 def test_hessians_are_those_of_the_linear_inputs(tiny):
