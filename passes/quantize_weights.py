@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import warnings
 
 import torch
 
@@ -140,23 +139,6 @@ def _hessian_groups(items: list[tuple[Node, QuantSpec]], graph: Graph, max_bytes
     return groups
 
 
-def _warn_if_few_calibration_rows(batches: list[tuple], k_max: int) -> None:
-    """GPTQ with fewer calibration rows (tokens) than a layer's in_features fits noise: measured worse than plain
-    rounding on a tiny model. Warn with the fix; rows = tokens for id inputs, leading elements for float inputs."""
-    rows = 0
-    for b in batches:
-        x = b[0] if b and isinstance(b[0], torch.Tensor) else None
-        if x is None:
-            return  # unknown input kind: cannot count
-        rows += x.numel() // (x.shape[-1] if x.is_floating_point() and x.dim() > 1 else 1)
-    if rows < k_max:
-        from qcomp.api import QcompWarning
-
-        warnings.warn(f"GPTQ calibration has {rows} rows (tokens) but layers have up to {k_max} inputs; the Hessians are "
-                      f"rank-deficient and GPTQ may be worse than plain rounding. Pass at least {k_max} calibration "
-                      "tokens (several times more is better), or quantize(gptq=False)", QcompWarning, stacklevel=3)
-
-
 @register_pass("quantize")
 def quantize(graph: Graph, ctx: PassContext, bits: int | None = None, grid: str = "uniform", group_size: int = 128,
              scale: str | None = None, p: int = 1, skip: str = "lm_head", gptq: bool | None = None,
@@ -203,8 +185,6 @@ def quantize(graph: Graph, ctx: PassContext, bits: int | None = None, grid: str 
     hessians: dict[str, torch.Tensor] = {}
     groups = _hessian_groups(items, g, 0.0 if sequential else hessian_gb * 2**30) if gptq and items else [[]]
     batches = [b if isinstance(b, tuple) else (b,) for b in calibration] if gptq else []
-    if gptq and items:
-        _warn_if_few_calibration_rows(batches, max(int(g.param(n.args[1]).shape[1]) for n, _ in items))
     for group in groups:
         if group:  # one calibration run per group of Hessians, on float weights (or those quantized so far)
             hessians = collect_hessians(g if sequential else graph, group, batches, device=ctx.options.get("device"))

@@ -19,6 +19,7 @@ Columns are taken in their natural order (no act-order), so groups stay contiguo
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Iterable
 
 import torch
@@ -237,4 +238,12 @@ def collect_hessians(graph, producers: Iterable[str], batches: list[tuple], *, d
     missing = [n for n in producers if n not in sums]
     if missing:
         raise ValueError(f"gptq: the calibration run never produced %{missing[0]} (inputs of a linear)")
+    short = [n for n in producers if counts[n] < sums[n].shape[0]]
+    if short:  # rank-deficient H: GPTQ fits noise (measured worse than plain rounding on a tiny model)
+        from qcomp.api import QcompWarning
+
+        rows, k = min(counts[n] for n in short), max(sums[n].shape[0] for n in short)
+        warnings.warn(f"GPTQ calibration has {rows} rows (tokens) but layers have up to {k} inputs; the Hessians are "
+                      f"rank-deficient and GPTQ may be worse than plain rounding. Pass at least {k} calibration "
+                      "tokens (several times more is better), or quantize(gptq=False)", QcompWarning, stacklevel=2)
     return {n: s / max(counts[n], 1) for n, s in sums.items()}
