@@ -26,13 +26,19 @@ def first_dir(candidates: list[Path], what: str) -> Path:
     pytest.skip(f"{what} not found in {', '.join(map(str, candidates))}")
 
 
-def test_smollm2_exact(f64_norms):
+def exact_in_float64(auto_class: str, candidates: list[Path], what: str, shape: tuple[int, int]):
+    """Load the model in float64, run insert (+ fuse) on random token ids of `shape`, assert both exact."""
     transformers = pytest.importorskip("transformers")
-    model = transformers.LlamaForCausalLM.from_pretrained(str(first_dir(SMOLLM2, "SmolLM2-135M")), dtype=torch.float64)
-    ids = torch.randint(0, model.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(0))
+    model = getattr(transformers, auto_class).from_pretrained(str(first_dir(candidates, what)), dtype=torch.float64)
+    ids = torch.randint(0, model.config.vocab_size, shape, generator=torch.Generator().manual_seed(0))
     r = check_equivalence(model, (ids,))
-    print(f"SmolLM2-135M float64 max rel error: insert {r['err_insert']:.2e}, insert+fuse {r['err_fuse']:.2e}")
+    print(f"{what} float64 max rel error: insert {r['err_insert']:.2e}, insert+fuse {r['err_fuse']:.2e}")
     assert r["err_insert"] < TOL and r["err_fuse"] < TOL
+    return model, r
+
+
+def test_smollm2_exact(f64_norms):
+    model, r = exact_in_float64("LlamaForCausalLM", SMOLLM2, "SmolLM2-135M", (1, 24))
     n = model.config.num_hidden_layers
     assert rotated_layers(r["fuse"]) == sorted(f"model.layers.{i}.{m}" for i in range(n)
                                                for m in ("mlp.down_proj", "self_attn.o_proj"))
@@ -44,11 +50,6 @@ def test_smollm2_exact(f64_norms):
 
 
 def test_minilm_exact(f64_norms):
-    transformers = pytest.importorskip("transformers")
-    model = transformers.AutoModel.from_pretrained(str(first_dir(MINILM, "all-MiniLM-L6-v2")), dtype=torch.float64)
-    ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
-    r = check_equivalence(model, (ids,))
-    print(f"MiniLM float64 max rel error: insert {r['err_insert']:.2e}, insert+fuse {r['err_fuse']:.2e}")
-    assert r["err_insert"] < TOL and r["err_fuse"] < TOL
+    _, r = exact_in_float64("AutoModel", MINILM, "all-MiniLM-L6-v2", (2, 16))
     assert r["fuse_stats"]["regions"] == []  # LayerNorm bounds every region: online rotations stay
     assert r["insert_stats"]["rotated"] == 6 * 6 + 1  # q, k, v, o, intermediate, output per layer + pooler
