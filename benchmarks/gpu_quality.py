@@ -210,8 +210,8 @@ def _uniform_at_least(budget: float, shapes: list[tuple[int, int]], groups=(32, 
 
     cands = [QuantSpec(bits=b, grid="normal", p=p, group_size=g, scale="rms") for b in range(1, 9) for p in (1, 2)
              for g in groups if b * p <= 8]
-    ok = [(avg(s), s.p, s.group_size, s) for s in cands if avg(s) >= budget - 1e-9]
-    a, _, _, s = min(ok, key=lambda t: t[:3])
+    costed = [(avg(s), s.p, s.group_size, s) for s in cands]
+    a, _, _, s = min((t for t in costed if t[0] >= budget - 1e-9), key=lambda t: t[:3])
     return s, a
 
 
