@@ -212,11 +212,11 @@ def peer_marlin(w16, x, copies):
     n, k = w16.shape
     mods = []
     for _ in range(copies):
-        lin = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.float16)
-        lin.weight.data.copy_(w16)
-        quantize(lin, weights=qint4)
-        freeze(lin)
-        mods.append(lin)
+        holder = torch.nn.Sequential(torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.float16))
+        holder[0].weight.data.copy_(w16)
+        quantize(holder, weights=qint4)  # quanto swaps the children of a module, never the module passed in
+        freeze(holder)
+        mods.append(holder[0])
     log(f"quanto weight class: {type(mods[0].weight).__name__}")
     fns = [lambda mod=mod: mod(x) for mod in mods]
     wd = mods[0].weight.dequantize().float()

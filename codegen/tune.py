@@ -23,7 +23,11 @@ _CHOICES: dict[str, tuple[dict, int]] = {}
 _LOCK = threading.Lock()
 _FILE_LOADED = False
 
-GEMV_TILES = [(128, 128, 4), (64, 256, 4), (128, 256, 4), (256, 128, 8)]  # (n, k, warps)
+# gemv tiles (n, k, warps), best first: small programs, many of them. From benchmarks/sweep_gemv.py on the H100
+# (28672x8192 and 8192x28672, b in 2, 3, 4, 8): block_k 128 everywhere (larger K steps break the one-scale-per-
+# step fast path at group 128 and were 2x slower); the best tiles sit within 5 % of each other per width.
+GEMV_TILES = [(64, 128, 2), (128, 128, 2), (256, 128, 4), (128, 128, 8), (32, 128, 2)]
+GEMV_SPLITS = (16, 8, 4)  # split-K counts tried per tile (sweep: 8-16 beat the old 1-2 by 20-40 %)
 DOT_SMALL_M = [(64, 256, 4, 3), (128, 128, 4, 4), (128, 256, 4, 3)]  # gemm for 4 < M <= 16: (n, k, warps, stages)
 # gemm (M > 16) per M bucket: (m, n, k, warps, stages); acc^T is [n, m]: n feeds the wgmma M dimension
 GEMM_TILES = {
@@ -60,6 +64,15 @@ def _split(progs: int, steps: int, sms: int) -> int:
     return split
 
 
+def _gemv_splits(progs: int, steps: int, sms: int) -> list[int]:
+    """Split-K counts to try for a gemv tile: GEMV_SPLITS that leave each program >= 2 K steps, and 1 where the
+    tiles alone fill the GPU several times over or K is short; never empty."""
+    out = [s for s in GEMV_SPLITS if 2 * s <= steps]
+    if progs >= 4 * sms or not out:
+        out.append(1)
+    return out
+
+
 def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tuple[KernelSpec, int]]:
     """[(spec, split_k)], heuristic choice first. M <= 16: the gemv variant (and, for M > 4, tensor-core
     tiles of 16 rows); M > 16: gemm tiles (the caller has rotated x already)."""
@@ -72,8 +85,8 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
             bk = _fit_k(bk, base, k)
             spec = dataclasses.replace(base, variant="gemv", block_m=bm, block_n=bn, block_k=bk,
                                        num_warps=warps, num_stages=2)
-            split = _split(-(-n // bn) * -(-m // bm), -(-k // bk), sms)
-            out.append((spec, split))
+            for split in _gemv_splits(-(-n // bn) * -(-m // bm), -(-k // bk), sms):
+                out.append((spec, split))
         if m > 4 and not base.had_block:  # (ops.py rotates x apart above FUSED_HADAMARD_MAX_M)
             for bn, bk, warps, stages in DOT_SMALL_M:
                 spec = dataclasses.replace(base, variant="gemm", block_m=16, block_n=bn, block_k=_fit_k(bk, base, k),
