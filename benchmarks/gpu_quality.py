@@ -8,6 +8,7 @@ Sections:
   allocation  sensitivity α (data-free and calibrated), predicted vs measured KL for random allocations (R²),
               DP allocation vs uniform allocation of the same grid family at budgets 3.0/3.5/4.0/4.5
   budgets     the default pipeline at budgets 5.0..3.0 next to RTN g128 at 4 and 5 bits
+  budgets_gptq  the same budgets with calibrated α + GPTQ, next to RTN g128 at 4 and 5 bits
   gptq        GPTQ error feedback (quantize with calibration) vs none: the default pipeline with calibrated
               sensitivity at budgets 4.5/4.0/3.5, and Hadamard + normal p=1 w4 g128 (8 evaluations)
 The graph is captured once; every configuration runs its pipeline on it (passes never mutate their input).
@@ -197,6 +198,22 @@ class Bench:
         return rows
 
 
+    def budgets_gptq(self, budgets=(5.0, 4.5, 4.0, 3.5, 3.0)) -> list[dict]:
+        """The issue-7 budget table with calibration: RTN g128 at 4 and 5 bits and the default pipeline with
+        calibrated α + GPTQ (the 4 calibration windows, disjoint from the evaluated ones) at every budget."""
+        cal = {"calibration": [(w.unsqueeze(0),) for w in self.calib], "sensitivity_mode": "calibrated",
+               "cache_dir": str(self.cache_dir)}
+        rows = []
+        for b in (4, 5):
+            rows.append(self.measure(f"RTN uniform w{b} g128", f'canonicalize,quantize(bits={b}, grid="uniform", group_size=128)',
+                                     {"method": "rtn", "bits": b}))
+        for budget in budgets:
+            rows.append(self.measure(f"default pipeline (calibrated α) budget {budget}, gptq=True", DEFAULT_PIPELINE,
+                                     {"method": "qcomp", "budget": budget, "gptq": True}, budget=budget, **cal))
+        self.results["budgets_gptq"] = rows
+        return rows
+
+
 def _uniform_at_least(budget: float, shapes: list[tuple[int, int]], groups=(32, 64, 128, 256)) -> tuple[QuantSpec, float]:
     """The uniform allocation (one normal-grid spec for every layer) with the smallest average bits >= budget.
 
@@ -226,7 +243,7 @@ def _r2(pred, meas) -> float:
 
 def markdown(results: dict) -> str:
     out = [f"float reference ppl: {results['float_ppl']:.3f}; capture {results['capture_seconds']:.1f}s", ""]
-    for sec in ("rotation", "budgets", "gptq"):
+    for sec in ("rotation", "budgets", "gptq", "budgets_gptq"):
         if sec in results:
             out += [f"### {sec}", "", "| config | avg bits | ppl | KL to float |", "|---|---|---|---|"]
             out += [f"| {r['config']} | {r['avg_bits']:.3f} | {r['ppl']:.3f} | {r['kl']:.4f} |" for r in results[sec]]
