@@ -1,0 +1,38 @@
+"""Invariants of the autotuner's candidate lists (codegen/tune.py): every (spec, split) is valid for its shape."""
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qcomp.codegen import tune
+from qcomp.codegen.kernel_spec import KernelSpec
+
+
+@settings(max_examples=200, deadline=None)
+@given(m=st.integers(1, 512), n=st.integers(1, 40000), k_tiles=st.integers(1, 256), bits=st.integers(1, 8),
+       had=st.sampled_from([0, 128]))
+def test_candidates_are_valid_and_split_leaves_work(m, n, k_tiles, bits, had):
+    k = 128 * k_tiles
+    if had and k % had:
+        return
+    base = KernelSpec(bits=bits, group_size=128, had_block=had if m <= 16 else 0, block_m=1,
+                      block_k=max(128, had))
+    cands = tune.candidates(base, m, n, k)
+    assert cands, "no candidate"
+    assert len(set(cands)) == len(cands), "duplicate candidates"
+    for spec, split in cands:
+        spec.validate()
+        steps = -(-k // spec.block_k)
+        assert split >= 1
+        assert split == 1 or 2 * split <= steps, f"split {split} leaves a program < 2 K steps ({steps} steps)"
+        if m > 16:
+            assert spec.variant == "gemm"
+    if m <= 16:
+        assert cands[0][0].variant == "gemv", "the untuned default (CPU, CUDA-graph capture) must be the gemv"
+
+
+def test_gemv_splits_cover_the_sweep_choices():
+    # 28672 x 8192 at M=1: the H100 sweep's best configurations used split 8 and 16 (benchmarks/RESULTS_kernels.md)
+    splits = {s for spec, s in tune.candidates(KernelSpec(bits=4, block_m=1, block_k=128), 1, 28672, 8192)
+              if spec.block_n == 64 and spec.num_warps == 2}
+    assert {8, 16} <= splits
+    # K of one step: nothing to split
+    assert tune._gemv_splits(progs=10, steps=1, sms=132) == [1]
