@@ -1,9 +1,10 @@
 """Compiled-model artifacts: `save(compiled, path)` writes a directory, `load(path)` rebuilds the model.
 
-Layout (format version 1):
+Layout (format version 2; version 1 did not record the packed-code layout and is refused):
 
     path/
-      manifest.json        format, format_version, qcomp/torch versions, config, pipeline, per-layer
+      manifest.json        format, format_version, packing_version (qcomp.codegen.packing's layout of the
+                           qweight tensors), qcomp/torch versions, config, pipeline, per-layer
                            choices, pass log (no timings), graph inputs, aliases, sha256 + size of
                            every other file, and its own sha256 ("manifest_sha256")
       graph.qir            the QIR text form (qcomp.qir.print_graph)
@@ -30,8 +31,10 @@ from pathlib import Path, PurePosixPath
 
 import torch
 
+from qcomp.codegen.packing import PACKING_VERSION
+
 FORMAT = "qcomp-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 GRAPH_FILE = "graph.qir"
 WEIGHTS_FILE = "weights.safetensors"
@@ -108,6 +111,7 @@ def build_manifest(compiled, files: dict[str, bytes], aliases: dict[str, str]) -
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "packing_version": PACKING_VERSION,
         "qcomp_version": qcomp.__version__,
         "torch_version": torch.__version__.split("+")[0],
         "config": json.loads(compiled.config.to_json()),
@@ -209,6 +213,14 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if v > FORMAT_VERSION:
         raise ArtifactError(f"{path} has artifact format version {v}, written by a newer qcomp "
                             f"({m.get('qcomp_version', '?')}); this qcomp reads up to version {FORMAT_VERSION}: upgrade qcomp")
+    if v < FORMAT_VERSION:  # version 1 did not say how its qweight codes are packed: reading them could misplace bits
+        raise ArtifactError(f"{path} has artifact format version {v} (qcomp {m.get('qcomp_version', '?')}), which does not "
+                            f"record the packed-code layout; recompile the model with this qcomp and save it again")
+    pv = m.get("packing_version")
+    if pv != PACKING_VERSION:
+        raise ArtifactError(f"{path} holds weights packed in layout version {pv!r}; this qcomp reads packed layout "
+                            f"{PACKING_VERSION} only: recompile the model with this qcomp (or load it with the qcomp "
+                            f"{m.get('qcomp_version', '?')} that wrote it)")
     if manifest_bytes(m) != raw:
         raise ArtifactError(f"{mfile} was modified or is corrupt (its manifest_sha256 or canonical form does not match); "
                             "save the artifact again")

@@ -207,6 +207,27 @@ def test_newer_format_version(saved):
         qcomp.load(saved)
 
 
+def test_format_version_1_is_refused(saved):
+    """Version 1 did not record the packed-code layout: reading its qweights could misplace bits silently."""
+    m = json.loads((saved / "manifest.json").read_text())
+    m["format_version"] = 1
+    del m["packing_version"]
+    (saved / "manifest.json").write_bytes(artifact.manifest_bytes(m))
+    with pytest.raises(ArtifactError, match="format version 1.*recompile the model"):
+        qcomp.load(saved)
+
+
+def test_other_packing_version_is_refused(saved):
+    from qcomp.codegen.packing import PACKING_VERSION
+
+    m = json.loads((saved / "manifest.json").read_text())
+    assert m["packing_version"] == PACKING_VERSION
+    m["packing_version"] = PACKING_VERSION - 1
+    (saved / "manifest.json").write_bytes(artifact.manifest_bytes(m))
+    with pytest.raises(ArtifactError, match=f"layout version {PACKING_VERSION - 1}.*recompile"):
+        qcomp.load(saved)
+
+
 def test_edited_manifest(saved):
     text = (saved / "manifest.json").read_text()
     (saved / "manifest.json").write_text(text.replace('"budget": 4.0', '"budget": 8.0'))
