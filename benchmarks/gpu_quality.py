@@ -49,9 +49,10 @@ def load_model(path: Path, device: str):
 
 
 class Bench:
-    def __init__(self, model, windows, calib, device, out: Path, cache_dir: Path | None = None):
+    def __init__(self, model, windows, calib, device, out: Path, cache_dir: Path | None = None, alpha_file=None):
         self.model, self.windows, self.calib, self.device, self.out = model, windows, calib, device, out
         self.cache_dir = cache_dir or out / "cache"
+        self.alpha_file = alpha_file
         self.done: dict[str, dict] = {}
         self.ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0)).to(device)
         t = time.perf_counter()
@@ -203,12 +204,16 @@ class Bench:
         calibrated α + GPTQ (the 4 calibration windows, disjoint from the evaluated ones) at every budget."""
         cal = {"calibration": [(w.unsqueeze(0),) for w in self.calib], "sensitivity_mode": "calibrated",
                "cache_dir": str(self.cache_dir)}
+        pipe = DEFAULT_PIPELINE
+        if self.alpha_file:  # α measured earlier (e.g. on a GPU: the CPU cannot afford the noise forwards)
+            pipe = DEFAULT_PIPELINE.replace(",allocate-bits,", f',allocate-bits(sensitivity_file="{self.alpha_file}"),')
+            assert pipe != DEFAULT_PIPELINE, f"no plain allocate-bits step in {DEFAULT_PIPELINE!r}"
         rows = []
         for b in (4, 5):
             rows.append(self.measure(f"RTN uniform w{b} g128", f'canonicalize,quantize(bits={b}, grid="uniform", group_size=128)',
                                      {"method": "rtn", "bits": b}))
         for budget in budgets:
-            rows.append(self.measure(f"default pipeline (calibrated α) budget {budget}, gptq=True", DEFAULT_PIPELINE,
+            rows.append(self.measure(f"default pipeline (calibrated α) budget {budget}, gptq=True", pipe,
                                      {"method": "qcomp", "budget": budget, "gptq": True}, budget=budget, **cal))
         self.results["budgets_gptq"] = rows
         return rows
@@ -271,6 +276,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--sections", default="rotation,allocation,budgets")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--alpha-file", type=Path, default=None,
+                    help="budgets_gptq: a calibrated sensitivity JSON measured earlier, used instead of measuring α")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -279,7 +286,7 @@ def main(argv=None) -> int:
     all_windows = lm_windows(tok, text, None, args.seq_len)
     windows = all_windows[: args.windows].to(args.device)
     calib = all_windows[-4:].to(args.device)  # calibration text disjoint from the evaluated windows
-    bench = Bench(model, windows, calib, args.device, args.out, args.cache_dir)
+    bench = Bench(model, windows, calib, args.device, args.out, args.cache_dir, args.alpha_file)
     for f in args.resume:
         if f.exists():
             for line in f.read_text().splitlines():

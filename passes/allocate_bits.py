@@ -30,7 +30,7 @@ import torch
 
 from qcomp.allocation import LayerCandidates, Option, allocate, keep_option
 from qcomp.allocation.options import candidate_specs, default_error, option_for
-from qcomp.allocation.sensitivity import SensitivityConfig, measure_sensitivity
+from qcomp.allocation.sensitivity import Sensitivity, SensitivityConfig, measure_sensitivity
 from qcomp.config import check_budget
 from qcomp.numerics.quant_spec import QuantSpec
 from qcomp.numerics.quantizer import quantize_weight
@@ -83,12 +83,35 @@ def _levels(levels) -> tuple[float, ...]:
     return tuple(float(t) for t in levels)
 
 
+def read_sensitivity_file(path: str, layers: list[str]) -> Sensitivity:
+    """α of `layers` from a sensitivity JSON (the cache format); a clear error for a bad file or missing layers."""
+    p = Path(path)
+    try:
+        sens = Sensitivity.from_dict(json.loads(p.read_text()))
+    except FileNotFoundError:
+        raise ValueError(f"sensitivity_file {path!r} does not exist") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"sensitivity_file {path!r} is not a qcomp sensitivity JSON ({type(e).__name__}: {e}); pass a "
+                         "sensitivity-*.json from a compile's cache_dir") from None
+    missing = [n for n in layers if n not in sens.alphas]
+    if missing:
+        raise ValueError(f"sensitivity_file {path!r} has no α for {len(missing)} of the {len(layers)} layers to allocate "
+                         f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}): it was measured on another "
+                         "graph; measure again (drop sensitivity_file) or pass the file of this model and pipeline")
+    sens.cost = {**sens.cost, "file": str(p)}
+    return sens
+
+
 @register_pass("allocate-bits")
 def allocate_bits(graph: Graph, ctx: PassContext, budget: float | None = None, family: str = "auto",
                   mode: str | None = None, levels=(0.1, 0.2), n_batches: int = 4, metric: str = "auto",
                   group_sizes=(64, 128, 256), bits=(2, 3, 4, 5, 6, 7, 8), skip: str = "lm_head",
-                  resolution: float | None = None, cache: bool = True, plot: bool = True):
-    """Choose per-layer bits/grid/group by exact DP under the average-bits budget (see module docstring)."""
+                  resolution: float | None = None, cache: bool = True, plot: bool = True,
+                  sensitivity_file: str | None = None):
+    """Choose per-layer bits/grid/group by exact DP under the average-bits budget (see module docstring).
+
+    sensitivity_file: a sensitivity JSON written earlier (a `sensitivity-*.json` of the cache directory, e.g. measured
+    on a GPU) whose α are used instead of measuring them; it must name every allocated layer."""
     budget = check_budget(budget if budget is not None else ctx.options.get("budget", 4.0))
     mode = mode or ctx.options.get("sensitivity_mode") or ("calibrated" if ctx.options.get("calibration") else "data-free")
     nodes = [n for n in graph.nodes if n.op == "linear" and not matches(n.attrs.get("layer") or n.name, skip)]
@@ -105,12 +128,16 @@ def allocate_bits(graph: Graph, ctx: PassContext, budget: float | None = None, f
     # refuse an infeasible budget before paying for sensitivity (with alpha = 0 this raises or returns at once)
     allocate([LayerCandidates(n.name, int(w.numel()), 0.0, opts) for n, w, opts in layers_in], budget, resolution)
 
-    cfg = SensitivityConfig(mode=mode, levels=_levels(levels), n_batches=int(n_batches), metric=metric,
-                            seed=int(ctx.options.get("seed", 0)))
-    sens = measure_sensitivity(graph, [n.name for n in nodes], cfg, example_inputs=tuple(ctx.example_inputs),
-                               calibration=ctx.options.get("calibration"),
-                               cache_dir=ctx.options.get("cache_dir") if cache else False,
-                               device=ctx.options.get("device"), progress=bool(ctx.options.get("progress", True)))
+    if sensitivity_file:
+        sens = read_sensitivity_file(sensitivity_file, [n.name for n in nodes])
+        mode = f"from {Path(sensitivity_file).name} ({sens.config.get('mode', '?')})"
+    else:
+        cfg = SensitivityConfig(mode=mode, levels=_levels(levels), n_batches=int(n_batches), metric=metric,
+                                seed=int(ctx.options.get("seed", 0)))
+        sens = measure_sensitivity(graph, [n.name for n in nodes], cfg, example_inputs=tuple(ctx.example_inputs),
+                                   calibration=ctx.options.get("calibration"),
+                                   cache_dir=ctx.options.get("cache_dir") if cache else False,
+                                   device=ctx.options.get("device"), progress=bool(ctx.options.get("progress", True)))
     negative = [n.name for n in nodes if not sens.alphas[n.name] > 0]
     if negative:
         warnings.warn(f"{len(negative)} layer(s) measured a non-positive sensitivity (noise): {', '.join(negative[:5])}"

@@ -83,3 +83,31 @@ def test_budget_below_cheapest_names_the_minimum(tiny, tmp_path):
     assert cause.min_budget == pytest.approx(cheapest, rel=1e-12)
     assert f"{cause.min_budget:.6f}" in str(cause)
     assert "sensitivity" not in "".join(p.name for p in tmp_path.iterdir())  # refused before measuring
+
+
+def test_sensitivity_file_replaces_the_measurement(tiny, tmp_path, monkeypatch):
+    """α measured once (say on a GPU) and reused from its JSON elsewhere: same allocation, no noise forwards."""
+    m, x = tiny
+    first = qcomp.compile(m, budget=3.5, example_inputs=x, pipeline=PIPE, cache_dir=tmp_path / "c")
+    (f,) = (tmp_path / "c").glob("sensitivity-*.json")
+
+    def no_measuring(*a, **k):
+        raise AssertionError("sensitivity was measured although a file was given")
+
+    monkeypatch.setattr("qcomp.passes.allocate_bits.measure_sensitivity", no_measuring)
+    pipe = PIPE.replace("allocate-bits", f'allocate-bits(sensitivity_file="{f}")')
+    again = qcomp.compile(m, budget=3.5, example_inputs=x, pipeline=pipe, cache_dir=False)
+    a, b = first.report["allocation"], again.report["allocation"]
+    assert [r["option"] for r in a["layers"]] == [r["option"] for r in b["layers"]]
+    assert b["sensitivity"]["cost"]["file"] == str(f)
+
+    bad = json.loads(f.read_text())
+    del bad["alphas"][next(iter(bad["alphas"]))]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(PassError, match="has no α for 1 of the 14 layers.*measured on another graph"):
+        qcomp.compile(m, budget=3.5, example_inputs=x, cache_dir=False,
+                      pipeline=PIPE.replace("allocate-bits", f'allocate-bits(sensitivity_file="{tmp_path / "bad.json"}")'))
+    (tmp_path / "junk.json").write_text("{}")
+    with pytest.raises(PassError, match="not a qcomp sensitivity JSON"):
+        qcomp.compile(m, budget=3.5, example_inputs=x, cache_dir=False,
+                      pipeline=PIPE.replace("allocate-bits", f'allocate-bits(sensitivity_file="{tmp_path / "junk.json"}")'))
