@@ -166,11 +166,18 @@ class Bench:
         return PassManager(ROT).run(self.graph, ctx), ctx
 
     # -- issue 7 -------------------------------------------------------------------------------
+    def _rtn_rows(self) -> list[dict]:
+        """The reference points of the budget tables: round-to-nearest uniform g128 at 4 and 5 bits."""
+        return [self.measure(f"RTN uniform w{b} g128", f'canonicalize,quantize(bits={b}, grid="uniform", group_size=128)',
+                             {"method": "rtn", "bits": b}) for b in (4, 5)]
+
+    def _calibrated(self) -> dict:
+        """Compile options of the calibrated rows: the calibration windows feed α and GPTQ's Hessians."""
+        return {"calibration": [(w.unsqueeze(0),) for w in self.calib], "sensitivity_mode": "calibrated",
+                "cache_dir": str(self.cache_dir)}
+
     def budgets(self, budgets=(5.0, 4.5, 4.0, 3.5, 3.0)) -> list[dict]:
-        rows = []
-        for b in (4, 5):
-            rows.append(self.measure(f"RTN uniform w{b} g128", f'canonicalize,quantize(bits={b}, grid="uniform", group_size=128)',
-                                     {"method": "rtn", "bits": b}))
+        rows = self._rtn_rows()
         for budget in budgets:
             rows.append(self.measure(f"qcomp default pipeline, budget {budget}", DEFAULT_PIPELINE,
                                      {"method": "qcomp", "budget": budget}, budget=budget, cache_dir=str(self.cache_dir)))
@@ -182,8 +189,7 @@ class Bench:
     def gptq(self, budgets=(4.5, 4.0, 3.5)) -> list[dict]:
         """Each configuration with GPTQ (the calibration windows feed both the Hessians and the calibrated
         sensitivity) and without (quantize(gptq=False), same allocation)."""
-        cal = {"calibration": [(w.unsqueeze(0),) for w in self.calib], "sensitivity_mode": "calibrated",
-               "cache_dir": str(self.cache_dir)}
+        cal = self._calibrated()
         off = DEFAULT_PIPELINE.replace(",quantize,", ",quantize(gptq=False),")
         assert off != DEFAULT_PIPELINE, f"no plain quantize step in {DEFAULT_PIPELINE!r}"
         rows = []
@@ -202,16 +208,12 @@ class Bench:
     def budgets_gptq(self, budgets=(5.0, 4.5, 4.0, 3.5, 3.0)) -> list[dict]:
         """The issue-7 budget table with calibration: RTN g128 at 4 and 5 bits and the default pipeline with
         calibrated α + GPTQ (the 4 calibration windows, disjoint from the evaluated ones) at every budget."""
-        cal = {"calibration": [(w.unsqueeze(0),) for w in self.calib], "sensitivity_mode": "calibrated",
-               "cache_dir": str(self.cache_dir)}
+        cal = self._calibrated()
         pipe = DEFAULT_PIPELINE
         if self.alpha_file:  # α measured earlier (e.g. on a GPU: the CPU cannot afford the noise forwards)
             pipe = DEFAULT_PIPELINE.replace(",allocate-bits,", f',allocate-bits(sensitivity_file="{self.alpha_file}"),')
             assert pipe != DEFAULT_PIPELINE, f"no plain allocate-bits step in {DEFAULT_PIPELINE!r}"
-        rows = []
-        for b in (4, 5):
-            rows.append(self.measure(f"RTN uniform w{b} g128", f'canonicalize,quantize(bits={b}, grid="uniform", group_size=128)',
-                                     {"method": "rtn", "bits": b}))
+        rows = self._rtn_rows()
         for budget in budgets:
             rows.append(self.measure(f"default pipeline (calibrated α) budget {budget}, gptq=True", pipe,
                                      {"method": "qcomp", "budget": budget, "gptq": True}, budget=budget, **cal))
