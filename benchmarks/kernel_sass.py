@@ -1,0 +1,126 @@
+"""Compile one generated qlinear kernel for an NVIDIA GPU (default sm_90, the H100) on any machine, no GPU
+needed, and print what its K loop executes: SASS instruction counts, global/shared memory traffic, barriers.
+
+    python benchmarks/kernel_sass.py '{"bits": 4, "variant": "gemv", "block_m": 1, "block_n": 64, "block_k": 128, "num_warps": 2}'
+    python benchmarks/kernel_sass.py SPEC_JSON --arch 90 --out DIR   # also writes DIR/<name>.{ptx,sass}
+
+SPEC_JSON holds KernelSpec fields (codegen/kernel_spec.py); missing ones take their defaults. The loop is the
+longest backward branch in the SASS (the K-step loop of both variants). Per K step a gemv thread handles
+block_n * words_per_block / (32 * num_warps) packed words; the report divides the loop's instructions by the
+codes a thread handles per step. A shared-memory store or a barrier inside the loop means Triton moved a
+tensor between layouts there. Uses Triton's bundled ptxas and nvdisasm; the numbers are static counts, not
+timings (benchmarks/bench_kernels.py measures those, on a GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+_LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?);")
+_BRA = re.compile(r"BRA\s+`?\(?(\.L_x_\d+)")
+
+
+def compile_spec(spec, arch: int):
+    """triton.compile of the spec's kernel for sm_<arch>: fp16 activations, fp32 (split-K) output, no bias."""
+    os.environ["TRITON_INTERPRET"] = "0"  # the interpreter would be used otherwise (set by the CPU tests)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from qcomp.codegen.render import load_kernel
+
+    act = "*fp16" if spec.act_dtype == "fp16" else "*bf16"
+    sig = {"x_ptr": act, "w_ptr": "*i32", "s_ptr": act, "o_ptr": act, "lut_ptr": "*fp32",
+           "sgn_ptr": "*fp32" if spec.had_block else act, "bias_ptr": act, "y_ptr": "*fp32",
+           "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_ym": "i32", "stride_w": "i32",
+           "plane_words": "i32", "stride_s": "i32", "SPLIT_K": "i32", "HAS_BIAS": "constexpr"}
+    aligned = [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15]  # pointers and the K-like sizes: multiples of 16
+    attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
+    src = ASTSource(load_kernel(spec), sig, constexprs={"HAS_BIAS": False}, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+
+
+def disassemble(cubin: bytes) -> str:
+    import triton
+
+    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    if not nvdisasm.exists():
+        raise SystemExit(f"nvdisasm not found at {nvdisasm}: this Triton wheel does not bundle the CUDA binaries")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([str(nvdisasm), "-c", f.name], capture_output=True, text=True, check=True).stdout
+
+
+def loop_body(sass: str) -> list[str]:
+    """Instructions (opcode + operands) of the longest loop: label ... backward branch to it."""
+    lines = sass.splitlines()
+    labels = {ln.rstrip(":").strip(): i for i, ln in enumerate(lines) if re.match(r"^\.L_x_\d+:", ln.strip())}
+    best = (0, 0)
+    for i, ln in enumerate(lines):
+        m = _BRA.search(ln)
+        if m and m.group(1) in labels and labels[m.group(1)] < i and i - labels[m.group(1)] > best[1] - best[0]:
+            best = (labels[m.group(1)], i)
+    return [m.group(2) for ln in lines[best[0]: best[1] + 1] if (m := _LINE.match(ln))]
+
+
+def opcode(instr: str) -> str:
+    op = instr.split()[0] if not instr.startswith("@") else instr.split()[1]
+    return op
+
+
+def report(spec, kernel, sass: str) -> dict:
+    body = loop_body(sass)
+    ops = collections.Counter(opcode(i) for i in body)
+    threads = 32 * spec.num_warps
+    codes = spec.block_n * spec.block_k // spec.p / threads * spec.block_m if spec.variant == "gemv" else None
+    md = kernel.metadata
+    return {"kernel": spec.name(), "loop_instructions": len(body),
+            "codes_per_thread_per_step": codes,
+            "instructions_per_code": len(body) / codes if codes else None,
+            "global_loads": sum(v for k, v in ops.items() if k.startswith("LDG")),
+            "shared_stores": sum(v for k, v in ops.items() if k.startswith(("STS", "STSM"))),
+            "shared_loads": sum(v for k, v in ops.items() if k.startswith(("LDS", "LDSM"))),
+            "barriers": sum(v for k, v in ops.items() if k.startswith("BAR")),
+            "shared_bytes": getattr(md, "shared", None), "opcodes": dict(ops.most_common())}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("spec", help="KernelSpec fields as JSON")
+    ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (H100), 80 (A100)")
+    ap.add_argument("--out", type=Path, default=None, help="directory for the PTX and SASS")
+    ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = ap.parse_args(argv)
+    from qcomp.codegen.kernel_spec import KernelSpec
+
+    spec = KernelSpec(**json.loads(args.spec))
+    kernel = compile_spec(spec, args.arch)
+    sass = disassemble(kernel.asm["cubin"])
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{spec.name()}.ptx").write_text(kernel.asm["ptx"])
+        (args.out / f"{spec.name()}.sass").write_text(sass)
+    r = report(spec, kernel, sass)
+    if args.json:
+        print(json.dumps(r, indent=1))
+        return 0
+    print(f"{r['kernel']} (sm_{args.arch})")
+    per = f", {r['instructions_per_code']:.2f} per code ({r['codes_per_thread_per_step']:g} codes per thread)" \
+        if r["instructions_per_code"] else ""
+    print(f"K loop: {r['loop_instructions']} instructions per step{per}; global loads {r['global_loads']}, "
+          f"shared stores {r['shared_stores']} / loads {r['shared_loads']}, barriers {r['barriers']}")
+    print("  " + ", ".join(f"{k} {v}" for k, v in list(r["opcodes"].items())[:16]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

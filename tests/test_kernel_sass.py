@@ -1,0 +1,31 @@
+"""benchmarks/kernel_sass.py: a generated kernel compiles for sm_90 without a GPU and its K loop is found."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sass_report(spec: dict) -> dict:
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_sass.py"), json.dumps(spec), "--json"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    if out.returncode and "nvdisasm not found" in out.stderr + out.stdout:
+        pytest.skip("this Triton wheel bundles no nvdisasm")
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout[out.stdout.index("{"):])
+
+
+def test_gemv_loop_is_found_and_counted():
+    r = sass_report({"bits": 4, "variant": "gemv", "block_m": 1, "block_n": 64, "block_k": 128, "num_warps": 2,
+                     "num_stages": 2})
+    assert r["kernel"] == "qlinear_gemv_w4_uniform_g128_fp16_m1n64k128w2s2"
+    # 64 rows x 16 words x 8 codes over 64 threads = 128 codes per thread and K step
+    assert r["codes_per_thread_per_step"] == 128
+    assert r["global_loads"] >= 4 and r["loop_instructions"] > 128  # at least one instruction per code
+    assert sum(r["opcodes"].values()) == r["loop_instructions"]
+    assert any(op.startswith("HFMA2") for op in r["opcodes"])  # the packed-half2 path of 4-bit codes
