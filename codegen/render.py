@@ -68,11 +68,11 @@ def _header(s: KernelSpec) -> list[str]:
 
 
 def use_half2(s: KernelSpec) -> bool:
-    """GEMV with two weights per 32-bit op: uniform grid, fp16 x, one plane of 1, 2 or 4 bits, scales per row
+    """GEMV with two weights per 32-bit op: uniform grid, fp16 x, codes of 1..7 bits (any planes), scales per row
     or per K step (w8 stays fp32: (code - z) * x could leave the fp16 range for large activations)."""
     mode, _ = _scale_mode(s)
     return (s.variant == "gemv" and s.grid == "uniform" and s.act_dtype == "fp16" and s.p == 1
-            and s.code_bits in (1, 2, 4) and mode in ("row", "channel"))
+            and s.code_bits <= 7 and mode in ("row", "channel"))
 
 
 def _f16_bits(v: float) -> int:
@@ -156,7 +156,9 @@ def _half2_helpers(s: KernelSpec) -> list[str]:
 
 def _half2_slots(s: KernelSpec, ms) -> list[str]:
     """All S slots of the widest plane as S/2 packed pairs: slot jj in the low half, jj + S/2 in the high half
-    (bit jj*w + 16), so one shift and one and|or make two fp16 (512 + code); part{m} = fp32 sum per word."""
+    (bit jj*w + 16), so one shift and one and|or make two fp16 (512 + code); part{m} = fp32 sum per word.
+    A narrower plane's bits of the same two slots are 16 apart as well (bit w0*j + sh_w of the column), so
+    each adds one shift, one and and one or-shift to the pair."""
     w0 = s.widest_plane
     S = 32 // w0
     H = S // 2
@@ -168,7 +170,11 @@ def _half2_slots(s: KernelSpec, ms) -> list[str]:
     for jj in range(H):
         sh = jj * w0 - 1
         src = f"(word_{w0} << 1)" if sh < 0 else (f"(word_{w0} >> {sh})" if sh else f"word_{w0}")
-        L.append(f"v = _deq2(({src} & {m2:#x}) | 0x60006000)  # code - z of slots {jj} and {jj + H}")
+        pair = f"({src} & {m2:#x})"
+        for w, off in planes(s.code_bits)[1:]:
+            shift = f"(sh_{w}[None, :] + {jj * w0})" if jj else f"sh_{w}[None, :]"
+            pair += f" | (((word_{w} >> {shift}) & {(2 ** w - 1) * 0x10001:#x}) << {off + 1})"
+        L.append(f"v = _deq2({pair} | 0x60006000)  # code - z of slots {jj} and {jj + H}")
         for m in ms:
             L.append(f"hp{m} = _mul2(v, xp{m}_{jj}[None, :])" if jj == 0 else
                      f"hp{m} = _fma2(v, xp{m}_{jj}[None, :], hp{m})")

@@ -30,4 +30,8 @@ def test_source_is_specialised_per_spec():
     assert "tl.where((code & 2) != 0" in c
     assert "butterfly" in a and "butterfly" not in b and "tl.dot" not in a + b + c and "tl.dot" in d
     assert "acc1" in b and "acc2" not in b  # one accumulator set per activation row (block_m = 2)
-    assert "0x4a800000" in b and ".to(tl.float32)" not in b.split("# slot 0", 1)[1].split("# slot 1")[0]
+    # 5-bit codes (planes 4 + 1) take the packed-half2 path: the 1-bit plane's two slots join each pair
+    assert "_deq2(" in b and "& 0x10001) << 5)" in b and "0x4a800000" not in b
+    e = kernel_source(KernelSpec(bits=8, grid="uniform", group_size=128, block_m=1, block_k=128))
+    assert "_deq2(" not in e  # 8-bit codes stay in fp32 ((code - z) * x could leave the fp16 range)
+    assert "0x4a800000" in e and ".to(tl.float32)" not in e.split("# slot 0", 1)[1].split("# slot 1")[0]
