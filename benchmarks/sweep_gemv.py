@@ -1,4 +1,4 @@
-"""Sweep the GEMV tile space (block_n, block_k, warps, stages, prefetch, split-K) on one GPU; one command.
+"""Sweep the GEMV tile space (block_n, block_k, warps, stages, split-K) on one GPU; one command.
 
     python benchmarks/sweep_gemv.py --out DIR [--shapes 28672x8192,8192x28672] [--bits 2,3,4,8] [--hads 0,128]
 
@@ -29,16 +29,16 @@ STAGES = [2]
 SPLITS = [1, 2, 4, 8, 16]
 
 
-def specs_for(bits: int, had: int, m: int, prefetch_opts):
+def specs_for(bits: int, had: int, m: int):
     from qcomp.codegen.kernel_spec import KernelSpec
 
     base = KernelSpec(bits=bits, grid="uniform", p=1, group_size=GROUP, had_block=had, variant="gemv",
                       block_m=m, block_k=max(128, had))
     out = []
-    for bn, bk, w, st, pf in itertools.product(BLOCK_N, BLOCK_K, WARPS, STAGES, prefetch_opts):
+    for bn, bk, w, st in itertools.product(BLOCK_N, BLOCK_K, WARPS, STAGES):
         if bk < max(128, had) or bn * bk // 128 * 4 * base.widest_plane // (32 * w) > 64:
             continue  # more than 64 words of the widest plane per thread: spills
-        out.append(dataclasses.replace(base, block_n=bn, block_k=bk, num_warps=w, num_stages=st, prefetch=pf))
+        out.append(dataclasses.replace(base, block_n=bn, block_k=bk, num_warps=w, num_stages=st))
     return out
 
 
@@ -56,7 +56,6 @@ def main():
     ap.add_argument("--bits", default="2,3,4,8")
     ap.add_argument("--hads", default="0")
     ap.add_argument("--ms", default="1")
-    ap.add_argument("--prefetch", default="0,1", help="0,1: both; 1: prefetch only")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     ap.add_argument("--budget", type=float, default=400, help="seconds; later cases are skipped past it")
     ap.add_argument("--top", type=int, default=5)
@@ -73,12 +72,11 @@ def main():
     bits_list = [int(b) for b in args.bits.split(",")]
     hads = [int(h) for h in args.hads.split(",")]
     ms = [int(m) for m in args.ms.split(",")]
-    pfs = [bool(int(v)) for v in args.prefetch.split(",")]
     t0 = time.time()
     log(f"GPU {torch.cuda.get_device_name()} | torch {torch.__version__} | copy {copy_bandwidth():.2f} TB/s")
     n0, k0 = shapes[0]
     jobs = [(s.to_json(), sk, m, n0, k0) for b in bits_list for h in hads for m in ms
-            for s in specs_for(b, h, m, pfs) for sk in (1, 2)]
+            for s in specs_for(b, h, m) for sk in (1, 2)]
     chunks = [jobs[i:: args.workers] for i in range(args.workers)]
     with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as ex:
         done = sum(ex.map(compile_chunk, chunks))
@@ -101,7 +99,7 @@ def main():
         ref = (rotate_blocks(x.float(), signs, had) if had else x.float()) @ what.t()
         lut32 = lut.float().contiguous()
         res = []
-        for spec in specs_for(bits, had, m, pfs):
+        for spec in specs_for(bits, had, m):
             for sk in SPLITS:
                 if sk > 1 and -(-k // spec.block_k) < 2 * sk:
                     continue

@@ -36,3 +36,17 @@ def test_gemv_splits_cover_the_sweep_choices():
     assert {8, 16} <= splits
     # K of one step: nothing to split
     assert tune._gemv_splits(progs=10, steps=1, sms=132) == [1]
+
+
+def test_sweep_script_specs_are_valid_kernel_specs():
+    """benchmarks/sweep_gemv.py runs only on a GPU; its spec list must still build on any machine."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import sweep_gemv
+
+    for bits in (2, 3, 4, 8):
+        for had in (0, 128):
+            specs = sweep_gemv.specs_for(bits, had, 1)
+            assert specs and all(s.variant == "gemv" and s.block_k >= max(128, had) for s in specs)
