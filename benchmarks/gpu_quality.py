@@ -113,9 +113,7 @@ class Bench:
         rot_graph, _ = self._rotated()
         alphas = {}
         for mode in ("data-free", "calibrated"):
-            opts = {"sensitivity_mode": mode, "cache_dir": str(self.cache_dir)}
-            if mode == "calibrated":
-                opts["calibration"] = [(w.unsqueeze(0),) for w in self.calib]
+            opts = self._sensitivity_options(mode)
             c, s = self.compile("allocate-bits", budget=4.0, graph=rot_graph, **opts)
             rep = c.report["allocation"]
             alphas[mode] = {r["node"]: r["alpha"] for r in rep["layers"]}
@@ -141,9 +139,7 @@ class Bench:
         dp_rows = []
         for budget in budgets:
             for mode in ("data-free", "calibrated"):
-                opts = {"sensitivity_mode": mode, "cache_dir": str(self.cache_dir)}
-                if mode == "calibrated":
-                    opts["calibration"] = [(w.unsqueeze(0),) for w in self.calib]
+                opts = self._sensitivity_options(mode)
                 dp_rows.append(self.measure(f"DP {mode} budget {budget}", "allocate-bits,quantize(gptq=False)",
                                             {"budget": budget, "method": f"dp-{mode}"}, budget=budget, graph=rot_graph, **opts))
             shapes = [tuple(rot_graph.param(n.args[1]).shape) for n in rot_graph.nodes
@@ -171,10 +167,13 @@ class Bench:
         return [self.measure(f"RTN uniform w{b} g128", f'canonicalize,quantize(bits={b}, grid="uniform", group_size=128)',
                              {"method": "rtn", "bits": b}) for b in (4, 5)]
 
-    def _calibrated(self) -> dict:
-        """Compile options of the calibrated rows: the calibration windows feed α and GPTQ's Hessians."""
-        return {"calibration": [(w.unsqueeze(0),) for w in self.calib], "sensitivity_mode": "calibrated",
-                "cache_dir": str(self.cache_dir)}
+    def _sensitivity_options(self, mode: str) -> dict:
+        """Compile options for α in `mode`; "calibrated" adds the calibration windows (which also turn GPTQ on
+        in quantize unless the pipeline says gptq=False)."""
+        opts = {"sensitivity_mode": mode, "cache_dir": str(self.cache_dir)}
+        if mode == "calibrated":
+            opts["calibration"] = [(w.unsqueeze(0),) for w in self.calib]
+        return opts
 
     def budgets(self, budgets=(5.0, 4.5, 4.0, 3.5, 3.0)) -> list[dict]:
         rows = self._rtn_rows()
@@ -184,12 +183,11 @@ class Bench:
         self.results["budgets"] = rows
         return rows
 
-
     # -- GPTQ ----------------------------------------------------------------------------------------
     def gptq(self, budgets=(4.5, 4.0, 3.5)) -> list[dict]:
         """Each configuration with GPTQ (the calibration windows feed both the Hessians and the calibrated
         sensitivity) and without (quantize(gptq=False), same allocation)."""
-        cal = self._calibrated()
+        cal = self._sensitivity_options("calibrated")
         off = DEFAULT_PIPELINE.replace(",quantize,", ",quantize(gptq=False),")
         assert off != DEFAULT_PIPELINE, f"no plain quantize step in {DEFAULT_PIPELINE!r}"
         rows = []
@@ -204,11 +202,10 @@ class Bench:
         self.results["gptq"] = rows
         return rows
 
-
     def budgets_gptq(self, budgets=(5.0, 4.5, 4.0, 3.5, 3.0)) -> list[dict]:
         """The issue-7 budget table with calibration: RTN g128 at 4 and 5 bits and the default pipeline with
         calibrated α + GPTQ (the 4 calibration windows, disjoint from the evaluated ones) at every budget."""
-        cal = self._calibrated()
+        cal = self._sensitivity_options("calibrated")
         pipe = DEFAULT_PIPELINE
         if self.alpha_file:  # α measured earlier (e.g. on a GPU: the CPU cannot afford the noise forwards)
             pipe = DEFAULT_PIPELINE.replace(",allocate-bits,", f',allocate-bits(sensitivity_file="{self.alpha_file}"),')
