@@ -38,6 +38,16 @@ SPEED_PIPELINE = ('canonicalize,insert-hadamard(max_block=128),fuse-hadamard(res
                   'allocate-bits(family="uniform", group_sizes=[128], bits=[2,3,4,5,6,8]),quantize(gptq=False),lower')
 
 
+def with_sensitivity_file(pipeline: str, path: str | None) -> str:
+    """The pipeline with allocate-bits(sensitivity_file=path) added (unchanged when path is None)."""
+    if path is None:
+        return pipeline
+    if pipeline == "default" or "allocate-bits(" not in pipeline:
+        raise SystemExit("--sensitivity-file needs a pipeline whose allocate-bits has options, e.g. the default "
+                         "--pipeline of this script")
+    return pipeline.replace("allocate-bits(", f"allocate-bits(sensitivity_file={json.dumps(str(path))}, ", 1)
+
+
 def build_model(name: str, device: str, dtype=torch.bfloat16):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -97,8 +107,12 @@ def main(argv=None) -> int:
     ap.add_argument("--pipeline", default=SPEED_PIPELINE,
                     help="default: the default pipeline with 128-wide Hadamard blocks (fused into the kernels) and "
                          "rotated uniform grids (arithmetic dequant); 'default' = qcomp's DEFAULT_PIPELINE")
+    ap.add_argument("--sensitivity-file", default=None,
+                    help="α measured earlier (a sensitivity-*.json) for allocate-bits instead of measuring it, e.g. "
+                         "benchmarks/results/sensitivity_llama3_8b_random_decode_h100.json (batch 1, same seed)")
     ap.add_argument("--out", type=Path, default=Path("decode_results"))
     args = ap.parse_args(argv)
+    args.pipeline = with_sensitivity_file(args.pipeline, args.sensitivity_file)
     args.out.mkdir(parents=True, exist_ok=True)
     dev = "cuda"
     t0 = time.perf_counter()

@@ -28,7 +28,7 @@ _BRA = re.compile(r"BRA\s+`?\(?(\.L_x_\d+)")
 
 
 def compile_spec(spec, arch: int):
-    """triton.compile of the spec's kernel for sm_<arch>: fp16 activations, fp32 (split-K) output, no bias."""
+    """triton.compile of the spec's kernel for sm_<arch>: its activation dtype, no bias."""
     os.environ["TRITON_INTERPRET"] = "0"  # the interpreter would be used otherwise (set by the CPU tests)
     import triton
     from triton.backends.compiler import GPUTarget
@@ -38,10 +38,11 @@ def compile_spec(spec, arch: int):
 
     act = "*fp16" if spec.act_dtype == "fp16" else "*bf16"
     sig = {"x_ptr": act, "w_ptr": "*i32", "s_ptr": act, "o_ptr": act, "lut_ptr": "*fp32",
-           "sgn_ptr": "*fp32" if spec.had_block else act, "bias_ptr": act, "y_ptr": "*fp32",
+           "sgn_ptr": "*fp32" if spec.had_block else act, "bias_ptr": act, "y_ptr": act,
+           "ws_ptr": "*fp32", "cnt_ptr": "*i32",
            "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_ym": "i32", "stride_w": "i32",
            "plane_words": "i32", "stride_s": "i32", "SPLIT_K": "i32", "HAS_BIAS": "constexpr"}
-    aligned = [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15]  # pointers and the K-like sizes: multiples of 16
+    aligned = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 14, 15, 16, 17]  # pointers and the K-like sizes: multiples of 16
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     src = ASTSource(load_kernel(spec), sig, constexprs={"HAS_BIAS": False}, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),

@@ -93,30 +93,50 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
            out: Optional[torch.Tensor] = None, warmup: bool = False) -> torch.Tensor:
     """Run one generated kernel on a 2-D activation x2 [M, k]; returns [M, n] in x2.dtype.
 
-    `out` (split_k == 1 only; tests poison it with NaN) receives the result. warmup=True compiles the
-    kernel for these arguments (Triton's on-disk cache) without running it."""
+    `out` (tests poison it with NaN) receives the result. warmup=True compiles the kernel for these arguments
+    (Triton's on-disk cache) without running it."""
     m = x2.shape[0]
     kern = load_kernel(spec)
     dev = x2.device
-    if split_k > 1:
-        y = torch.zeros(m, n, device=dev, dtype=torch.float32)
-    else:
-        y = out if out is not None else torch.empty(m, n, device=dev, dtype=x2.dtype)
+    y = out if out is not None else torch.empty(m, n, device=dev, dtype=x2.dtype)
     sg = signs.to(device=dev, dtype=torch.float32).contiguous() if spec.had_block else scales
     if spec.variant == "gemv":
         grid = (triton_cdiv(n, spec.block_n), split_k, triton_cdiv(m, spec.block_m))
     else:
         grid = (triton_cdiv(m, spec.block_m) * triton_cdiv(n, spec.block_n), split_k)
+    if split_k > 1:  # the kernel sums the splits itself: fp32 partials and one self-resetting counter per tile
+        ws = torch.empty(split_k * m * n, device=dev, dtype=torch.float32)
+        cnt = split_k_counters(dev, grid[0] * (grid[2] if len(grid) > 2 else 1))
+    else:
+        ws, cnt = y, scales  # unused
     run = functools.partial(kern.warmup, grid=grid) if warmup else kern[grid]
     run(
         x2, packed, scales, offsets if offsets is not None else scales, lut, sg,
-        bias if bias is not None else scales, y,
+        bias if bias is not None else scales, y, ws, cnt,
         m, n, k, x2.stride(0), y.stride(0), packed.stride(0), padded_codes(k // spec.p) // 32, scales.stride(0),
         split_k, HAS_BIAS=bias is not None, num_warps=spec.num_warps, num_stages=spec.num_stages,
     )
-    if warmup:
-        return y
-    return y if split_k == 1 else y.to(x2.dtype)
+    return y
+
+
+_COUNTERS: dict[tuple, torch.Tensor] = {}
+
+
+def split_k_counters(device: torch.device, tiles: int) -> torch.Tensor:
+    """int32 zeros, one per output tile, for split-K launches on the current stream of `device`.
+
+    The kernels leave every counter at 0 again, so one buffer serves every launch in stream order; buffers are
+    per stream because kernels running at the same time must not share counters. Made outside CUDA-graph
+    capture (the executor's eager first call does it): a buffer first needed during capture belongs to that
+    graph (its zero-fill is recorded) and is not kept."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (str(device), stream)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < tiles:
+        buf = torch.zeros(max(tiles, 8192), device=device, dtype=torch.int32)
+        if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            _COUNTERS[key] = buf
+    return buf
 
 
 def triton_cdiv(a: int, b: int) -> int:

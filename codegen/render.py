@@ -11,6 +11,7 @@ straight-line code specialised to the spec, so the generated file reads like a h
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import struct
 from pathlib import Path
@@ -68,10 +69,11 @@ def _header(s: KernelSpec) -> list[str]:
 
 
 def use_half2(s: KernelSpec) -> bool:
-    """GEMV with two weights per 32-bit op: uniform grid, fp16 x, codes of 1..7 bits (any planes), scales per row
-    or per K step (w8 stays fp32: (code - z) * x could leave the fp16 range for large activations)."""
+    """GEMV with two weights per 32-bit op: uniform grid, fp16 or bf16 x (scaled into fp16's range per column by a
+    power of two, see _half2_x_scale), codes of 1..7 bits (any planes), scales per row or per K step (w8 stays on
+    fp32 arithmetic, already near the copy bandwidth)."""
     mode, _ = _scale_mode(s)
-    return (s.variant == "gemv" and s.grid == "uniform" and s.act_dtype == "fp16" and s.p == 1
+    return (s.variant == "gemv" and s.grid == "uniform" and s.p == 1
             and s.code_bits <= 7 and mode in ("row", "channel"))
 
 
@@ -166,7 +168,13 @@ def _half2_slots(s: KernelSpec, ms) -> list[str]:
     L = [f"# two weights per 32-bit op: slot jj in the low fp16 half, slot jj + {H} in the high half"]
     for m in ms:
         for jj in range(H):
-            L.append(f"xp{m}_{jj} = _xpair(x{m}_{jj}_0, x{m}_{jj + H}_0)")
+            a, b = f"x{m}_{jj}_0", f"x{m}_{jj + H}_0"
+            if s.had_block:  # rotated x is float32 and already scaled by xs{m}
+                L.append(f"xp{m}_{jj} = _xpair({a}, {b})")
+            elif s.act_dtype == "fp16":
+                L.append(f"xp{m}_{jj} = _mul2(_pack({a}, {b}), xs2_{m})")
+            else:
+                L.append(f"xp{m}_{jj} = _xpair({a}.to(tl.float32) * xs{m}, {b}.to(tl.float32) * xs{m})")
     for jj in range(H):
         sh = jj * w0 - 1
         src = f"(word_{w0} << 1)" if sh < 0 else (f"(word_{w0} >> {sh})" if sh else f"word_{w0}")
@@ -181,6 +189,38 @@ def _half2_slots(s: KernelSpec, ms) -> list[str]:
     for m in ms:
         L.append(f"part{m} = _sum2(hp{m})")
     return L
+
+
+def _half2_x_scale(s: KernelSpec, m: int) -> list[str]:
+    """Before the K loop: xs{m} = 2^e, inv{m} = 2^-e for row m such that this program's largest |x| (a bound
+    for rotated x: sqrt(h) max |x|) lands below 2^(t+1), t = half2_x_exponent: no fp16 product sum can overflow
+    whatever the activations' range (bf16 x fits fp16 too). Powers of two: exact; the fp32 result is scaled back
+    by inv{m} once, after the loop."""
+    t = half2_x_exponent(s)
+    bump = math.ceil(math.log2(s.had_block) / 2) if s.had_block else 0
+    # fp16 x unrotated: scaled in fp16 pairs (one HMUL2 per pair), so xs stays a normal fp16 (2^-14..2^15); a
+    # clamped xs only leaves more headroom, and fp16 x times a power of two in that range is exact
+    fp16_pairs = s.act_dtype == "fp16" and not s.had_block
+    lo, hi = (113, 142) if fp16_pairs else (1, 253)
+    return [
+        f"amax{m} = tl.zeros((BLOCK_K,), dtype=tl.float32)",
+        "for step in range(step_lo, step_hi):",
+        f"    amax{m} = tl.maximum(amax{m}, tl.abs(tl.load(x_ptr + row{m} * stride_xm + step * BLOCK_K + "
+        f"tl.arange(0, BLOCK_K), mask=step * BLOCK_K + tl.arange(0, BLOCK_K) < klim{m}, other=0.0).to(tl.float32)))",
+        f"eb{m} = ((tl.max(amax{m}, axis=0).to(tl.int32, bitcast=True) >> 23) & 0xFF)"
+        + (f" + {bump}  # |rotated x| <= 2^{bump} max |x|" if bump else "  # biased exponent of max |x|"),
+        f"xsb{m} = tl.minimum(tl.maximum({254 + t} - eb{m}, {lo}), {hi})  # biased exponent of xs{m}",
+        f"xs{m} = (xsb{m} << 23).to(tl.float32, bitcast=True)",
+        f"inv{m} = ((254 - xsb{m}) << 23).to(tl.float32, bitcast=True)",
+    ] + ([f"xs2_{m} = _pack(xs{m}.to(tl.float16), xs{m}.to(tl.float16))  # xs in both fp16 halves"]
+         if fp16_pairs else [])
+
+
+def half2_x_exponent(s: KernelSpec) -> int:
+    """t: the half2 path scales x so that max |x| < 2^(t+1) with (S/2) * zmax * 2^(t+1) <= 2^15 (half fp16's max)."""
+    S = 32 // s.widest_plane
+    zmax = (2 ** s.bits - 1) / 2
+    return int(math.floor(math.log2(2 ** 15 / ((S // 2) * zmax)))) - 1
 
 
 def _scale_mode(s: KernelSpec) -> tuple[str, int]:
@@ -349,7 +389,7 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str) -> list[str]:
         ]
         d *= 2
     L += [
-        f"xk = xk * {h ** -0.5!r}",
+        f"xk = xk * ({h ** -0.5!r} * xs{m})" if use_half2(s) else f"xk = xk * {h ** -0.5!r}",
         "# natural order -> [column, slot * p + e]",
         f"xk = tl.reshape(tl.permute(tl.reshape(xk, ({kt}, {S}, {W0}, {P})), (0, 2, 1, 3)), (C, {S * P}))",
     ]
@@ -378,6 +418,8 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
         L += [f"row{m} = pid_m * BLOCK_M + {m}", f"rmask{m} = row{m} < M",
               f"klim{m} = rmask{m}.to(tl.int32) * K  # x columns of row {m} to read: none past M"]
         L.append(f"acc{m} = tl.zeros((BLOCK_N, C), dtype=tl.float32)")
+        if use_half2(s):
+            L += _half2_x_scale(s, m)
     loop = _load_planes(s)
     if s.had_block:
         for m in ms:
@@ -448,16 +490,40 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
         "        bias += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)",
     ]
     for m in ms:
-        red = f"tl.sum(acc{m}, axis=1)"
+        red = f"tl.sum(acc{m}, axis=1)" + (f" * inv{m}" if use_half2(s) else "")
         if mode == "channel":
             red = f"{red} * sc" + (f" + tl.sum(xsum{m}) * of" if s.grid == "uniform_asym" else "")
+        L += [f"y{m} = {red} + bias", f"ymask{m} = offs_n < rmask{m}.to(tl.int32) * N"]
+    L.append("if SPLIT_K == 1:")
+    L += [f"    tl.store(y_ptr + row{m} * stride_ym + offs_n, y{m}.to(y_ptr.dtype.element_ty), mask=ymask{m})"
+          for m in ms]
+    parts = [(f"(pid_k * M + row{m}) * N + offs_n", f"y{m}", f"ymask{m}") for m in ms]
+    final = [(f"(sk * M + row{m}) * N + offs_n", f"y_ptr + row{m} * stride_ym + offs_n", f"ymask{m}", "(BLOCK_N,)")
+             for m in ms]
+    L += _split_k_fixup("pid_m * tl.num_programs(0) + pid_n", parts, final)
+    return L
+
+
+def _split_k_fixup(tile: str, parts, final) -> list[str]:
+    """The split-K epilogue in the kernel itself (no zero-filled buffer, no cast kernel, a fixed summation
+    order): each split stores its fp32 partial to the workspace ws [SPLIT_K, M, N]; the last split of an output
+    tile to finish (a counter per tile, counted with release/acquire) sums the SPLIT_K partials in order, writes
+    y and sets the counter back to 0 for the next launch. parts: [(ws offset, value, mask)]; final: [(ws offset
+    of split sk, y pointer, mask, shape)]."""
+    L = ["else:  # split-K: partials to the workspace; the tile's last split to finish sums them in order"]
+    L += [f"    tl.store(ws_ptr + {off}, {val}, mask={mask})" for off, val, mask in parts]
+    L += [
+        "    tl.debug_barrier()  # all threads' partials are written before one thread announces them (release)",
+        f"    done = tl.atomic_add(cnt_ptr + {tile}, 1, sem=\"acq_rel\", scope=\"gpu\")",
+        "    if done == SPLIT_K - 1:",
+        f"        tl.store(cnt_ptr + {tile}, 0)  # zero again for the next launch",
+    ]
+    for i, (off, yp, mask, shape) in enumerate(final):
         L += [
-            f"y{m} = {red} + bias",
-            f"ymask{m} = offs_n < rmask{m}.to(tl.int32) * N",
-            "if SPLIT_K == 1:",
-            f"    tl.store(y_ptr + row{m} * stride_ym + offs_n, y{m}.to(y_ptr.dtype.element_ty), mask=ymask{m})",
-            "else:  # split-K partial sums meet in a zeroed fp32 buffer",
-            f"    tl.atomic_add(y_ptr + row{m} * stride_ym + offs_n, y{m}, mask=ymask{m})",
+            f"        tot{i} = tl.zeros({shape}, dtype=tl.float32)",
+            "        for sk in range(0, SPLIT_K):",
+            f"            tot{i} += tl.load(ws_ptr + {off}, mask={mask}, other=0.0, cache_modifier=\".cg\")",
+            f"        tl.store({yp}, tot{i}.to(y_ptr.dtype.element_ty), mask={mask})",
         ]
     return L
 
@@ -556,9 +622,10 @@ def _gemm_body(s: KernelSpec, dt: str) -> list[str]:
         "mask_mn = mask_m[None, :] & mask_n[:, None]",
         "if SPLIT_K == 1:",
         "    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_mn)",
-        "else:  # split-K partial sums meet in a zeroed fp32 buffer",
-        "    tl.atomic_add(y_ptrs, acc, mask=mask_mn)",
     ]
+    L += _split_k_fixup("pid", [("(pid_k * M + offs_m[None, :]) * N + offs_n[:, None]", "acc", "mask_mn")],
+                        [("(sk * M + offs_m[None, :]) * N + offs_n[:, None]", "y_ptrs", "mask_mn",
+                          "(BLOCK_N, BLOCK_M)")])
     return L
 
 
@@ -570,7 +637,7 @@ def kernel_source(spec: KernelSpec) -> str:
     sig = [
         "@triton.jit",
         f"def {s.name()}(",
-        "    x_ptr, w_ptr, s_ptr, o_ptr, lut_ptr, sgn_ptr, bias_ptr, y_ptr,",
+        "    x_ptr, w_ptr, s_ptr, o_ptr, lut_ptr, sgn_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,",
         "    M, N, K, stride_xm, stride_ym, stride_w, plane_words, stride_s, SPLIT_K,",
         "    HAS_BIAS: tl.constexpr,",
         "):",

@@ -1,0 +1,166 @@
+"""Where a decode step's GPU time goes: bf16 vs qcomp, per kernel category, for the Llama-3-8B step.
+
+    python benchmarks/profile_decode.py [--config llama3-8b] [--budget 3.5] [--batch 1] [--out DIR]
+
+Builds the same StaticDecodeStep as gpu_decode.py, times both sides as CUDA-graph replays, then runs
+one eager step of each under torch.profiler and sums the GPU kernel time per category (qlinear kernels,
+split-K fill / cast, matmuls, attention, elementwise, ...). The sum of kernel time next to the replay
+time shows how much of a step is launch gaps rather than work. Writes DIR/profile_decode.json with the
+top kernels of each side; prints the category table last. The sensitivity cache goes to
+DIR/sens_cache (carry it back in to skip the measurement next time: --sens-cache).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_decode import SPEED_PIPELINE, build_model, graph_of, time_graph, with_sensitivity_file  # noqa: E402
+
+CATEGORIES = [  # (category, regex on the kernel name), first match wins
+    ("qlinear (generated)", r"^qlinear_|^ql_|_gemv|_gemm_w\d"),
+    ("fill / memset", r"fill|memset|zero"),
+    ("cast / copy", r"copy|cast|to_copy|convert"),
+    ("cuBLAS / matmul", r"gemm|gemv|cutlass|sm90_|ampere_|cublas|splitk|kernel2|nvjet"),
+    ("attention", r"flash|fmha|attention|sdpa|softmax"),
+    ("reduce (norms)", r"reduce|norm|mean"),
+    ("elementwise", r"elementwise|vectorized|unrolled|index|cat|where"),
+]
+
+
+def category(name: str) -> str:
+    low = name.lower()
+    for cat, pat in CATEGORIES:
+        if re.search(pat, low):
+            return cat
+    return "other"
+
+
+def kernel_times(fn) -> list[tuple[str, float]]:
+    """[(kernel name, µs)] of every GPU kernel one call of fn() launches (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    out = []
+    for ev in prof.events():
+        dt = getattr(ev, "device_type", None)
+        if dt is not None and "CUDA" in str(dt):
+            out.append((ev.name, float(ev.time_range.elapsed_us())))
+    return out
+
+
+def summarize(kernels: list[tuple[str, float]]) -> dict:
+    cats: dict[str, list] = defaultdict(lambda: [0, 0.0])
+    names: dict[str, list] = defaultdict(lambda: [0, 0.0])
+    for name, us in kernels:
+        c = cats[category(name)]
+        c[0] += 1
+        c[1] += us
+        n = names[name[:90]]
+        n[0] += 1
+        n[1] += us
+    top = sorted(names.items(), key=lambda kv: -kv[1][1])[:30]
+    return {"categories": {k: {"count": v[0], "us": v[1]} for k, v in cats.items()},
+            "total_us": sum(us for _, us in kernels), "launches": len(kernels),
+            "top": [{"name": k, "count": v[0], "us": v[1]} for k, v in top]}
+
+
+def main(argv=None) -> int:
+    import qcomp
+    from qcomp.runtime.executor import Executor
+    from qcomp.static_decode import StaticDecodeStep
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="llama3-8b")
+    ap.add_argument("--budget", type=float, default=3.5)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--max-len", type=int, default=256)
+    ap.add_argument("--pos", type=int, default=128)
+    ap.add_argument("--pipeline", default=SPEED_PIPELINE)
+    ap.add_argument("--sens-cache", type=Path, default=None, help="sensitivity cache dir to reuse (default DIR/sens_cache)")
+    ap.add_argument("--sensitivity-file", default=None, help="as gpu_decode.py's --sensitivity-file")
+    ap.add_argument("--out", type=Path, default=Path("profile_results"))
+    args = ap.parse_args(argv)
+    args.pipeline = with_sensitivity_file(args.pipeline, args.sensitivity_file)
+    args.out.mkdir(parents=True, exist_ok=True)
+    dev = "cuda"
+    model = build_model(args.config, dev)
+    step = StaticDecodeStep(model, max_len=args.max_len).eval()
+    b = args.batch
+    torch.manual_seed(1)
+    ids = torch.randint(0, model.config.vocab_size, (b, 1), device=dev)
+    kc, vc = step.new_cache(b)
+    kc.normal_()
+    vc.normal_()
+    inp = (ids, torch.tensor([args.pos], device=dev), kc, vc)
+    result = {"device": torch.cuda.get_device_name(), "config": args.config, "budget": args.budget, "batch": b}
+
+    with torch.no_grad():
+        replay = graph_of(step, inp)
+        result["bf16_replay_ms"] = time_graph(replay) * 1e3
+        del replay
+        result["bf16"] = summarize(kernel_times(lambda: step(*inp)))
+    print(f"bf16 replay {result['bf16_replay_ms']:.3f} ms", flush=True)
+
+    cache = str(args.sens_cache or (args.out / "sens_cache"))
+    t = time.perf_counter()
+    compiled = qcomp.compile(step, budget=args.budget, example_inputs=inp, pipeline=args.pipeline,
+                             calibration=[inp], cache_dir=cache, device=dev)
+    result["compile_s"] = time.perf_counter() - t
+    result["avg_bits"] = compiled.report.get("allocation", {}).get("avg_bits")
+    bits = defaultdict(int)
+    for q in compiled.graph.find("qlinear"):
+        bits[q.attrs["spec"]["bits"]] += 1
+    result["bits_histogram"] = dict(sorted(bits.items()))
+    print(f"compiled in {result['compile_s']:.1f}s, avg bits {result['avg_bits']}, {dict(bits)}", flush=True)
+    ex = Executor(compiled.graph, device=dev)
+    with torch.no_grad():
+        ex.run(*inp)  # autotune
+        replay = graph_of(ex.run, inp)
+        result["qcomp_replay_ms"] = time_graph(replay) * 1e3
+        del replay
+        result["qcomp"] = summarize(kernel_times(lambda: ex.run(*inp)))
+        t = time.perf_counter()
+        for _ in range(3):
+            ex.run(*inp)
+        torch.cuda.synchronize()
+        result["qcomp_eager_ms"] = (time.perf_counter() - t) / 3 * 1e3
+    ops = defaultdict(int)
+    for n in compiled.graph.nodes:
+        ops[n.op if n.op != "call" else n.attrs.get("target", "call")] += 1
+    result["qir_ops"] = dict(sorted(ops.items(), key=lambda kv: -kv[1]))
+    (args.out / "profile_decode.json").write_text(json.dumps(result, indent=1))
+
+    print(f"\n{result['device']} | {args.config} batch {b} | budget {args.budget} (avg bits {result['avg_bits']})")
+    print(f"replay: bf16 {result['bf16_replay_ms']:.3f} ms, qcomp {result['qcomp_replay_ms']:.3f} ms "
+          f"({result['bf16_replay_ms'] / result['qcomp_replay_ms']:.2f}x); qcomp eager {result['qcomp_eager_ms']:.1f} ms")
+    print("| category | bf16 launches | bf16 µs | qcomp launches | qcomp µs |")
+    print("|---|---|---|---|---|")
+    cats = sorted(set(result["bf16"]["categories"]) | set(result["qcomp"]["categories"]))
+    for c in cats:
+        a = result["bf16"]["categories"].get(c, {"count": 0, "us": 0.0})
+        q = result["qcomp"]["categories"].get(c, {"count": 0, "us": 0.0})
+        print(f"| {c} | {a['count']} | {a['us']:.0f} | {q['count']} | {q['us']:.0f} |")
+    print(f"| total kernel time | {result['bf16']['launches']} | {result['bf16']['total_us']:.0f} | "
+          f"{result['qcomp']['launches']} | {result['qcomp']['total_us']:.0f} |")
+    for side in ("bf16", "qcomp"):
+        print(f"\ntop kernels, {side}:")
+        for r in result[side]["top"][:15]:
+            print(f"  {r['us']:9.0f} µs  {r['count']:5d}x  {r['name']}")
+    print("\nQIR ops:", ", ".join(f"{k} {v}" for k, v in list(result["qir_ops"].items())[:25]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
