@@ -110,6 +110,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sensitivity-file", default=None,
                     help="α measured earlier (a sensitivity-*.json) for allocate-bits instead of measuring it, e.g. "
                          "benchmarks/results/sensitivity_llama3_8b_random_decode_h100.json (batch 1, same seed)")
+    ap.add_argument("--torch-compile", action="store_true",
+                    help="also run both sides through torch.compile (inductor fuses the glue) before the CUDA graph: "
+                         "bf16 = torch.compile(step); qcomp = torch.compile(to_graph_module(compiled graph))")
     ap.add_argument("--out", type=Path, default=Path("decode_results"))
     args = ap.parse_args(argv)
     args.pipeline = with_sensitivity_file(args.pipeline, args.sensitivity_file)
@@ -140,6 +143,20 @@ def main(argv=None) -> int:
         print(f"bf16 batch {b}: {sec * 1e3:.3f} ms/step, {b / sec:.1f} tok/s", flush=True)
         del replay
         torch.cuda.empty_cache()
+        if args.torch_compile:
+            t = time.perf_counter()
+            fn = torch.compile(step)
+            with torch.no_grad():
+                fn(*fixed[b])
+            csec = time.perf_counter() - t
+            replay = graph_of(fn, fixed[b])
+            sec = time_graph(replay)
+            base[(b, "compile")] = sec
+            rows.append({"config": "bf16 (torch.compile + CUDA graph)", "batch": b, "ms_per_step": sec * 1e3,
+                         "tok_s": b / sec, "speedup": base[b] / sec, "compile_s": csec, "avg_bits": 16.0})
+            print(f"bf16 torch.compile batch {b}: {sec * 1e3:.3f} ms/step ({csec:.0f}s to compile)", flush=True)
+            del replay, fn
+            torch.cuda.empty_cache()
 
     cache_dir = str(args.out / "sens_cache")
     pipeline = None if args.pipeline == "default" else args.pipeline
@@ -168,7 +185,28 @@ def main(argv=None) -> int:
                          "fallbacks": sorted(ex_rt.fallbacks)})
             print(f"qcomp {budget} batch {b}: {sec * 1e3:.3f} ms/step, {b / sec:.1f} tok/s, {base[b] / sec:.2f}x bf16, "
                   f"logit rel err vs bf16 {rel:.3f}, fallbacks {sorted(ex_rt.fallbacks)}", flush=True)
-            del replay, compiled, ex_rt
+            del replay
+            if args.torch_compile:
+                from qcomp.runtime.fx_lowering import to_graph_module
+
+                t = time.perf_counter()
+                fn = torch.compile(to_graph_module(compiled.graph, device=dev))
+                with torch.no_grad():
+                    out_c = fn(*inp)[0]
+                tsec = time.perf_counter() - t
+                rel_c = ((out_c.float() - out_q.float()).norm() / out_q.float().norm()).item()
+                replay = graph_of(fn, inp)
+                sec = time_graph(replay)
+                bc = base.get((b, "compile"), base[b])
+                rows.append({"config": f"qcomp budget {budget} (torch.compile glue)", "batch": b,
+                             "ms_per_step": sec * 1e3, "tok_s": b / sec, "speedup": base[b] / sec,
+                             "speedup_vs_bf16_compiled": bc / sec, "compile_s": csec + tsec, "avg_bits": avg,
+                             "rel_err_vs_executor": rel_c})
+                print(f"qcomp {budget} batch {b} torch.compile: {sec * 1e3:.3f} ms/step, {base[b] / sec:.2f}x bf16 "
+                      f"eager-graph, {bc / sec:.2f}x bf16 compiled ({tsec:.0f}s to compile; rel err vs executor "
+                      f"{rel_c:.2e})", flush=True)
+                del replay, fn
+            del compiled, ex_rt
             torch.cuda.empty_cache()
             (args.out / "decode.json").write_text(json.dumps(rows, indent=1))
     (args.out / "decode.json").write_text(json.dumps(rows, indent=1))

@@ -1,0 +1,130 @@
+"""A lowered QIR graph as a torch.fx.GraphModule, so that torch.compile can fuse the glue around qlinear.
+
+    gm = to_graph_module(compiled.graph, device="cuda")
+    step = torch.compile(gm)            # inductor fuses norms, rotary, residuals, casts into few kernels
+    out = step(*inputs)                 # qlinear nodes stay torch.ops.qcomp.qlinear (Triton kernels on CUDA)
+
+The module computes what the Executor computes, node for node (same ops, same targets): qlinear calls
+the `qcomp::qlinear` op with the node's spec, shape and fused rotation; `rotate`, `norm`, `embedding` and
+call-like nodes call the functions the reference runtime calls; parameters become buffers of the module
+(moved to `device`). Unlike the Executor it has no per-node Python at run time, and it can be handed to
+torch.compile (the qlinear op is opaque to it, with a fake implementation). Activations keep the graph's
+dtypes (no `dtype=` cast as the Executor offers): the qlinear kernels run for fp16/bf16 activations, and
+float32 activations take the op's reference path.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from qcomp.capture.norms import rms_norm_reference
+from qcomp.numerics.quant_spec import QuantSpec
+from qcomp.qir import Graph, Ref
+from qcomp.qir.graph import CALL_OPS
+from qcomp.qir.targets import resolve_method, resolve_target
+
+from .reference import rotate
+
+
+def _attr_name(target: str, taken: set[str]) -> str:
+    base = "p_" + re.sub(r"\W", "_", target)
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def qlinear_call(x, packed, scales, lut, offsets, bias, had_signs, bits: int, p: int, group_size: int, grid: str,
+                 n: int, k: int, had_block: int):
+    """torch.ops.qcomp.qlinear with a bias cast to x's dtype (as the Executor does)."""
+    if bias is not None and bias.dtype != x.dtype:
+        bias = bias.to(x.dtype)
+    return torch.ops.qcomp.qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k,
+                                   had_block)
+
+
+def to_graph_module(graph: Graph, device=None) -> fx.GraphModule:
+    """The QIR `graph` as an fx GraphModule whose forward takes the graph's inputs (see the module docstring)."""
+    from qcomp.codegen import ops  # noqa: F401  (registers torch.ops.qcomp.qlinear)
+    from qcomp.codegen.hadamard_util import signs_for
+
+    dev = torch.device(device) if device is not None else None
+    root = nn.Module()
+    fxg = fx.Graph()
+    env: dict[str, fx.Node] = {}
+    taken: set[str] = set()
+    attrs: dict[tuple, fx.Node] = {}
+
+    def buffer(key: tuple, tensor: torch.Tensor, label: str) -> fx.Node:
+        node = attrs.get(key)
+        if node is None:
+            name = _attr_name(label, taken)
+            root.register_buffer(name, tensor.to(dev) if dev is not None else tensor, persistent=False)
+            node = attrs[key] = fxg.get_attr(name)
+        return node
+
+    def val(v):
+        if isinstance(v, Ref):
+            return env[v.name]
+        if isinstance(v, list):
+            return [val(x) for x in v]
+        if isinstance(v, tuple):
+            return tuple(val(x) for x in v)
+        if isinstance(v, dict):
+            return {k: val(x) for k, x in v.items()}
+        if isinstance(v, slice):
+            return slice(val(v.start), val(v.stop), val(v.step))
+        if isinstance(v, torch.device) and dev is not None:
+            return dev
+        return v
+
+    for inp in sorted(graph.inputs, key=lambda nd: nd.attrs["index"]):
+        env[inp.name] = fxg.placeholder(re.sub(r"\W", "_", inp.name))
+    for node in graph.nodes:
+        op, a = node.op, node.attrs
+        if op == "input":
+            continue
+        if op == "param":
+            env[node.name] = buffer(("param", a["target"]), graph.params[a["target"]], a["target"])
+            continue
+        args, kwargs = val(node.args), val(node.kwargs)
+        if op == "linear":
+            out = fxg.call_function(F.linear, tuple(args))
+        elif op == "qlinear":
+            spec = QuantSpec.from_dict(a["spec"])
+            rot = a.get("rotate") or {}
+            had = int(rot.get("size") or 0)
+            signs = buffer(("signs", had, rot.get("seed")), signs_for(had, rot.get("seed")), f"had_signs_{had}") \
+                if had else None
+            x, packed, scales, lut = args[:4]
+            offsets = args[4] if len(args) > 4 else None
+            bias = args[5] if len(args) > 5 else None
+            if lut is None:
+                lut = buffer(("lut0", spec.bits * spec.p, spec.p), torch.zeros(2 ** (spec.bits * spec.p), spec.p),
+                             f"lut_zeros_{spec.bits * spec.p}_{spec.p}")
+            out = fxg.call_function(qlinear_call, (x, packed, scales, lut, offsets, bias, signs, spec.bits, spec.p,
+                                                   spec.group(a["k"]), spec.grid, a["n"], a["k"], had))
+        elif op == "rotate":
+            out = fxg.call_function(rotate, (args[0], a["size"], a.get("seed"), a.get("inverse", False)))
+        elif op == "norm":
+            x, w, b = (list(args) + [None, None])[:3]
+            out = (fxg.call_function(rms_norm_reference, (x, w, a["eps"])) if a["kind"] == "rms" else
+                   fxg.call_function(F.layer_norm, (x, a["shape"], w, b, a["eps"])))
+        elif op == "embedding":
+            out = fxg.call_function(F.embedding, (args[1], args[0]))
+        elif op == "call_method":
+            out = fxg.call_method(resolve_method(a["target"]), tuple(args), kwargs)
+        elif op in CALL_OPS:
+            out = fxg.call_function(resolve_target(a["target"]), tuple(args), kwargs)
+        elif op == "output":
+            fxg.output(args[0])
+            continue
+        else:
+            raise ValueError(f"to_graph_module: node %{node.name} has op {op!r}, which has no fx lowering")
+        env[node.name] = out
+    fxg.lint()
+    return fx.GraphModule(root, fxg, class_name=f"QIR_{re.sub(r'[^0-9A-Za-z_]', '_', graph.name or 'graph')}")

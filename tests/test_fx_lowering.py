@@ -1,0 +1,73 @@
+"""runtime.fx_lowering: a lowered QIR graph as an fx GraphModule computes what the runtimes compute, and
+torch.compile traces it in one graph (the qlinear op opaque)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import qcomp  # noqa: E402
+from qcomp.runtime.fx_lowering import to_graph_module  # noqa: E402
+from qcomp.runtime.reference import ReferenceRuntime  # noqa: E402
+from qcomp.static_decode import StaticDecodeStep  # noqa: E402
+
+PIPELINE = ('canonicalize,insert-hadamard(max_block=32),fuse-hadamard(residual=False),'
+            'allocate-bits(family="uniform", group_sizes=[32], bits=[2,3,4,8]),quantize(gptq=False),lower')
+
+
+@pytest.fixture(scope="module")
+def compiled_step():
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    step = StaticDecodeStep(transformers.LlamaForCausalLM(cfg).eval(), max_len=16).eval()
+    inp = step_inputs(step, seed=0)
+    return qcomp.compile(step, budget=3.5, example_inputs=inp, pipeline=PIPELINE, calibration=[inp],
+                         cache_dir=False), step
+
+
+def step_inputs(step, seed, batch=2):
+    g = torch.Generator().manual_seed(seed)
+    kc, vc = step.new_cache(batch)
+    return (torch.randint(0, 96, (batch, 1), generator=g), torch.tensor([5]),
+            torch.randn(kc.shape, generator=g), torch.randn(vc.shape, generator=g))
+
+
+def rel(a, b):
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def test_graph_module_matches_the_reference_runtime(compiled_step):
+    compiled, step = compiled_step
+    g = compiled.graph
+    assert any((q.attrs.get("rotate") or {}).get("size") for q in g.find("qlinear")), "no fused rotation to lower"
+    gm = to_graph_module(g)
+    assert sum(1 for n in gm.graph.nodes if n.target.__class__.__name__ == "function"
+               and n.target.__name__ == "qlinear_call") == len(g.find("qlinear"))
+    inp = step_inputs(step, seed=1)  # fresh inputs, not the capture's
+    want = ReferenceRuntime(g).run(*inp)
+    got = gm(*inp)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and rel(a, b) < 1e-4
+
+
+def test_torch_compile_traces_one_graph(compiled_step):
+    compiled, step = compiled_step
+    gm = to_graph_module(compiled.graph)
+    inp = step_inputs(step, seed=2)
+    want = gm(*inp)
+    torch._dynamo.reset()
+    got = torch.compile(gm, backend="aot_eager", fullgraph=True)(*inp)
+    for a, b in zip(got, want):
+        assert rel(a, b) < 1e-5
+
+
+def test_unknown_op_is_named(compiled_step):
+    import copy
+
+    g = copy.deepcopy(compiled_step[0].graph)
+    node = next(n for n in g.nodes if n.op == "norm")
+    node.op = "frobnicate"
+    with pytest.raises(ValueError, match=f"%{node.name} has op 'frobnicate'"):
+        to_graph_module(g)
