@@ -28,7 +28,7 @@ _FILE_LOADED = False
 # step fast path at group 128 and were 2x slower); the best tiles sit within 5 % of each other per width.
 GEMV_TILES = [(64, 128, 2), (128, 128, 2), (256, 128, 4), (128, 128, 8), (32, 128, 2)]
 GEMV_SPLITS = (16, 8, 4)  # split-K counts tried per tile (sweep: 8-16 beat the old 1-2 by 20-40 %)
-DOT_SMALL_M = [(64, 256, 4, 3), (128, 128, 4, 4), (128, 256, 4, 3)]  # gemm for 4 < M <= 16: (n, k, warps, stages)
+DOT_SMALL_M = [(128, 128, 4, 4), (64, 256, 4, 3), (128, 256, 4, 3)]  # gemm for 4 < M <= 16: (n, k, warps, stages)
 # gemm (M > 16) per M bucket: (m, n, k, warps, stages); acc^T is [n, m]: n feeds the wgmma M dimension
 GEMM_TILES = {
     32: [(32, 128, 128, 4, 4), (32, 64, 256, 4, 4), (32, 128, 256, 8, 3)],
@@ -43,8 +43,12 @@ def m_bucket(m: int) -> int:
     return 1 if m <= 1 else min(2 ** math.ceil(math.log2(m)), 4096)
 
 
+def _on_cuda(device) -> bool:
+    return isinstance(device, torch.device) and device.type == "cuda"
+
+
 def _sm_count(device) -> int:
-    if isinstance(device, torch.device) and device.type == "cuda":
+    if _on_cuda(device) and torch.cuda.is_available():
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 132
 
@@ -88,10 +92,15 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
             for split in _gemv_splits(-(-n // bn) * -(-m // bm), -(-k // bk), sms):
                 out.append((spec, split))
         if m > 4 and not base.had_block:  # (ops.py rotates x apart above FUSED_HADAMARD_MAX_M)
+            dots = []
             for bn, bk, warps, stages in DOT_SMALL_M:
                 spec = dataclasses.replace(base, variant="gemm", block_m=16, block_n=bn, block_k=_fit_k(bk, base, k),
                                            num_warps=warps, num_stages=stages, group_m=1)
-                out.append((spec, _split(-(-n // bn), -(-k // spec.block_k), sms)))
+                dots.append((spec, _split(-(-n // bn), -(-k // spec.block_k), sms)))
+            # on a GPU the tensor-core tile of 16 rows is the untuned default (it won every M=16 row of the H100
+            # benchmark; the 16-row gemv is ~10x slower); the CPU interpreter keeps the gemv first (its tl.dot
+            # is slow, and wrong for bf16)
+            out = dots + out if _on_cuda(device) else out + dots
     else:
         if base.had_block:
             raise ValueError("M > 16 takes no fused Hadamard: rotate x first (ops.triton_qlinear does)")
