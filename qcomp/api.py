@@ -40,6 +40,13 @@ class CompiledModel:
         self._runtime = move_runtime(self._runtime, device, dtype)
         return self
 
+    def graph_module(self, device=None):
+        """The compiled graph as a torch.fx.GraphModule (qcomp.runtime.fx_lowering): no per-node Python at run
+        time, and `torch.compile(compiled.graph_module("cuda"))` fuses the glue around the qlinear kernels."""
+        from qcomp.runtime.fx_lowering import to_graph_module
+
+        return to_graph_module(self.graph, device=device)
+
     def save(self, path, tokenizer=None):
         """Write this model as an artifact directory (see qcomp.artifact); `qcomp.load(path)` reads it back."""
         from .artifact import save

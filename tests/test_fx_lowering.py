@@ -71,3 +71,11 @@ def test_unknown_op_is_named(compiled_step):
     node.op = "frobnicate"
     with pytest.raises(ValueError, match=f"%{node.name} has op 'frobnicate'"):
         to_graph_module(g)
+
+
+def test_compiled_model_graph_module(compiled_step):
+    compiled, step = compiled_step
+    inp = step_inputs(step, seed=4)
+    gm = compiled.graph_module()
+    for a, b in zip(gm(*inp), compiled(*inp)):
+        assert rel(a, b) < 1e-4
