@@ -27,8 +27,9 @@ _LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?);")
 _BRA = re.compile(r"BRA\s+`?\(?(\.L_x_\d+)")
 
 
-def compile_spec(spec, arch: int):
-    """triton.compile of the spec's kernel for sm_<arch>: its activation dtype, no bias."""
+def compile_spec(spec, arch: int, even: bool = True):
+    """triton.compile of the spec's kernel for sm_<arch>: its activation dtype, no bias; even: whole tiles (the
+    unmasked loop of shapes that divide into the tiles, as the decode shapes do), else the masked one."""
     os.environ["TRITON_INTERPRET"] = "0"  # the interpreter would be used otherwise (set by the CPU tests)
     import triton
     from triton.backends.compiler import GPUTarget
@@ -41,10 +42,11 @@ def compile_spec(spec, arch: int):
            "sgn_ptr": "*fp32" if spec.had_block else act, "bias_ptr": act, "y_ptr": act,
            "ws_ptr": "*fp32", "cnt_ptr": "*i32",
            "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_ym": "i32", "stride_w": "i32",
-           "plane_words": "i32", "stride_s": "i32", "SPLIT_K": "i32", "HAS_BIAS": "constexpr"}
+           "plane_words": "i32", "stride_s": "i32", "SPLIT_K": "i32", "HAS_BIAS": "constexpr",
+           "EVEN": "constexpr"}
     aligned = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 14, 15, 16, 17]  # pointers and the K-like sizes: multiples of 16
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
-    src = ASTSource(load_kernel(spec), sig, constexprs={"HAS_BIAS": False}, attrs=attrs)
+    src = ASTSource(load_kernel(spec), sig, constexprs={"HAS_BIAS": False, "EVEN": even}, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),
                           options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
 
@@ -100,11 +102,12 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (H100), 80 (A100)")
     ap.add_argument("--out", type=Path, default=None, help="directory for the PTX and SASS")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    ap.add_argument("--ragged", action="store_true", help="count the masked loop (shapes with partial tiles)")
     args = ap.parse_args(argv)
     from qcomp.codegen.kernel_spec import KernelSpec
 
     spec = KernelSpec(**json.loads(args.spec))
-    kernel = compile_spec(spec, args.arch)
+    kernel = compile_spec(spec, args.arch, even=not args.ragged)
     sass = disassemble(kernel.asm["cubin"])
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -114,9 +114,15 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
         x2, packed, scales, offsets if offsets is not None else scales, lut, sg,
         bias if bias is not None else scales, y, ws, cnt,
         m, n, k, x2.stride(0), y.stride(0), packed.stride(0), padded_codes(k // spec.p) // 32, scales.stride(0),
-        split_k, HAS_BIAS=bias is not None, num_warps=spec.num_warps, num_stages=spec.num_stages,
+        split_k, HAS_BIAS=bias is not None, EVEN=even_tiles(spec, m, n, k),
+        num_warps=spec.num_warps, num_stages=spec.num_stages,
     )
     return y
+
+
+def even_tiles(spec: KernelSpec, m: int, n: int, k: int) -> bool:
+    """The kernel's EVEN constexpr: every K step, N tile and M tile is whole, so its loop loads need no masks."""
+    return k % spec.block_k == 0 and n % spec.block_n == 0 and m % spec.block_m == 0
 
 
 _COUNTERS: dict[tuple, torch.Tensor] = {}

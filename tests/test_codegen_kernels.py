@@ -162,6 +162,21 @@ def test_split_k_and_ragged_k(split):
     check(run_kernel(d, spec, split, n, k), reference(d, 4, 1, 128, "uniform", n, k, 0))
 
 
+@pytest.mark.parametrize("bits,grid,p,g,had,split", [(4, "uniform", 1, 128, 0, 1), (3, "uniform", 1, 128, 128, 2),
+                                                    (2, "lut", 2, 32, 0, 1), (8, "uniform", 1, 64, 128, 1),
+                                                    (5, "uniform_asym", 1, 32, 0, 2)])
+def test_gemv_whole_tiles_run_unmasked(bits, grid, p, g, had, split):
+    """Shapes that divide into the tiles launch the EVEN (unmasked) loop; it matches the reference too."""
+    from qcomp.codegen.ops import even_tiles
+
+    n, k, m = 64, 512, 4
+    d = make_case(bits, grid, p, g, had, m, n, k, seed=bits * 5 + split)
+    spec = KernelSpec(bits=bits, grid=grid, p=p, group_size=g, had_block=had, variant="gemv", block_m=4,
+                      block_n=32, block_k=128 * p)
+    assert even_tiles(spec, m, n, k) and not even_tiles(spec, m - 1, n, k)
+    check(run_kernel(d, spec, split, n, k), reference(d, bits, p, g, grid, n, k, had))
+
+
 @pytest.mark.parametrize("variant,m", [("gemv", 3), ("gemm", 20)])
 def test_split_k_sums_in_the_kernel(variant, m):
     """Split-K without a zero-filled buffer or cast kernel: partials go to a workspace and the last split of each

@@ -58,3 +58,21 @@ def test_sweep_script_specs_are_valid_kernel_specs():
         for had in (0, 128):
             specs = sweep_gemv.specs_for(bits, had, 1)
             assert specs and all(s.variant == "gemv" and s.block_k >= max(128, had) for s in specs)
+
+
+def test_choose_memoizes_without_rebuilding_candidates(monkeypatch):
+    """A repeated call skips the candidate list (memo per base, M bucket, N, K, device); a settled choice (here
+    from the choices cache, as after tuning) wins over the untuned default."""
+    dev = torch.device("cpu")
+    base = KernelSpec(bits=3, group_size=128, block_m=1, block_k=128)
+    first = tune.choose(base, 1, 4160, 4096, dev, None)
+    assert first == tune.candidates(base, 1, 4160, 4096, dev)[0]
+    calls = []
+    real = tune.candidates
+    monkeypatch.setattr(tune, "candidates", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert tune.choose(base, 1, 4160, 4096, dev, None) == first and not calls
+    settled = (tune.candidates(base, 1, 4176, 4096, dev)[-1][0], 4)
+    calls.clear()
+    monkeypatch.setitem(tune._CHOICES, tune._key(base, 1, 4176, 4096, dev), (settled[0].to_dict(), 4))
+    assert tune.choose(base, 1, 4176, 4096, dev, None) == settled and not calls
+    assert tune.choose(base, 1, 4176, 4096, dev, None) == settled
