@@ -149,8 +149,12 @@ def _half2_helpers(s: KernelSpec) -> list[str]:
         "",
         "@triton.jit",
         "def _xpair(a, b):",
-        "    # two activations -> one int32 of two fp16 (a low, b high)",
-        "    return _pack(a.to(tl.float16), b.to(tl.float16))",
+        "    # two float32 activations -> one int32 of two fp16 (a low, b high): one cvt for both on CUDA",
+        "    if USE_PTX:",
+        '        return tl.inline_asm_elementwise("cvt.rn.f16x2.f32 $0, $2, $1;", "=r,f,f", [a, b], dtype=tl.int32,',
+        "                                         is_pure=True, pack=1)",
+        "    else:",
+        "        return _pack(a.to(tl.float16), b.to(tl.float16))",
         "",
         "",
     ]
@@ -164,7 +168,6 @@ def _half2_slots(s: KernelSpec, ms) -> list[str]:
     w0 = s.widest_plane
     S = 32 // w0
     H = S // 2
-    m2 = ((2 ** w0 - 1) << 1) * 0x10001
     L = [f"# two weights per 32-bit op: slot jj in the low fp16 half, slot jj + {H} in the high half"]
     for m in ms:
         for jj in range(H):
@@ -175,19 +178,37 @@ def _half2_slots(s: KernelSpec, ms) -> list[str]:
                 L.append(f"xp{m}_{jj} = _mul2(_pack({a}, {b}), xs2_{m})")
             else:
                 L.append(f"xp{m}_{jj} = _xpair({a}.to(tl.float32) * xs{m}, {b}.to(tl.float32) * xs{m})")
+    narrow = planes(s.code_bits)[1:]
+    for w, off in narrow:  # each column's slot-0 bits of this plane at bit 0 (a per-column shift, once per word)
+        L.append(f"ws_{w} = word_{w} >> sh_{w}[None, :]")
     for jj in range(H):
         sh = jj * w0 - 1
         src = f"(word_{w0} << 1)" if sh < 0 else (f"(word_{w0} >> {sh})" if sh else f"word_{w0}")
-        pair = f"({src} & {m2:#x})"
-        for w, off in planes(s.code_bits)[1:]:
-            shift = f"(sh_{w}[None, :] + {jj * w0})" if jj else f"sh_{w}[None, :]"
-            pair += f" | (((word_{w} >> {shift}) & {(2 ** w - 1) * 0x10001:#x}) << {off + 1})"
+        pair = f"({src} & pm_{w0})"
+        for w, off in narrow:
+            # slot jj's bits sit at bit jj * w0 of ws_w (and 16 higher); they go to bit off + 1 of each half. A right
+            # shift here never brings sign-fill bits under the mask (it is < 16 - w0 - off, the mask ends at 16+off+w)
+            d = off + 1 - jj * w0
+            moved = f"(ws_{w} << {d})" if d > 0 else (f"(ws_{w} >> {-d})" if d < 0 else f"ws_{w}")
+            pair += f" | ({moved} & pm_{w})"
         L.append(f"v = _deq2({pair} | 0x60006000)  # code - z of slots {jj} and {jj + H}")
         for m in ms:
             L.append(f"hp{m} = _mul2(v, xp{m}_{jj}[None, :])" if jj == 0 else
                      f"hp{m} = _fma2(v, xp{m}_{jj}[None, :], hp{m})")
     for m in ms:
         L.append(f"part{m} = _sum2(hp{m})")
+    return L
+
+
+def _half2_masks(s: KernelSpec) -> list[str]:
+    """Before the K loop: the pair masks of each plane (pm_w: the w code bits of both fp16 halves) as values ptxas
+    cannot fold (K > 0 is unknown at compile time), so they stay in registers; as immediates, ptxas re-materialized
+    them with a MOV at nearly every use (~8 % of a w4 K loop's instructions)."""
+    w0 = s.widest_plane
+    L = [f"pm_{w0} = tl.where(K > 0, {((2 ** w0 - 1) << 1) * 0x10001:#x}, 0)  # 2 * code of a {w0}-bit slot, both halves"]
+    for w, off in planes(s.code_bits)[1:]:
+        L.append(f"pm_{w} = tl.where(K > 0, {((2 ** w - 1) * 0x10001) << (off + 1):#x}, 0)  # a {w}-bit plane's "
+                 f"bits at code bit {off} of 2 * code, both halves")
     return L
 
 
@@ -418,6 +439,8 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
         L.append(f"acc{m} = tl.zeros((BLOCK_N, C), dtype=tl.float32)")
         if use_half2(s):
             L += _half2_x_scale(s, m)
+    if use_half2(s):
+        L += _half2_masks(s)
     loop = _load_planes(s)
     if s.had_block:
         for m in ms:

@@ -31,7 +31,8 @@ def test_source_is_specialised_per_spec():
     assert "butterfly" in a and "butterfly" not in b and "tl.dot" not in a + b + c and "tl.dot" in d
     assert "acc1" in b and "acc2" not in b  # one accumulator set per activation row (block_m = 2)
     # 5-bit codes (planes 4 + 1) take the packed-half2 path: the 1-bit plane's two slots join each pair
-    assert "_deq2(" in b and "& 0x10001) << 5)" in b and "0x4a800000" not in b
+    assert "_deq2(" in b and "ws_1 = word_1 >> sh_1[None, :]" in b and "& pm_1)" in b and "0x4a800000" not in b
+    assert "pm_1 = tl.where(K > 0, 0x200020, 0)" in b  # the 1-bit plane's bit lands at bit 5 of 2 * code + 512
     e = kernel_source(KernelSpec(bits=8, grid="uniform", group_size=128, block_m=1, block_k=128))
     assert "_deq2(" not in e  # 8-bit codes stay in fp32 ((code - z) * x could leave the fp16 range)
     assert "0x4a800000" in e and ".to(tl.float32)" not in e.split("# slot 0", 1)[1].split("# slot 1")[0]
