@@ -105,50 +105,16 @@ def make_qweight(n, k, bits, grid, gen):
     return packed, scales, lut
 
 
-def compile_jobs(jobs):
-    """Worker: compile (warmup) a list of (spec_json, split, m, n, k) with dummy tensors of the real shapes."""
-    from qcomp.codegen.kernel_spec import KernelSpec
-    from qcomp.codegen.ops import launch
-    from qcomp.codegen.packing import packed_shape
-
-    done = 0
-    for sj, split, m, n, k in jobs:
-        spec = KernelSpec.from_json(sj)
-        try:
-            x2 = torch.empty(m, k, dtype=torch.float16, device="cuda")
-            packed = torch.empty(packed_shape(n, k, spec.code_bits), dtype=torch.int32, device="cuda")
-            scales = torch.empty(n, k // GROUP, dtype=torch.float16, device="cuda")
-            lut = torch.empty(2**spec.code_bits, 1, device="cuda")
-            signs = torch.ones(spec.had_block or 1, device="cuda")
-            launch(spec, split, x2, packed, scales, lut, None, None, signs, n, k, warmup=True)
-            done += 1
-        except Exception as e:  # resource failures show again (and are skipped) at tuning time
-            print(f"precompile {spec.name()}: {type(e).__name__}: {str(e)[:120]}", flush=True)
-    return done
-
-
 def precompile(configs, workers):
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing as mp
+    """All tuning candidates of the (n, k, m, bits, grid, had) configs, compiled by a process pool first."""
+    from qcomp.codegen.ops import FUSED_HADAMARD_MAX_M, base_spec
+    from qcomp.codegen.precompile import KernelCall
+    from qcomp.codegen.precompile import precompile as compile_all
 
-    from qcomp.codegen import tune
-    from qcomp.codegen.ops import base_spec
-
-    jobs, seen = [], set()
-    dev = torch.device("cuda")
-    for n, k, m, bits, grid, had in configs:
-        from qcomp.codegen.ops import FUSED_HADAMARD_MAX_M
-        base = base_spec(torch.float16, bits, 1, GROUP, grid, had if m <= FUSED_HADAMARD_MAX_M else 0)
-        for spec, split in tune.candidates(base, m, n, k, dev):
-            key = (spec, split == 1, m == 1)
-            if key not in seen:
-                seen.add(key)
-                jobs.append((spec.to_json(), split, m, n, k))
-    t = time.time()
-    chunks = [jobs[i::workers] for i in range(workers)]
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
-        done = sum(ex.map(compile_jobs, chunks))
-    log(f"precompiled {done}/{len(jobs)} kernels with {workers} processes in {time.time() - t:.0f} s")
+    calls = [KernelCall(base_spec(torch.float16, bits, 1, GROUP, grid, had if m <= FUSED_HADAMARD_MAX_M else 0),
+                        m, n, k, "float16", "float16", False, None) for n, k, m, bits, grid, had in configs]
+    r = compile_all(calls, "cuda", workers)
+    log(f"precompiled {r['compiled']}/{r['jobs']} kernels with {r['workers']} processes in {r['seconds']:.0f} s")
 
 
 # -- peers ----------------------------------------------------------------------------------------

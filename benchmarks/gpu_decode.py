@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -113,6 +114,8 @@ def main(argv=None) -> int:
     ap.add_argument("--torch-compile", action="store_true",
                     help="also run both sides through torch.compile (inductor fuses the glue) before the CUDA graph: "
                          "bf16 = torch.compile(step); qcomp = torch.compile(to_graph_module(compiled graph))")
+    ap.add_argument("--no-precompile", action="store_true",
+                    help="let the first run compile its tuning candidates one by one (default: a process pool first)")
     ap.add_argument("--out", type=Path, default=Path("decode_results"))
     args = ap.parse_args(argv)
     args.pipeline = with_sensitivity_file(args.pipeline, args.sensitivity_file)
@@ -178,6 +181,11 @@ def main(argv=None) -> int:
             print(f"compiled budget {budget} batch {b} in {csec:.1f}s (avg bits {avg:.3f}); passes: "
                   + ", ".join(f"{p['name']} {p['seconds']:.1f}s" for p in rep["passes"]), flush=True)
             ex_rt = Executor(compiled.graph, device=dev)
+            if os.environ.get("QCOMP_AUTOTUNE", "1") != "0" and not args.no_precompile:
+                with torch.no_grad():
+                    pre = ex_rt.precompile(*inp)
+                print(f"precompiled {pre['compiled']}/{pre['jobs']} tuning candidates of {pre['calls']} kernel calls "
+                      f"with {pre['workers']} processes in {pre['seconds']:.0f}s", flush=True)
             with torch.no_grad():
                 out_q = ex_rt.run(*inp)[0]
                 out_f = step(*inp)[0]

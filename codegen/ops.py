@@ -26,7 +26,7 @@ from .hadamard_util import rotate_blocks, signs_for
 from .kernel_spec import MAX_FUSED_HADAMARD, KernelSpec
 from .packing import packed_shape, padded_codes, unpack_codes
 from .render import load_kernel
-from . import tune
+from . import precompile, tune
 
 _GRID_ALIASES = {"uniform": "uniform", "uniform_asym": "uniform_asym", "lut": "lut", "normal": "lut"}
 _ACT = {torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -175,6 +175,15 @@ def triton_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, gr
         x2 = rotate_blocks(x2, had_signs, had_block)
         had_block = 0
     base = base_spec(x.dtype, bits, p, group_size, grid, had_block)
+    calls = precompile.recorder()
+    if calls is not None:  # precompile.recording(): note the call, return the reference, compile nothing
+        calls.append(precompile.KernelCall(base, x2.shape[0], n, k, str(x.dtype).removeprefix("torch."),
+                                           str(scales.dtype).removeprefix("torch."), offsets is not None,
+                                           None if bias is None else str(bias.dtype).removeprefix("torch.")))
+        w = reference_weight(packed, scales, lut, offsets, bits, p, group_size, grid, n, k)
+        xr = rotate_blocks(x2.to(torch.float32), had_signs, had_block) if had_block else x2.to(torch.float32)
+        y = xr @ w.to(x2.device).t() + (0 if bias is None else bias.to(torch.float32))
+        return y.to(x.dtype).reshape(*x.shape[:-1], n)
     lut32 = lut.to(device=x.device, dtype=torch.float32).contiguous()
     args = (x2, packed, scales, lut32, offsets, bias, had_signs, n, k)
     if spec is None:

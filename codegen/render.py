@@ -52,7 +52,7 @@ def _header(s: KernelSpec) -> list[str]:
         f"y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]); {grid}",
         f"code = {pl}",
         f"group size {s.group_size}; {had}",
-        f"Packed layout v3: per 128-code tile a w-bit plane has 4w words; code t sits in word t % 4w, slot t // 4w.",
+        "Packed layout v3: per 128-code tile a w-bit plane has 4w words; code t sits in word t % 4w, slot t // 4w.",
         f"A K step covers {s.block_k // s.p // 128} tile(s) = C = {s.words_per_block} words of the {w0}-bit plane per row;",
         f"column c holds the codes (c // {4 * w0}) * 128 + c % {4 * w0} + j * {4 * w0} of the block, slot j = 0..{32 // w0 - 1}.",
         '"""',
@@ -404,7 +404,7 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str) -> list[str]:
         L += [
             f"xk = tl.permute(tl.reshape(xk, (BLOCK_K // {2 * d}, 2, {d})), (0, 2, 1))  # butterfly, distance {d}",
             "a, b = tl.split(xk)",
-            f"xk = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 2, 1)), (BLOCK_K,))",
+            "xk = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 2, 1)), (BLOCK_K,))",
         ]
         d *= 2
     L += [
@@ -590,7 +590,6 @@ def _gemm_body(s: KernelSpec, dt: str) -> list[str]:
         e = f"((word_{w} >> sh_{w}) & {2 ** w - 1})"
         parts.append(e if off == 0 else f"({e} << {off})")
     loop.append("code = " + " | ".join(parts) + "  # [BLOCK_N, T, S, W0]: code of weight t*128 + j*W0 + q")
-    four = f"(BLOCK_N, {T}, {S}, {W0})"
     if s.grid == "uniform" and after:
         if fp16_magic:
             loop.append(f"wq = (code * 2 + 0x6400).to(tl.int16).to(tl.float16, bitcast=True) - {1024.0 + nb!r}"

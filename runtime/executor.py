@@ -199,6 +199,19 @@ class Executor(ReferenceRuntime):
             s = self._signs[key] = signs_for(size, seed).to(device=device, dtype=torch.float32)
         return s
 
+    def precompile(self, *inputs, workers: int | None = None) -> dict:
+        """Compile every autotuning candidate of the kernels that `inputs` will run, in `workers` processes
+        (qcomp.codegen.precompile), so that the first real call only times them. One reference pass over the
+        graph finds the calls (shapes, dtypes); returns {"calls", "jobs", "compiled", "workers", "seconds"}."""
+        from qcomp.codegen import precompile as pc
+
+        with pc.recording() as calls:
+            ReferenceRuntime.run(self, *inputs)
+        if not calls:
+            return {"calls": 0, "jobs": 0, "compiled": 0, "workers": 0, "seconds": 0.0}
+        dev = next(t.device for t in inputs if isinstance(t, torch.Tensor)) if self.device is None else self.device
+        return {"calls": len(calls), **pc.precompile(calls, dev, workers)}
+
     # -- CUDA graphs ------------------------------------------------------------------------------
     @staticmethod
     def signature(inputs: tuple) -> tuple:
