@@ -41,12 +41,15 @@ SPEED_PIPELINE = ('canonicalize,insert-hadamard(max_block=128),fuse-hadamard(res
 
 def with_sensitivity_file(pipeline: str, path: str | None) -> str:
     """The pipeline with allocate-bits(sensitivity_file=path) added (unchanged when path is None)."""
+    from qcomp.pass_manager import PipelineError, set_pass_options
+
     if path is None:
         return pipeline
-    if pipeline == "default" or "allocate-bits(" not in pipeline:
-        raise SystemExit("--sensitivity-file needs a pipeline whose allocate-bits has options, e.g. the default "
-                         "--pipeline of this script")
-    return pipeline.replace("allocate-bits(", f"allocate-bits(sensitivity_file={json.dumps(str(path))}, ", 1)
+    try:
+        return set_pass_options(pipeline, "allocate-bits", sensitivity_file=str(path))
+    except PipelineError as e:
+        raise SystemExit(f"--sensitivity-file needs a --pipeline with an allocate-bits step, e.g. this script's "
+                         f"default: {e}") from None
 
 
 def build_model(name: str, device: str, dtype=torch.bfloat16):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -33,7 +32,7 @@ from qcomp.eval.data import lm_windows, read_text
 from qcomp.eval.lm import evaluate_lm
 from qcomp.numerics.quant_spec import QuantSpec
 from qcomp.numerics.quantizer import gaussian_mse
-from qcomp.pass_manager import PassContext, PassManager
+from qcomp.pass_manager import PassContext, PassManager, set_pass_options
 
 ROT = DEFAULT_PIPELINE.split(",allocate-bits")[0]  # the default pipeline's rotation prefix
 
@@ -208,8 +207,7 @@ class Bench:
         cal = self._sensitivity_options("calibrated")
         pipe = DEFAULT_PIPELINE
         if self.alpha_file:  # α measured earlier (e.g. on a GPU: the CPU cannot afford the noise forwards)
-            pipe = DEFAULT_PIPELINE.replace(",allocate-bits,", f',allocate-bits(sensitivity_file="{self.alpha_file}"),')
-            assert pipe != DEFAULT_PIPELINE, f"no plain allocate-bits step in {DEFAULT_PIPELINE!r}"
+            pipe = set_pass_options(DEFAULT_PIPELINE, "allocate-bits", sensitivity_file=str(self.alpha_file))
         rows = self._rtn_rows()
         for budget in budgets:
             rows.append(self.measure(f"default pipeline (calibrated α) budget {budget}, gptq=True", pipe,

@@ -97,6 +97,14 @@ def format_pipeline(steps: list[tuple[str, dict]]) -> str:
     return ",".join(name + (f"({', '.join(f'{k}={format_value(v)}' for k, v in o.items())})" if o else "") for name, o in steps)
 
 
+def set_pass_options(pipeline: str, name: str, **options) -> str:
+    """`pipeline` with `options` added to (or replacing those of) every `name` step; PipelineError if it has none."""
+    steps = parse_pipeline(pipeline)
+    if not any(n == name for n, _ in steps):
+        raise PipelineError(f"pipeline {pipeline!r} has no {name!r} step to give {sorted(options)}")
+    return format_pipeline([(n, {**o, **options} if n == name else o) for n, o in steps])
+
+
 @dataclass
 class PassContext:
     """What passes may read besides the graph: compile options, the source model, example inputs."""
@@ -221,4 +229,4 @@ def read_reproducer(path: str | os.PathLike) -> tuple[Graph, str | None]:
 
 
 __all__ = ["NodeError", "PASSES", "PassContext", "PassError", "PassManager", "PipelineError", "QIRParseError",
-           "format_pipeline", "parse_pipeline", "read_reproducer", "register_pass"]
+           "format_pipeline", "parse_pipeline", "read_reproducer", "register_pass", "set_pass_options"]

@@ -10,7 +10,8 @@ import torch
 import qcomp
 from qcomp.capture import capture_model
 from qcomp.models.tiny import builtin_model
-from qcomp.pass_manager import PassContext, PassError, PassManager, PipelineError, parse_pipeline, register_pass
+from qcomp.pass_manager import (PassContext, PassError, PassManager, PipelineError, parse_pipeline, register_pass,
+                                 set_pass_options)
 from qcomp.qir import print_graph
 
 
@@ -24,6 +25,16 @@ def test_parse_pipeline_with_options():
 def test_bad_pipelines(bad, needle):
     with pytest.raises(PipelineError, match=needle):
         parse_pipeline(bad)
+
+
+def test_set_pass_options_adds_or_replaces_and_names_a_missing_step():
+    p = set_pass_options('canonicalize,allocate-bits(bits=[2, 4]),quantize', "allocate-bits", sensitivity_file="a b.json")
+    assert parse_pipeline(p) == [("canonicalize", {}), ("allocate-bits", {"bits": [2, 4], "sensitivity_file": "a b.json"}),
+                                 ("quantize", {})]
+    assert dict(parse_pipeline(set_pass_options("canonicalize,quantize", "quantize", bits=3)))["quantize"] == {"bits": 3}
+    assert dict(parse_pipeline(set_pass_options(p, "allocate-bits", bits=[8])))["allocate-bits"]["bits"] == [8]
+    with pytest.raises(PipelineError, match="no 'allocate-bits' step"):
+        set_pass_options("canonicalize,quantize", "allocate-bits", sensitivity_file="x.json")
 
 
 def test_dump_dir_and_print_after_change(tmp_path):
