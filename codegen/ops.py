@@ -78,8 +78,9 @@ def reference_weight(packed, scales, lut, offsets, bits, p, group_size, grid, n,
 
 
 def reference_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block):
-    w = reference_weight(packed.cpu() if packed.device.type != "cpu" else packed, scales, lut, offsets,
-                         bits, p, group_size, grid, n, k).to(x.device)
+    dev = x.device  # every tensor to x's device (a CPU copy of packed next to CUDA scales could not be combined)
+    w = reference_weight(packed.to(dev), scales.to(dev), lut.to(dev), None if offsets is None else offsets.to(dev),
+                         bits, p, group_size, grid, n, k)
     xf = x.to(torch.float32)
     if had_block:
         xf = rotate_blocks(xf, had_signs, had_block)
@@ -177,13 +178,10 @@ def triton_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, gr
     base = base_spec(x.dtype, bits, p, group_size, grid, had_block)
     calls = precompile.recorder()
     if calls is not None:  # precompile.recording(): note the call, return the reference, compile nothing
-        calls.append(precompile.KernelCall(base, x2.shape[0], n, k, str(x.dtype).removeprefix("torch."),
-                                           str(scales.dtype).removeprefix("torch."), offsets is not None,
-                                           None if bias is None else str(bias.dtype).removeprefix("torch.")))
-        w = reference_weight(packed, scales, lut, offsets, bits, p, group_size, grid, n, k)
-        xr = rotate_blocks(x2.to(torch.float32), had_signs, had_block) if had_block else x2.to(torch.float32)
-        y = xr @ w.to(x2.device).t() + (0 if bias is None else bias.to(torch.float32))
-        return y.to(x.dtype).reshape(*x.shape[:-1], n)
+        calls.append(precompile.KernelCall.of(base, x2, n, k, scales, offsets, bias))
+        y = reference_qlinear(x2, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k,
+                              had_block)
+        return y.reshape(*x.shape[:-1], n)
     lut32 = lut.to(device=x.device, dtype=torch.float32).contiguous()
     args = (x2, packed, scales, lut32, offsets, bias, had_signs, n, k)
     if spec is None:

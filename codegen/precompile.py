@@ -39,6 +39,13 @@ class KernelCall:
     has_offsets: bool
     bias_dtype: str | None
 
+    @classmethod
+    def of(cls, base: KernelSpec, x2: torch.Tensor, n: int, k: int, scales, offsets, bias) -> "KernelCall":
+        def name(t):
+            return None if t is None else str(t.dtype).removeprefix("torch.")
+
+        return cls(base, x2.shape[0], n, k, name(x2), name(scales), offsets is not None, name(bias))
+
 
 @contextlib.contextmanager
 def recording():
