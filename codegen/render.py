@@ -69,7 +69,7 @@ def _header(s: KernelSpec) -> list[str]:
 
 
 def use_half2(s: KernelSpec) -> bool:
-    """GEMV with two weights per 32-bit op: uniform grid, fp16 or bf16 x (scaled into fp16's range per column by a
+    """GEMV with two weights per 32-bit op: uniform grid, fp16 or bf16 x (scaled into fp16's range per program by a
     power of two, see _half2_x_scale), codes of 1..7 bits (any planes), scales per row or per K step (w8 stays on
     fp32 arithmetic, already near the copy bandwidth)."""
     mode, _ = _scale_mode(s)
@@ -163,8 +163,8 @@ def _half2_helpers(s: KernelSpec) -> list[str]:
 def _half2_slots(s: KernelSpec, ms) -> list[str]:
     """All S slots of the widest plane as S/2 packed pairs: slot jj in the low half, jj + S/2 in the high half
     (bit jj*w + 16), so one shift and one and|or make two fp16 (512 + code); part{m} = fp32 sum per word.
-    A narrower plane's bits of the same two slots are 16 apart as well (bit w0*j + sh_w of the column), so
-    each adds one shift, one and and one or-shift to the pair."""
+    A narrower plane's bits of the same two slots are 16 apart as well: shifted by its column offset once per word
+    (ws_w), it adds one constant shift and one and|or with its mask pm_w to each pair."""
     w0 = s.widest_plane
     S = 32 // w0
     H = S // 2
@@ -431,15 +431,16 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str) -> list[str]:
 def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
     S, P, BM = 32 // s.widest_plane, s.p, s.block_m
     mode, sb = _scale_mode(s)
+    h2 = use_half2(s)
     ms = range(BM)
     L = []
     for m in ms:
         L += [f"row{m} = pid_m * BLOCK_M + {m}", f"rmask{m} = row{m} < M",
               f"klim{m} = rmask{m}.to(tl.int32) * K  # x columns of row {m} to read: none past M"]
         L.append(f"acc{m} = tl.zeros((BLOCK_N, C), dtype=tl.float32)")
-        if use_half2(s):
+        if h2:
             L += _half2_x_scale(s, m)
-    if use_half2(s):
+    if h2:
         L += _half2_masks(s)
     loop = _load_planes(s)
     if s.had_block:
@@ -451,14 +452,13 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
                 for e in range(P):
                     idx = _x_index(s, j, e)
                     loop += _even_load(f"x{m}_{j}_{e}", f"x_ptr + row{m} * stride_xm + {idx}", f"{idx} < klim{m}",
-                                       "0.0", "" if use_half2(s) else ".to(tl.float32)")
+                                       "0.0", "" if h2 else ".to(tl.float32)")
     if mode == "row":
         loop += _even_load("sc", f"s_ptr + offs_n * stride_s + (step * BLOCK_K) // {s.group_size}", "mask_n", "0.0",
                            ".to(tl.float32)")
         if s.grid == "uniform_asym":
             loop += _even_load("of", f"o_ptr + offs_n * stride_s + (step * BLOCK_K) // {s.group_size}", "mask_n",
                                "0.0", ".to(tl.float32)")
-    h2 = use_half2(s)
     for j0 in range(0, S, sb):
         blk = range(j0, j0 + sb)
         if h2:
@@ -511,7 +511,7 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
         "        bias += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)",
     ]
     for m in ms:
-        red = f"tl.sum(acc{m}, axis=1)" + (f" * inv{m}" if use_half2(s) else "")
+        red = f"tl.sum(acc{m}, axis=1)" + (f" * inv{m}" if h2 else "")
         if mode == "channel":
             red = f"{red} * sc" + (f" + tl.sum(xsum{m}) * of" if s.grid == "uniform_asym" else "")
         L += [f"y{m} = {red} + bias", f"ymask{m} = offs_n < rmask{m}.to(tl.int32) * N"]
