@@ -22,11 +22,11 @@ from torch import fx, nn
 
 from qcomp.capture.norms import rms_norm_reference
 from qcomp.numerics.quant_spec import QuantSpec
-from qcomp.qir import Graph, Ref
+from qcomp.qir import Graph
 from qcomp.qir.graph import CALL_OPS
 from qcomp.qir.targets import resolve_method, resolve_target
 
-from .reference import rotate
+from .reference import resolve_args, rotate
 
 
 def _attr_name(target: str, taken: set[str]) -> str:
@@ -67,21 +67,6 @@ def to_graph_module(graph: Graph, device=None) -> fx.GraphModule:
             node = attrs[key] = fxg.get_attr(name)
         return node
 
-    def val(v):
-        if isinstance(v, Ref):
-            return env[v.name]
-        if isinstance(v, list):
-            return [val(x) for x in v]
-        if isinstance(v, tuple):
-            return tuple(val(x) for x in v)
-        if isinstance(v, dict):
-            return {k: val(x) for k, x in v.items()}
-        if isinstance(v, slice):
-            return slice(val(v.start), val(v.stop), val(v.step))
-        if isinstance(v, torch.device) and dev is not None:
-            return dev
-        return v
-
     for inp in sorted(graph.inputs, key=lambda nd: nd.attrs["index"]):
         env[inp.name] = fxg.placeholder(re.sub(r"\W", "_", inp.name))
     for node in graph.nodes:
@@ -91,7 +76,7 @@ def to_graph_module(graph: Graph, device=None) -> fx.GraphModule:
         if op == "param":
             env[node.name] = buffer(("param", a["target"]), graph.params[a["target"]], a["target"])
             continue
-        args, kwargs = val(node.args), val(node.kwargs)
+        args, kwargs = resolve_args(node.args, env, dev), resolve_args(node.kwargs, env, dev)
         if op == "linear":
             out = fxg.call_function(F.linear, tuple(args))
         elif op == "qlinear":

@@ -36,6 +36,25 @@ class ModelOutputDict(dict):
         return tuple(self.values())
 
 
+def resolve_args(v, env: dict, device: torch.device | None = None):
+    """A node argument with every Ref replaced by env[name] (nested lists, tuples, dicts and slices rebuilt) and
+    device constants baked in at capture replaced by `device` (when given)."""
+    if isinstance(v, Ref):
+        return env[v.name]
+    if isinstance(v, list):
+        return [resolve_args(x, env, device) for x in v]
+    if isinstance(v, tuple):
+        return tuple(resolve_args(x, env, device) for x in v)
+    if isinstance(v, dict):
+        return {k: resolve_args(x, env, device) for k, x in v.items()}
+    if isinstance(v, slice):
+        return slice(resolve_args(v.start, env, device), resolve_args(v.stop, env, device),
+                     resolve_args(v.step, env, device))
+    if isinstance(v, torch.device) and device is not None:
+        return device
+    return v
+
+
 def rotate(x: torch.Tensor, size: int, seed, inverse: bool = False) -> torch.Tensor:
     from qcomp.numerics.hadamard import hadamard_transform
 
@@ -112,19 +131,7 @@ class ReferenceRuntime:
         return result
 
     def _val(self, v, env):
-        if isinstance(v, Ref):
-            return env[v.name]
-        if isinstance(v, list):
-            return [self._val(x, env) for x in v]
-        if isinstance(v, tuple):
-            return tuple(self._val(x, env) for x in v)
-        if isinstance(v, dict):
-            return {k: self._val(x, env) for k, x in v.items()}
-        if isinstance(v, slice):
-            return slice(self._val(v.start, env), self._val(v.stop, env), self._val(v.step, env))
-        if isinstance(v, torch.device) and self.device is not None:
-            return self.device
-        return v
+        return resolve_args(v, env, self.device)
 
     def eval_node(self, node: Node, env: dict, inputs: tuple):
         op, a = node.op, node.attrs
