@@ -52,6 +52,11 @@ def with_sensitivity_file(pipeline: str, path: str | None) -> str:
                          f"default: {e}") from None
 
 
+def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """||a - ref|| / ||ref|| in float32."""
+    return ((a.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
 def build_model(name: str, device: str, dtype=torch.bfloat16):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -156,7 +161,7 @@ def main(argv=None) -> int:
                 out_c = fn(*fixed[b])[0]
                 out_e = step(*fixed[b])[0]
             csec = time.perf_counter() - t
-            rel_c = ((out_c.float() - out_e.float()).norm() / out_e.float().norm()).item()
+            rel_c = rel_err(out_c, out_e)
             replay = graph_of(fn, fixed[b])
             sec = time_graph(replay)
             base[(b, "compile")] = sec
@@ -192,7 +197,7 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 out_q = ex_rt.run(*inp)[0]
                 out_f = step(*inp)[0]
-            rel = ((out_q.float() - out_f.float()).norm() / out_f.float().norm()).item()
+            rel = rel_err(out_q, out_f)
             replay = graph_of(ex_rt.run, inp)
             sec = time_graph(replay)
             rows.append({"config": f"qcomp budget {budget}", "batch": b, "ms_per_step": sec * 1e3, "tok_s": b / sec,
@@ -209,7 +214,7 @@ def main(argv=None) -> int:
                 with torch.no_grad():
                     out_c = fn(*inp)[0]
                 tsec = time.perf_counter() - t
-                rel_c = ((out_c.float() - out_q.float()).norm() / out_q.float().norm()).item()
+                rel_c = rel_err(out_c, out_q)
                 replay = graph_of(fn, inp)
                 sec = time_graph(replay)
                 bc = base.get((b, "compile"), base[b])
