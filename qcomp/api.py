@@ -23,13 +23,14 @@ class CompiledModel:
     """A compiled QIR graph with its runtime. Call it like the original model (positional tensor inputs)."""
 
     def __init__(self, graph: Graph, config: CompileConfig | None = None, report: dict | None = None, device=None,
-                 runtime: str = "auto"):
+                 runtime: str = "auto", cuda_graphs: bool = False):
         from qcomp.runtime.executor import make_runtime
 
         self.graph = graph
         self.config = config or CompileConfig()
         self.report = report or {}
-        self._runtime = make_runtime(graph, device=device, runtime=runtime)  # auto: executor on CUDA, else reference
+        # auto: executor on CUDA, else reference; cuda_graphs: the executor records and replays CUDA graphs
+        self._runtime = make_runtime(graph, device=device, runtime=runtime, cuda_graphs=cuda_graphs)
 
     def __call__(self, *inputs):
         return self._runtime.run(*inputs)

@@ -121,6 +121,7 @@ def build_manifest(compiled, files: dict[str, bytes], aliases: dict[str, str]) -
         "passes": [_jsonable(_reproducible(p)) for p in report.get("passes", [])],
         "graph": {"name": g.name, "inputs": [_jsonable({"index": n.attrs["index"], "name": n.attrs.get("name", n.name),
                                                        "type": str(n.type)}) for n in g.inputs]},
+        **({"generation": _jsonable(report["generation"])} if report.get("generation") else {}),
         "aliases": aliases,
         "files": {name: {"sha256": sha256_bytes(data), "bytes": len(data)} for name, data in sorted(files.items())},
     }
@@ -303,6 +304,8 @@ def load(path: str | os.PathLike, device=None, runtime: str = "auto"):
         raise ArtifactError(f"{path / MANIFEST}: invalid config: {e}") from None
     report = {"layers": m.get("layers", []), "kept_float": m.get("kept_float", []), "passes": m.get("passes", []),
               "pipeline": m.get("pipeline"), "artifact": {"path": str(path), "manifest": m}}
+    if m.get("generation"):
+        report["generation"] = m["generation"]  # a decoder step: qcomp.generate.generator_for(model)
     return CompiledModel(graph, config, report, device=device, runtime=runtime)
 
 

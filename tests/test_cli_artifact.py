@@ -96,7 +96,8 @@ def test_run_prompt_rejects_non_lm(tmp_path, capsys):
     assert main(["compile", "builtin:tiny-mlp", "--out", str(tmp_path / "m"), "--json"]) == 0
     capsys.readouterr()
     assert main(["run", str(tmp_path / "m"), "--prompt", "Hi", "--tokenizer", "bytes"]) == 1
-    assert "needs a causal LM whose only input is token ids; this model takes x: f32" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "needs a causal LM whose only input is token ids, or a decoder step" in err and "takes x: f32" in err
 
 
 def test_generate_stops_at_eos():
@@ -137,3 +138,45 @@ def test_console_script_and_module_entry_point(art, tmp_path):
     r = subprocess.run([exe, "run", str(art / "a"), "--prompt", "ab", "--tokenizer", "bytes", "--max-new-tokens", "2"],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and r.stdout.startswith("ab"), r.stderr
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_generation_artifact_decodes_through_the_kv_cache(tmp_path, capsys, static):
+    """compile --generation saves the decoder step; run --prompt then decodes through its KV cache (static cache
+    with --max-len). At budget 16 (everything kept float) the ids equal Hugging Face's own greedy generate."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    torch.manual_seed(0)
+    lm = transformers.LlamaForCausalLM(cfg).eval()
+    lm.save_pretrained(tmp_path / "hf")
+    extra = ["--max-len", "16"] if static else []
+    assert main(["compile", str(tmp_path / "hf"), "--generation", *extra, "--budget", "16", "--pipeline",
+                 "canonicalize,quantize", "--out", str(tmp_path / "a"), "--json"]) == 0
+    capsys.readouterr()
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["generation"]["kind"] == ("static" if static else "dynamic")
+    assert main(["run", str(tmp_path / "a"), "--prompt", "Hi!", "--tokenizer", "bytes", "--max-new-tokens", "6",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    ids = torch.tensor([list(b"Hi!")])
+    want = lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)[0, 3:].tolist()
+    assert r["generated_ids"] == want
+    # sampling: seeded, and top-k 1 is greedy
+    args = ["run", str(tmp_path / "a"), "--prompt", "Hi!", "--tokenizer", "bytes", "--max-new-tokens", "6", "--json",
+            "--sample", "--temperature", "1.3", "--top-k", "1", "--seed", "3"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["generated_ids"] == want
+    assert main(["run", str(tmp_path / "a"), "--prompt", "Hi!", "--tokenizer", "bytes", "--sample",
+                 "--temperature", "0"]) == 1
+    assert "--temperature must be > 0" in capsys.readouterr().err
+    if static:  # the static cache holds 16 positions: 3 + 20 - 1 do not fit
+        assert main(["run", str(tmp_path / "a"), "--prompt", "Hi!", "--tokenizer", "bytes", "--max-new-tokens",
+                     "20"]) == 1
+        assert "compile with a larger max_len" in capsys.readouterr().err
+
+
+def test_generation_flags_need_generation(capsys):
+    assert main(["compile", "builtin:tiny-llama", "--max-len", "16"]) == 1
+    assert "add --generation" in capsys.readouterr().err

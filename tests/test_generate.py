@@ -95,3 +95,59 @@ def test_bad_arguments(gen4, tiny_lm):
         compile_for_generation(torch.nn.Linear(2, 2))
     with pytest.raises(GenerationError):
         DecoderStep(tiny_lm.model)  # a base model has no output head
+
+
+# -- static cache (StaticDecodeStep): fixed shapes, one token per step ---------------------------------------
+@pytest.fixture(scope="module")
+def static16(tiny_lm):
+    return compile_for_generation(tiny_lm, budget=16, pipeline=RTN, max_len=24, batch=2)
+
+
+@pytest.fixture(scope="module")
+def static4(tiny_lm):
+    return compile_for_generation(tiny_lm, budget=4.0, pipeline=RTN, max_len=24, batch=2)
+
+
+def test_static_budget16_greedy_equals_hf_generate(tiny_lm, static16):
+    from qcomp.generate import StaticGenerator
+
+    assert isinstance(static16, StaticGenerator) and static16.cache_shape == (2, 2, 2, 24, 16)
+    p = prompts()
+    want = tiny_lm.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=10, do_sample=False)
+    assert torch.equal(static16.generate(p, 10), want)
+
+
+def test_static_runs_the_quantized_graph(tiny_lm, static4, gen4):
+    assert {n.attrs["layer"] for n in static4.compiled.graph.nodes if n.op == "qlinear"} == \
+        {n for n, m in tiny_lm.named_modules() if isinstance(m, torch.nn.Linear)} - {"lm_head"}
+    p = prompts(seed=6)
+    with torch.no_grad():
+        ref = tiny_lm(input_ids=p, use_cache=False).logits[:, -1]
+    got = static4._start(p)  # logits after the prompt, fed one token at a time through the static cache
+    assert (got - ref).abs().max() > 1e-3  # the quantized graph, not the float model
+    assert (got - ref).abs().max() < 0.5 * ref.abs().max()  # but close to it at 4 bits
+
+
+def test_static_sampling_eos_and_limits(static4):
+    p = prompts(seed=3)
+    a = static4.generate(p, 6, do_sample=True, temperature=1.5, top_k=20, seed=7)
+    assert torch.equal(a, static4.generate(p, 6, do_sample=True, temperature=1.5, top_k=20, seed=7))
+    assert torch.equal(static4.generate(p, 6, do_sample=True, top_k=1, seed=0), static4.generate(p, 6))
+    greedy = static4.generate(p, 8)
+    eos = int(greedy[0, 5 + 1])
+    out = static4.generate(p, 8, eos_token_id=eos)
+    assert int(out[0, -1]) == eos or (out[0, 5:] == eos).any()
+    assert static4.generate(p, 24 - 5 + 1).shape == (2, 25)  # exactly fills the cache: 5 + 20 - 1 = 24 positions
+    with pytest.raises(ValueError, match="cache positions"):
+        static4.generate(p, 24 - 5 + 2)
+    with pytest.raises(ValueError, match="compiled for batch 2"):
+        static4.generate(prompts(1), 2)
+
+
+def test_static_refuses_other_architectures_with_the_fix(tiny_lm):
+    cfg = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2, n_positions=64)
+    gpt2 = transformers.GPT2LMHeadModel(cfg).eval()
+    with pytest.raises(GenerationError, match="without max_len"):
+        compile_for_generation(gpt2, budget=4.0, pipeline=RTN, max_len=16)
+    with pytest.raises(ValueError, match="max_len"):
+        compile_for_generation(tiny_lm, budget=4.0, pipeline=RTN, max_len=1)

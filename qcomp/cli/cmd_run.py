@@ -8,12 +8,13 @@ Loads an artifact (hashes and format checked, graph verified) and runs it:
   "output_0"... for tensor and tuple outputs).
 * with --prompt, for causal LMs: tokenizes with the tokenizer saved in the artifact (or --tokenizer DIR,
   or --tokenizer bytes: UTF-8 bytes as token ids, for byte-vocabulary models like builtin:tiny-llama),
-  then generates greedily by re-running the full sequence (no KV cache yet).
+  then generates, greedily or with --sample (--temperature, --top-k, --seed). An artifact compiled with
+  `qcomp compile --generation` holds the decoder step: it decodes token by token through the KV cache
+  (a CUDA graph per token with a static cache on a GPU); any other causal LM re-runs the full sequence.
 """
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -25,6 +26,10 @@ def register(sub) -> None:
     p.add_argument("inputs", nargs="?", default=None, help="safetensors file of input tensors")
     p.add_argument("--prompt", default=None, help="text prompt (causal LMs): greedy generation")
     p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--sample", action="store_true", help="sample from softmax(logits / temperature) (default: greedy)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--seed", type=int, default=None, help="seed of the sampler")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory, or 'bytes' (default: the artifact's own)")
     p.add_argument("--out", default=None, help="write the outputs (or generated ids) to this safetensors file")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
@@ -110,21 +115,40 @@ def logits_of(out) -> torch.Tensor:
     return t
 
 
-def generate(model, ids: list[int], max_new_tokens: int, eos: int | None = None, progress: bool = False) -> list[int]:
-    """Greedy decoding by re-running the whole sequence each step."""
-    seq = list(ids)
-    steps = range(max_new_tokens)
-    if progress:
-        from tqdm import tqdm
+class FullRerun:
+    """Decoding by re-running the whole sequence each step: causal LMs compiled without --generation."""
 
-        steps = tqdm(steps, desc="qcomp generate", unit="tok")
-    for _ in steps:
-        logits = logits_of(model(torch.tensor([seq], dtype=torch.long)))
-        nxt = int(logits[0, -1].float().argmax())
-        seq.append(nxt)
-        if eos is not None and nxt == eos:
-            break
-    return seq
+    def __init__(self, model):
+        from qcomp.generate import _TokenLoop
+
+        class Loop(_TokenLoop):
+            eos_token_ids, device = [], torch.device("cpu")
+
+            def _start(self, ids):
+                self.seq = ids
+                return logits_of(model(ids))[:, -1]
+
+            def _advance(self, tok):
+                self.seq = torch.cat([self.seq, tok[:, None]], dim=1)
+                return logits_of(model(self.seq))[:, -1]
+
+        self.loop = Loop()
+
+
+def generate(model, ids: list[int], max_new_tokens: int, eos: int | None = None, sample: dict | None = None) -> list[int]:
+    """Token ids of prompt + up to max_new_tokens new tokens (greedy, or sampled with `sample` = the generate()
+    keywords do_sample/temperature/top_k/seed), through the KV-cache generator of a decoder-step artifact, else by
+    full re-runs."""
+    from qcomp.generate import generator_for
+
+    if (getattr(model, "report", None) or {}).get("generation"):
+        dev = getattr(model._runtime, "device", None)
+        loop = generator_for(model, device=dev, dtype=getattr(model._runtime, "dtype", None))
+    else:
+        loop = FullRerun(model).loop
+    out = loop.generate(torch.tensor([ids], dtype=torch.long), max_new_tokens,
+                        eos_token_id=eos, **(sample or {}))  # eos None: the step's recorded EOS, if any
+    return [int(t) for t in out[0]]
 
 
 def run(args) -> int:
@@ -139,13 +163,17 @@ def run(args) -> int:
     manifest = model.report["artifact"]["manifest"]
     if args.prompt is not None:
         inputs = manifest["graph"]["inputs"]
-        if len(inputs) != 1 or not inputs[0]["type"].startswith(("i64", "i32")):
-            raise ValueError("--prompt needs a causal LM whose only input is token ids; this model takes "
+        if not manifest.get("generation") and (len(inputs) != 1 or not inputs[0]["type"].startswith(("i64", "i32"))):
+            raise ValueError("--prompt needs a causal LM whose only input is token ids, or a decoder step (qcomp compile "
+                             "--generation); this model takes "
                              f"{', '.join(i['name'] + ': ' + i['type'] for i in inputs)}: use an input file instead")
+        if args.sample and not args.temperature > 0:
+            raise ValueError(f"--temperature must be > 0, got {args.temperature}")
         tok = get_tokenizer(Path(args.artifact), args.tokenizer)
         prompt_ids = list(tok.encode(args.prompt))
-        seq = generate(model, prompt_ids, args.max_new_tokens, getattr(tok, "eos_token_id", None),
-                       progress=not args.json and sys.stderr.isatty())
+        sample = {"do_sample": True, "temperature": args.temperature, "top_k": args.top_k, "seed": args.seed} \
+            if args.sample else None
+        seq = generate(model, prompt_ids, args.max_new_tokens, getattr(tok, "eos_token_id", None), sample)
         new = seq[len(prompt_ids):]
         text = tok.decode(new)
         if args.out:
