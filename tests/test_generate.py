@@ -151,3 +151,18 @@ def test_static_refuses_other_architectures_with_the_fix(tiny_lm):
         compile_for_generation(gpt2, budget=4.0, pipeline=RTN, max_len=16)
     with pytest.raises(ValueError, match="max_len"):
         compile_for_generation(tiny_lm, budget=4.0, pipeline=RTN, max_len=1)
+
+
+def test_static_step_with_data_free_allocation(tiny_lm):
+    """The default pipeline measures sensitivity on random inputs: token ids are drawn for the ids input only, the
+    cache position keeps its example value (a random position past max_len made index_copy fail)."""
+    from qcomp.allocation.sensitivity import random_inputs, token_inputs
+
+    g = compile_for_generation(tiny_lm, budget=4.0, max_len=16)
+    assert 3.5 < g.compiled.report["allocation"]["avg_bits"] <= 4.0
+    assert token_inputs(g.compiled.graph) == {0}
+    ex = (torch.zeros(1, 1, dtype=torch.long), torch.tensor([5]), torch.zeros(2, 1, 2, 16, 16), torch.zeros(2, 1, 2, 16, 16))
+    for batch in random_inputs(g.compiled.graph, ex, 3):
+        assert int(batch[1]) == 5 and batch[0].shape == (1, 1)
+    out = g.generate(prompts(1), 6)
+    assert out.shape == (1, 11)

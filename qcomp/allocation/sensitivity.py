@@ -114,24 +114,47 @@ def vocab_size(graph: Graph) -> int | None:
     return None
 
 
+def token_inputs(graph: Graph) -> set[int] | None:
+    """Indices of the graph inputs whose values reach an embedding's ids (token ids), or None for a graph without
+    an embedding. Other integer inputs (a decoder step's cache position, say) are not tokens."""
+    embeds = [n for n in graph.nodes if n.op == "embedding"]
+    if not embeds:
+        return None
+    found, seen = set(), set()
+    todo = [r.name for n in embeds for r in n.refs()[1:]]  # args[0] is the table
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = graph.node(name)
+        if node.op == "input":
+            found.add(int(node.attrs["index"]))
+        elif node.op != "param":
+            todo.extend(r.name for r in node.refs())
+    return found
+
+
 def random_inputs(graph: Graph, example_inputs: tuple, n_batches: int, seed: int = 0) -> list[tuple]:
-    """Random batches shaped like `example_inputs`: token ids for integer tensors, Gaussians for floats."""
+    """Random batches shaped like `example_inputs`: token ids for the integer inputs that feed an embedding,
+    Gaussians for floats; other integer inputs (positions) and masks keep their example values."""
     if not example_inputs:
         raise ValueError("data-free sensitivity needs example inputs (their shapes and dtypes) to draw random inputs")
     gen = torch.Generator().manual_seed(seed)
     vocab = vocab_size(graph)
+    tokens = token_inputs(graph)
     batches = []
     for _ in range(n_batches):
         batch = []
-        for x in example_inputs:
+        for i, x in enumerate(example_inputs):
             if not isinstance(x, torch.Tensor):
                 batch.append(x)
             elif x.is_floating_point():
                 xf = x.detach().float().cpu()
                 std, mean = (xf.std(), xf.mean()) if x.numel() > 1 else (torch.tensor(1.0), torch.tensor(0.0))
                 batch.append((torch.randn(x.shape, generator=gen) * std + mean).to(device=x.device, dtype=x.dtype))
-            elif x.dtype == torch.bool:
-                batch.append(x.clone())  # masks: keep as given
+            elif x.dtype == torch.bool or (tokens is not None and i not in tokens):
+                batch.append(x.clone())  # masks, positions: keep as given
             else:
                 hi = vocab if vocab is not None else int(x.max()) + 1
                 batch.append(torch.randint(0, max(hi, 1), x.shape, generator=gen, dtype=x.dtype).to(x.device))
