@@ -297,6 +297,8 @@ def _setup(s: KernelSpec) -> list[str]:
         f"code_c = tl.max_contiguous(tl.multiple_of(code_c, {W0}), {W0})  # runs of {W0}: vector loads of x",
         "w_row = w_ptr + offs_n[:, None] * stride_w",
     ]
+    if _scale_mode(s)[0] == "row":
+        L.append("zero_c = offs_c[None, :] * 0  # [1, C] zeros: per-row scales loaded in the words' register layout")
     for w, off in planes(s.code_bits)[1:]:
         Wp = 4 * w
         L += [
@@ -454,11 +456,13 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
                     loop += _even_load(f"x{m}_{j}_{e}", f"x_ptr + row{m} * stride_xm + {idx}", f"{idx} < klim{m}",
                                        "0.0", "" if h2 else ".to(tl.float32)")
     if mode == "row":
-        loop += _even_load("sc", f"s_ptr + offs_n * stride_s + (step * BLOCK_K) // {s.group_size}", "mask_n", "0.0",
-                           ".to(tl.float32)")
+        # the row's scale as a [BLOCK_N, C] tile (every column reads the same address, an L1 hit): it is born in the
+        # words' register layout, so the K loop has no shared-memory layout conversion and no barrier (a [BLOCK_N]
+        # load cost two per K step). H200: rotated bf16 decode kernels 25-31 % faster, fp16 ones within 5 %
+        sptr = f"offs_n[:, None] * stride_s + (step * BLOCK_K) // {s.group_size} + zero_c"
+        loop += _even_load("sc", f"s_ptr + {sptr}", "mask_n[:, None]", "0.0", ".to(tl.float32)")
         if s.grid == "uniform_asym":
-            loop += _even_load("of", f"o_ptr + offs_n * stride_s + (step * BLOCK_K) // {s.group_size}", "mask_n",
-                               "0.0", ".to(tl.float32)")
+            loop += _even_load("of", f"o_ptr + {sptr}", "mask_n[:, None]", "0.0", ".to(tl.float32)")
     for j0 in range(0, S, sb):
         blk = range(j0, j0 + sb)
         if h2:
@@ -488,8 +492,7 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
                 loop.append(f"acc{m} += part{m} * sc" + (f" + xs{m}[None, :] * of" if s.grid == "uniform_asym" else ""))
         elif mode == "row":
             for m in ms:
-                loop.append(f"acc{m} += part{m} * sc[:, None]" +
-                            (f" + xs{m}[None, :] * of[:, None]" if s.grid == "uniform_asym" else ""))
+                loop.append(f"acc{m} += part{m} * sc" + (f" + xs{m}[None, :] * of" if s.grid == "uniform_asym" else ""))
         else:  # channel: scales after the loop
             for m in ms:
                 loop.append(f"acc{m} += part{m}")
