@@ -23,12 +23,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_decode import CONFIGS, SPEED_PIPELINE, build_model  # noqa: E402
 
 
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def ms_per_token(gen, ids, n) -> tuple[float, torch.Tensor]:
     gen.generate(ids, 2, stop_at_eos=False)  # warm-up: kernel compilation, autotuning, CUDA-graph recording
-    torch.cuda.synchronize()
+    sync()
     t = time.perf_counter()
     out = gen.generate(ids, n, stop_at_eos=False)
-    torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - t) / n * 1e3, out.cpu()
 
 
@@ -41,20 +46,28 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=4.0)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--max-len", type=int, default=128)
+    ap.add_argument("--pipeline", default=None, help="pass pipeline (default: gpu_decode's speed pipeline, 64-wide)")
+    ap.add_argument("--skip-dynamic", action="store_true", help="time the static generator only")
+    ap.add_argument("--device", default="cuda", help="cuda (the measurement), or cpu (a smoke test of this script)")
     ap.add_argument("--out", type=Path, default=Path("generate_speed"))
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    model = build_model(args.config, "cuda")
-    ids = torch.randint(0, model.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0)).cuda()
-    res = {"device": torch.cuda.get_device_name(), "config": args.config, "budget": args.budget, "rows": []}
-    kw = dict(budget=args.budget, pipeline=SPEED_PIPELINE, cache_dir=str(args.out / "cache"), check=False)
+    dev = args.device
+    model = build_model(args.config, dev, dtype=torch.bfloat16 if dev == "cuda" else torch.float32)
+    ids = torch.randint(0, model.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0)).to(dev)
+    res = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "config": args.config,
+           "budget": args.budget, "rows": []}
+    # SmolLM2's hidden size 576 is 4.5 groups of 128: blocks and groups of 64 keep every layer quantizable
+    pipeline = args.pipeline or SPEED_PIPELINE.replace("max_block=128", "max_block=64").replace("group_sizes=[128]",
+                                                                                               "group_sizes=[64]")
+    kw = dict(budget=args.budget, pipeline=pipeline, cache_dir=str(args.out / "cache"), check=False)
     t = time.perf_counter()
     static = compile_for_generation(model, max_len=args.max_len, **kw)
     cs = time.perf_counter() - t
     ms_s, out_s = ms_per_token(static, ids, args.tokens)
     c = static.compiled
-    ref = StaticGenerator(CompiledModel(c.graph, c.config, c.report, device="cuda", runtime="reference"),
-                          static.cache_shape, dtype=torch.float32, device="cuda")
+    ref = StaticGenerator(CompiledModel(c.graph, c.config, c.report, device=dev, runtime="reference"),
+                          static.cache_shape, dtype=torch.float32, device=dev)
     ms_r, out_r = ms_per_token(ref, ids, args.tokens)
     same = int((out_s != out_r).nonzero()[:, 1].min()) if (out_s != out_r).any() else None
     res["rows"].append({"generator": "static (CUDA graph)", "compile_s": cs, "ms_per_token": ms_s,
@@ -62,6 +75,9 @@ def main(argv=None) -> int:
     print(f"static: compiled in {cs:.1f}s; {ms_s:.2f} ms/token ({1e3 / ms_s:.0f} tok/s); reference runtime "
           f"{ms_r:.1f} ms/token; greedy ids vs reference: {'identical' if same is None else f'first differ at {same}'}",
           flush=True)
+    if args.skip_dynamic:
+        (args.out / "generate_speed.json").write_text(json.dumps(res, indent=1))
+        return 0
     t = time.perf_counter()
     dyn = compile_for_generation(model, **kw)
     cd = time.perf_counter() - t

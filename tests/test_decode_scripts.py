@@ -1,5 +1,5 @@
 """The decode benchmark helpers that run without a GPU: kernel categories of profile_decode.py and the
---sensitivity-file pipeline edit of gpu_decode.py."""
+--sensitivity-file pipeline edit of gpu_decode.py, and gpu_generate_speed.py on the CPU."""
 import sys
 from pathlib import Path
 
@@ -40,3 +40,18 @@ def test_sensitivity_file_joins_allocate_bits_options():
     assert gpu_decode.with_sensitivity_file(gpu_decode.SPEED_PIPELINE, None) == gpu_decode.SPEED_PIPELINE
     with pytest.raises(SystemExit, match="allocate-bits"):
         gpu_decode.with_sensitivity_file("default", "a/b.json")
+
+
+def test_generate_speed_script_runs_on_the_cpu(tmp_path):
+    """gpu_generate_speed.py end to end on the CPU (tiny config): both generators compile and generate, and the
+    static generator's ids equal its graph's on the reference runtime (the same runtime here)."""
+    import json
+
+    import gpu_generate_speed
+
+    assert gpu_generate_speed.main(["--config", "tiny", "--device", "cpu", "--tokens", "3", "--max-len", "16",
+                                    "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "generate_speed.json").read_text())
+    static, dynamic = res["rows"]
+    assert static["first_difference_vs_reference"] is None and static["ms_per_token"] > 0
+    assert dynamic["generator"].startswith("dynamic") and dynamic["ms_per_token"] > 0
