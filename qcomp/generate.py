@@ -134,8 +134,25 @@ class _TokenLoop:
     """Greedy/sampled decoding around two hooks: `_start(ids [B, T]) -> logits [B, V]` of the last prompt token and
     `_advance(tok [B]) -> logits [B, V]` of one more token (each generator keeps its cache between them)."""
 
+    compiled: object  # a CompiledModel of the step
     eos_token_ids: list[int]
     device: torch.device
+    dtype: torch.dtype
+
+    def to(self, device=None, dtype=None):
+        """Move the compiled step (and the caches it will make) to `device` and/or compute in `dtype`."""
+        self.compiled.to(device, dtype)
+        if device is not None:
+            self.device = torch.device(device)
+        if dtype is not None:
+            self.dtype = dtype
+        return self
+
+    @staticmethod
+    def _step_outputs(out):
+        if not (isinstance(out, (tuple, list)) and len(out) == 3):
+            raise GenerationError(f"the compiled step graph returned {type(out).__name__}, expected (logits, k, v)")
+        return out
 
     def _start(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -216,14 +233,6 @@ class Generator(_TokenLoop):
         self.dtype = dtype
         self.device = torch.device(device)
 
-    def to(self, device=None, dtype=None) -> "Generator":
-        self.compiled.to(device, dtype)
-        if device is not None:
-            self.device = torch.device(device)
-        if dtype is not None:
-            self.dtype = dtype
-        return self
-
     def empty_cache(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (self.n_layers, batch, self.n_kv_heads, 0, self.head_dim)
         return (torch.zeros(shape, dtype=self.dtype, device=self.device),
@@ -231,10 +240,7 @@ class Generator(_TokenLoop):
 
     def step(self, ids: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor):
         """(logits [B, T, V], k, v) of the compiled step graph."""
-        out = self.compiled(ids.to(self.device), past_k, past_v)
-        if not (isinstance(out, (tuple, list)) and len(out) == 3):
-            raise GenerationError(f"the compiled step graph returned {type(out).__name__}, expected (logits, k, v)")
-        return out
+        return self._step_outputs(self.compiled(ids.to(self.device), past_k, past_v))
 
     def full_forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits [B, T, V] of the whole sequence through the compiled step graph (empty cache)."""
@@ -267,20 +273,10 @@ class StaticGenerator(_TokenLoop):
         self.dtype = dtype
         self.device = torch.device(device)
 
-    def to(self, device=None, dtype=None) -> "StaticGenerator":
-        self.compiled.to(device, dtype)
-        if device is not None:
-            self.device = torch.device(device)
-        if dtype is not None:
-            self.dtype = dtype
-        return self
-
     def step(self, ids: torch.Tensor, pos: int, k_cache: torch.Tensor, v_cache: torch.Tensor):
         """(logits [B, 1, V], k_cache, v_cache) after the token ids [B, 1] at position pos."""
-        out = self.compiled(ids.to(self.device), torch.tensor([pos], device=self.device), k_cache, v_cache)
-        if not (isinstance(out, (tuple, list)) and len(out) == 3):
-            raise GenerationError(f"the compiled step graph returned {type(out).__name__}, expected (logits, k, v)")
-        return out
+        return self._step_outputs(self.compiled(ids.to(self.device), torch.tensor([pos], device=self.device), k_cache,
+                                                v_cache))
 
     def _check_request(self, ids, max_new_tokens):
         if ids.shape[0] != self.batch:
