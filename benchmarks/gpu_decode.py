@@ -36,9 +36,14 @@ CONFIGS = {
 # Hadamard blocks of 128 (fused into the GEMV; the default's 1024-wide blocks on K = 4096 would be separate
 # rotate kernels) and rotated *uniform* grids (QuEST-style; arithmetic dequant) instead of Gaussian lookup
 # tables, whose per-weight gather is ~2.7x slower in the current kernels (benchmarks/RESULTS_kernels.md);
-# no GPTQ: the calibration input is one decode token (random weights, a speed test).
+# no GPTQ: the calibration input is one decode token (random weights, a speed test). Siblings (q/k/v, gate/up) share
+# one allocation choice and run as one kernel (fuse-siblings: 7 -> 4 qlinear launches per layer; session 12, not
+# yet timed on a GPU); UNFUSED_PIPELINE is the pipeline of the session-11/12 tables.
+UNFUSED_PIPELINE = ('canonicalize,insert-hadamard(max_block=128),fuse-hadamard(residual=False),'
+                    'allocate-bits(family="uniform", group_sizes=[128], bits=[2,3,4,5,6,8]),quantize(gptq=False),lower')
 SPEED_PIPELINE = ('canonicalize,insert-hadamard(max_block=128),fuse-hadamard(residual=False),'
-                  'allocate-bits(family="uniform", group_sizes=[128], bits=[2,3,4,5,6,8]),quantize(gptq=False),lower')
+                  'allocate-bits(family="uniform", group_sizes=[128], bits=[2,3,4,5,6,8], tie_siblings=True),'
+                  'quantize(gptq=False),fuse-siblings,lower')
 
 
 def with_sensitivity_file(pipeline: str, path: str | None) -> str:
@@ -117,7 +122,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pos", type=int, default=128, help="decode position timed (tokens already in the cache)")
     ap.add_argument("--pipeline", default=SPEED_PIPELINE,
                     help="default: the default pipeline with 128-wide Hadamard blocks (fused into the kernels) and "
-                         "rotated uniform grids (arithmetic dequant); 'default' = qcomp's DEFAULT_PIPELINE")
+                         "rotated uniform grids (arithmetic dequant), siblings fused; 'unfused' = the same without "
+                         "fuse-siblings (the session-11/12 tables); 'default' = qcomp's DEFAULT_PIPELINE")
     ap.add_argument("--sensitivity-file", default=None,
                     help="α measured earlier (a sensitivity-*.json) for allocate-bits instead of measuring it, e.g. "
                          "benchmarks/results/sensitivity_llama3_8b_random_decode_h100.json (batch 1, same seed)")
@@ -128,6 +134,7 @@ def main(argv=None) -> int:
                     help="let the first run compile its tuning candidates one by one (default: a process pool first)")
     ap.add_argument("--out", type=Path, default=Path("decode_results"))
     args = ap.parse_args(argv)
+    args.pipeline = UNFUSED_PIPELINE if args.pipeline == "unfused" else args.pipeline
     args.pipeline = with_sensitivity_file(args.pipeline, args.sensitivity_file)
     args.out.mkdir(parents=True, exist_ok=True)
     dev = "cuda"

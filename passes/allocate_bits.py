@@ -15,12 +15,17 @@ Output: `node.attrs["quant"] = {"spec": {...}, ...}` or `{"keep": true, ...}` on
 (what the `quantize` pass reads), `ctx.artifacts["allocation"]` (the per-layer table), and in the
 dump directory `allocation.json` and `allocation.png` (bits per layer).
 
+tie_siblings=True gives the linears that read the same value (q/k/v, gate/up) one shared choice: the DP sees each
+such group as one item (cost Σ numel·bits, error Σ α·t² of its members), so that `fuse-siblings` can run them as
+one kernel afterwards.
+
 Rotation is structural: a layer whose node carries `attrs["hadamard"]` (set by insert-hadamard /
 fuse-hadamard: its weight is already in the rotated basis) gets the rotated menu, others the unrotated one. family="auto" uses Gaussian grids for
 rotated layers and uniform grids otherwise; only specs the quantizer implements are offered.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
@@ -29,6 +34,7 @@ from pathlib import Path
 import torch
 
 from qcomp.allocation import LayerCandidates, Option, allocate, keep_option
+from qcomp.allocation.dp import LayerChoice
 from qcomp.allocation.options import candidate_specs, default_error, option_for
 from qcomp.allocation.sensitivity import Sensitivity, SensitivityConfig, measure_sensitivity
 from qcomp.config import check_budget
@@ -107,7 +113,7 @@ def allocate_bits(graph: Graph, ctx: PassContext, budget: float | None = None, f
                   mode: str | None = None, levels=(0.1, 0.2), n_batches: int = 4, metric: str = "auto",
                   group_sizes=(64, 128, 256), bits=(2, 3, 4, 5, 6, 7, 8), skip: str = "lm_head",
                   resolution: float | None = None, cache: bool = True, plot: bool = True,
-                  sensitivity_file: str | None = None):
+                  sensitivity_file: str | None = None, tie_siblings: bool = False):
     """Choose per-layer bits/grid/group by exact DP under the average-bits budget (see module docstring).
 
     sensitivity_file: a sensitivity JSON written earlier (a `sensitivity-*.json` of the cache directory, e.g. measured
@@ -142,14 +148,22 @@ def allocate_bits(graph: Graph, ctx: PassContext, budget: float | None = None, f
     if negative:
         warnings.warn(f"{len(negative)} layer(s) measured a non-positive sensitivity (noise): {', '.join(negative[:5])}"
                       f"{' ...' if len(negative) > 5 else ''}; treated as alpha = 0", stacklevel=2)
-    cands = [LayerCandidates(n.name, int(w.numel()), max(float(sens.alphas[n.name]), 0.0), opts)
-             for n, w, opts in layers_in]
-    alloc = allocate(cands, budget, resolution=resolution)
+    alphas = {n.name: max(float(sens.alphas[n.name]), 0.0) for n in nodes}
+    groups = sibling_groups(graph, nodes) if tie_siblings else [[n.name] for n in nodes]
+    by_name = {n.name: (n, w, opts) for n, w, opts in layers_in}
+    alloc = allocate([tied_candidates([by_name[m] for m in grp], alphas) for grp in groups], budget,
+                     resolution=resolution)
+    chosen = {}  # node name -> (its own option for the group's choice, alpha)
+    for grp, c in zip(groups, alloc.choices):
+        for m in grp:
+            own = next(o for o in by_name[m][2] if (o.spec, o.rotate) == (c.option.spec, c.option.rotate))
+            chosen[m] = (own, alphas[m])
 
     g = graph.copy()
     rows = []
-    for (n, w, opts), c in zip(layers_in, alloc.choices):
-        o = c.option
+    for n, w, opts in layers_in:
+        o, alpha = chosen[n.name]
+        c = LayerChoice(n.name, int(w.numel()), alpha, o)
         quant = {"keep": True} if o.is_keep else {"spec": o.spec.to_dict()}
         quant.update({"bits": o.bits, "alpha": c.alpha, "t2": o.error})
         g.node(n.name).attrs["quant"] = quant
@@ -159,7 +173,7 @@ def allocate_bits(graph: Graph, ctx: PassContext, budget: float | None = None, f
                      "code_bits": s.bits if s else 16, "p": s.p if s else None, "group": s.group_size if s else None,
                      "rotate": o.rotate, "alpha": c.alpha, "t2": o.error, "predicted_delta": c.delta,
                      "n_options": len(opts)})
-    report = {"budget": budget, "avg_bits": alloc.avg_bits, "min_budget": alloc.min_budget,
+    report = {"budget": budget, "avg_bits": alloc.avg_bits, "tied_groups": [grp for grp in groups if len(grp) > 1], "min_budget": alloc.min_budget,
               "predicted_delta": alloc.objective, "resolution": alloc.resolution, "metric": sens.metric,
               "sensitivity": {"mode": mode, "levels": list(sens.levels), "cost": sens.cost, "key": sens.key},
               "counted": "allocated linear layers; scales, offsets and lookup tables included; kept layers at 16 bits",
@@ -173,6 +187,33 @@ def allocate_bits(graph: Graph, ctx: PassContext, budget: float | None = None, f
     return g, {"allocated": len(rows), "kept_16bit": kept, "avg_bits": round(alloc.avg_bits, 5),
                "predicted_delta": alloc.objective, "sensitivity_seconds": sens.cost.get("seconds"),
                "sensitivity_cached": bool(sens.cost.get("cached"))}
+
+
+def sibling_groups(graph: Graph, nodes) -> list[list[str]]:
+    """`nodes` (linears) grouped by the value they read, in graph order: q/k/v of one attention, gate/up of one MLP.
+    Members share the input, in_features and rotation, hence the same option menu."""
+    groups: dict[tuple, list[str]] = {}
+    for n in nodes:
+        key = (n.args[0], int(graph.param(n.args[1]).shape[1]), repr(n.attrs.get("hadamard")))
+        groups.setdefault(key, []).append(n.name)
+    return list(groups.values())
+
+
+def tied_candidates(members, alphas: dict[str, float]) -> LayerCandidates:
+    """One DP item for layers that must share an option: the options all members offer (same spec and rotation),
+    each costing the members' Σ numel·bits and erring Σ α·t² (alpha 1); a single layer is its own item."""
+    if len(members) == 1:
+        n, w, opts = members[0]
+        return LayerCandidates(n.name, int(w.numel()), alphas[n.name], opts)
+    numel = sum(int(w.numel()) for _, w, _ in members)
+    menus = [{(o.spec, o.rotate): o for o in opts} for _, _, opts in members]
+    common = [key for key in menus[0] if all(key in m for m in menus[1:])]
+    opts = []
+    for key in common:
+        parts = [(m[key], int(w.numel()), alphas[n.name]) for m, (n, w, _) in zip(menus, members)]
+        opts.append(dataclasses.replace(parts[0][0], bits=sum(o.bits * k for o, k, _ in parts) / numel,
+                                        error=sum(o.error * a for o, _, a in parts)))
+    return LayerCandidates("+".join(n.name for n, _, _ in members), numel, 1.0, tuple(opts))
 
 
 def write_report(report: dict, dump_dir: Path, plot: bool = True) -> None:
