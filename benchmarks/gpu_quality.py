@@ -216,6 +216,24 @@ class Bench:
         return rows
 
 
+    def ties(self, budgets=(4.0, 3.5)) -> list[dict]:
+        """What allocate-bits(tie_siblings=True) costs in perplexity: the budgets_gptq rows with q/k/v and gate/up
+        sharing one choice (so that fuse-siblings can run them as one kernel), next to the free allocation."""
+        cal = self._sensitivity_options("calibrated")
+        pipe = DEFAULT_PIPELINE
+        if self.alpha_file:
+            pipe = set_pass_options(DEFAULT_PIPELINE, "allocate-bits", sensitivity_file=str(self.alpha_file))
+        rows = []
+        for budget in budgets:
+            for tie in (False, True):
+                label = f"default pipeline (calibrated α) budget {budget}, gptq=True" + (", siblings tied" if tie else "")
+                p = set_pass_options(pipe, "allocate-bits", tie_siblings=True) if tie else pipe
+                rows.append(self.measure(label, p, {"method": "qcomp", "budget": budget, "gptq": True, "tied": tie},
+                                         budget=budget, **cal))
+        self.results["ties"] = rows
+        return rows
+
+
 def _uniform_at_least(budget: float, shapes: list[tuple[int, int]], groups=(32, 64, 128, 256)) -> tuple[QuantSpec, float]:
     """The uniform allocation (one normal-grid spec for every layer) with the smallest average bits >= budget.
 
@@ -245,7 +263,7 @@ def _r2(pred, meas) -> float:
 
 def markdown(results: dict) -> str:
     out = [f"float reference ppl: {results['float_ppl']:.3f}; capture {results['capture_seconds']:.1f}s", ""]
-    for sec in ("rotation", "budgets", "gptq", "budgets_gptq"):
+    for sec in ("rotation", "budgets", "gptq", "budgets_gptq", "ties"):
         if sec in results:
             out += [f"### {sec}", "", "| config | avg bits | ppl | KL to float |", "|---|---|---|---|"]
             out += [f"| {r['config']} | {r['avg_bits']:.3f} | {r['ppl']:.3f} | {r['kl']:.4f} |" for r in results[sec]]
