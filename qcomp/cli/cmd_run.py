@@ -19,12 +19,14 @@ from pathlib import Path
 
 import torch
 
+from qcomp.generate import _TokenLoop, generator_for
+
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="run a compiled artifact on an input file or a prompt")
     p.add_argument("artifact", help="artifact directory (qcomp compile --out)")
     p.add_argument("inputs", nargs="?", default=None, help="safetensors file of input tensors")
-    p.add_argument("--prompt", default=None, help="text prompt (causal LMs): greedy generation")
+    p.add_argument("--prompt", default=None, help="text prompt (causal LMs): generate text")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--sample", action="store_true", help="sample from softmax(logits / temperature) (default: greedy)")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -115,37 +117,33 @@ def logits_of(out) -> torch.Tensor:
     return t
 
 
-class FullRerun:
+class FullRerun(_TokenLoop):
     """Decoding by re-running the whole sequence each step: causal LMs compiled without --generation."""
 
+    eos_token_ids: list[int] = []
+    device = torch.device("cpu")
+
     def __init__(self, model):
-        from qcomp.generate import _TokenLoop
+        self.model = model
 
-        class Loop(_TokenLoop):
-            eos_token_ids, device = [], torch.device("cpu")
+    def _start(self, ids):
+        self.seq = ids
+        return logits_of(self.model(ids))[:, -1]
 
-            def _start(self, ids):
-                self.seq = ids
-                return logits_of(model(ids))[:, -1]
-
-            def _advance(self, tok):
-                self.seq = torch.cat([self.seq, tok[:, None]], dim=1)
-                return logits_of(model(self.seq))[:, -1]
-
-        self.loop = Loop()
+    def _advance(self, tok):
+        self.seq = torch.cat([self.seq, tok[:, None]], dim=1)
+        return logits_of(self.model(self.seq))[:, -1]
 
 
 def generate(model, ids: list[int], max_new_tokens: int, eos: int | None = None, sample: dict | None = None) -> list[int]:
     """Token ids of prompt + up to max_new_tokens new tokens (greedy, or sampled with `sample` = the generate()
     keywords do_sample/temperature/top_k/seed), through the KV-cache generator of a decoder-step artifact, else by
     full re-runs."""
-    from qcomp.generate import generator_for
-
     if (getattr(model, "report", None) or {}).get("generation"):
         dev = getattr(model._runtime, "device", None)
         loop = generator_for(model, device=dev, dtype=getattr(model._runtime, "dtype", None))
     else:
-        loop = FullRerun(model).loop
+        loop = FullRerun(model)
     out = loop.generate(torch.tensor([ids], dtype=torch.long), max_new_tokens,
                         eos_token_id=eos, **(sample or {}))  # eos None: the step's recorded EOS, if any
     return [int(t) for t in out[0]]
