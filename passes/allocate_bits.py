@@ -173,7 +173,8 @@ def allocate_bits(graph: Graph, ctx: PassContext, budget: float | None = None, f
                      "code_bits": s.bits if s else 16, "p": s.p if s else None, "group": s.group_size if s else None,
                      "rotate": o.rotate, "alpha": c.alpha, "t2": o.error, "predicted_delta": c.delta,
                      "n_options": len(opts)})
-    report = {"budget": budget, "avg_bits": alloc.avg_bits, "tied_groups": [grp for grp in groups if len(grp) > 1], "min_budget": alloc.min_budget,
+    report = {"budget": budget, "avg_bits": alloc.avg_bits, "min_budget": alloc.min_budget,
+              "tied_groups": [grp for grp in groups if len(grp) > 1],
               "predicted_delta": alloc.objective, "resolution": alloc.resolution, "metric": sens.metric,
               "sensitivity": {"mode": mode, "levels": list(sens.levels), "cost": sens.cost, "key": sens.key},
               "counted": "allocated linear layers; scales, offsets and lookup tables included; kept layers at 16 bits",
