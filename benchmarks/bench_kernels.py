@@ -194,12 +194,24 @@ PEERS = {"tinygemm-w4g128": (4, peer_tinygemm), "bnb-nf4-b64": (4, peer_bnb), "g
 
 
 # -- main -----------------------------------------------------------------------------------------
+def _shape(text: str) -> tuple[int, int]:
+    try:
+        n, k = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--shape takes N x K as two integers joined by 'x' (e.g. 6144x4096), got {text!r}")
+    if n <= 0 or k <= 0 or k % 128:
+        raise SystemExit(f"--shape {text}: N and K must be positive and K a multiple of 128 (the pack tile)")
+    return n, k
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="one shape, M in {1, 16, 256}, b in {2, 4}")
     ap.add_argument("--budget", type=float, default=420, help="seconds; later configs are skipped past it")
     ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated peer names")
     ap.add_argument("--shapes", type=int, default=len(SHAPES), help="the first N shapes of SHAPES")
+    ap.add_argument("--shape", action="append", default=None, metavar="NxK",
+                    help="an N x K weight shape to run instead of SHAPES (repeatable), e.g. 6144x4096")
     ap.add_argument("--bits", default=",".join(map(str, BITS)), help="comma-separated bit widths")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     ap.add_argument("--no-peers", action="store_true")
@@ -215,7 +227,8 @@ def main():
     from qcomp.codegen.hadamard_util import rotate_blocks
     from qcomp.codegen.ops import qlinear
 
-    shapes, ms, bits_list = SHAPES[: args.shapes], [int(v) for v in args.ms.split(",")], [int(b) for b in args.bits.split(",")]
+    shapes = [_shape(s) for s in args.shape] if args.shape else SHAPES[: args.shapes]
+    ms, bits_list = [int(v) for v in args.ms.split(",")], [int(b) for b in args.bits.split(",")]
     GRIDS[:] = args.grids.split(",")
     HADS[:] = [int(v) for v in args.hads.split(",")]
     t_start = time.time()

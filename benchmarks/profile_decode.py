@@ -60,6 +60,19 @@ def kernel_times(fn) -> list[tuple[str, float]]:
     return out
 
 
+def per_call(graph, kernels: list[tuple[str, float]]) -> list[dict]:
+    """The generated kernels in launch order next to the graph's qlinear nodes in program order (the executor
+    runs them in that order, one kernel each): [{node, n, k, bits, had, kernel, us}], summed per (n, k, bits)
+    by the caller. Empty when the counts differ (a node that launched two kernels, e.g. a separate rotation)."""
+    gen = [(name, us) for name, us in kernels if category(name) == "qlinear (generated)"]
+    nodes = graph.find("qlinear")
+    if len(gen) != len(nodes):
+        print(f"per-call table skipped: {len(gen)} generated kernels for {len(nodes)} qlinear nodes", flush=True)
+        return []
+    return [{"node": nd.name, "n": nd.attrs["n"], "k": nd.attrs["k"], "bits": nd.attrs["spec"]["bits"],
+             "kernel": name, "us": us} for nd, (name, us) in zip(nodes, gen)]
+
+
 def summarize(kernels: list[tuple[str, float]]) -> dict:
     cats: dict[str, list] = defaultdict(lambda: [0, 0.0])
     names: dict[str, list] = defaultdict(lambda: [0, 0.0])
@@ -130,7 +143,9 @@ def main(argv=None) -> int:
         replay = graph_of(ex.run, inp)
         result["qcomp_replay_ms"] = time_graph(replay) * 1e3
         del replay
-        result["qcomp"] = summarize(kernel_times(lambda: ex.run(*inp)))
+        qk = kernel_times(lambda: ex.run(*inp))
+        result["qcomp"] = summarize(qk)
+        result["qlinear_calls"] = per_call(compiled.graph, qk)
         t = time.perf_counter()
         for _ in range(3):
             ex.run(*inp)
@@ -158,6 +173,19 @@ def main(argv=None) -> int:
         print(f"\ntop kernels, {side}:")
         for r in result[side]["top"][:15]:
             print(f"  {r['us']:9.0f} µs  {r['count']:5d}x  {r['name']}")
+    groups: dict[tuple, list] = defaultdict(lambda: [0, 0.0, set()])
+    for c in result.get("qlinear_calls", []):
+        g = groups[(c["n"], c["k"], c["bits"])]
+        g[0] += 1
+        g[1] += c["us"]
+        g[2].add(c["kernel"].split("_m1")[-1] if "_m1" in c["kernel"] else c["kernel"])
+    if groups:
+        print("\nqlinear calls by shape and width (µs per call; GB/s of packed weight + scales):")
+        print("| N x K | bits | calls | µs/call | GB/s | tiles |")
+        print("|---|---|---|---|---|---|")
+        for (n, k, bits), (cnt, us, tiles) in sorted(groups.items()):
+            gbs = (n * k * bits / 8 + n * k / 128 * 2) / (us / cnt * 1e-6) / 1e9
+            print(f"| {n} x {k} | {bits} | {cnt} | {us / cnt:.1f} | {gbs:.0f} | {', '.join(sorted(tiles))} |")
     print("\nQIR ops:", ", ".join(f"{k} {v}" for k, v in list(result["qir_ops"].items())[:25]))
     return 0
 

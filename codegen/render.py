@@ -223,11 +223,14 @@ def _half2_x_scale(s: KernelSpec, m: int) -> list[str]:
     # clamped xs only leaves more headroom, and fp16 x times a power of two in that range is exact
     fp16_pairs = s.act_dtype == "fp16" and not s.had_block
     lo, hi = (113, 142) if fp16_pairs else (1, 253)
+    xc = max(X_SCAN, s.block_k)
     return [
-        f"amax{m} = tl.zeros((BLOCK_K,), dtype=tl.float32)",
-        "for step in range(step_lo, step_hi):",
-        f"    amax{m} = tl.maximum(amax{m}, tl.abs(tl.load(x_ptr + row{m} * stride_xm + step * BLOCK_K + "
-        f"tl.arange(0, BLOCK_K), mask=step * BLOCK_K + tl.arange(0, BLOCK_K) < klim{m}, other=0.0).to(tl.float32)))",
+        f"# max |x| over the program's K range, {xc} columns per load (one L2 round trip for most splits)",
+        f"amax{m} = tl.zeros(({xc},), dtype=tl.float32)",
+        f"for xo in range(step_lo * BLOCK_K, step_hi * BLOCK_K, {xc}):",
+        f"    xi = xo + tl.arange(0, {xc})",
+        f"    amax{m} = tl.maximum(amax{m}, tl.abs(tl.load(x_ptr + row{m} * stride_xm + xi, "
+        f"mask=(xi < step_hi * BLOCK_K) & (xi < klim{m}), other=0.0).to(tl.float32)))",
         f"eb{m} = ((tl.max(amax{m}, axis=0).to(tl.int32, bitcast=True) >> 23) & 0xFF)"
         + (f" + {bump}  # |rotated x| <= 2^{bump} max |x|" if bump else "  # biased exponent of max |x|"),
         f"xsb{m} = tl.minimum(tl.maximum({254 + t} - eb{m}, {lo}), {hi})  # biased exponent of xs{m}",
@@ -235,6 +238,9 @@ def _half2_x_scale(s: KernelSpec, m: int) -> list[str]:
         f"inv{m} = ((254 - xsb{m}) << 23).to(tl.float32, bitcast=True)",
     ] + ([f"xs2_{m} = _pack(xs{m}.to(tl.float16), xs{m}.to(tl.float16))  # xs in both fp16 halves"]
          if fp16_pairs else [])
+
+
+X_SCAN = 1024  # activations per load of the GEMV's max |x| scan (a [X_SCAN] vector over the program's threads)
 
 
 def half2_x_exponent(s: KernelSpec) -> int:
@@ -326,17 +332,47 @@ def _even_load(target: str, ptr: str, mask: str, other: str, tail: str = "") -> 
             "else:", f"    {target} = tl.load({ptr}, mask={mask}, other={other}){tail}"]
 
 
-def _load_planes(s: KernelSpec) -> list[str]:
+def _load_planes(s: KernelSpec, step: str = "step", suffix: str = "") -> list[str]:
+    """Load every plane's words of K step `step` (an expression) into word_<w><suffix> [BLOCK_N, C] (int32)."""
     W0 = 4 * s.widest_plane
     L = []
     for i, (w, off) in enumerate(planes(s.code_bits)):
         Wp = 4 * w
         if i == 0:
-            L.append(f"offs_w = step * C + offs_c  # {w}-bit plane: C contiguous words per row (16-byte vectors)")
+            L.append(f"offs_w = {step} * C + offs_c  # {w}-bit plane: C contiguous words per row (16-byte vectors)")
         else:
-            L.append(f"offs_w = step * {s.words_per_block * Wp // W0} + col_{w}")
-        L += _even_load(f"word_{w}", f"w_row + {off} * plane_words + offs_w[None, :]",
+            L.append(f"offs_w = {step} * {s.words_per_block * Wp // W0} + col_{w}")
+        L += _even_load(f"word_{w}{suffix}", f"w_row + {off} * plane_words + offs_w[None, :]",
                         f"mask_n[:, None] & (offs_w < {w} * plane_words)[None, :]", "0")
+    return L
+
+
+def prefetch_distance(s: KernelSpec) -> int:
+    """GEMV: how many K steps ahead the weight words are loaded (num_stages - 1; Triton pipelines only loads that
+    feed tl.dot, so the GEMV's software pipeline is written out in its text). 0: each step loads, then waits."""
+    return max(0, s.num_stages - 1) if s.variant == "gemv" else 0
+
+
+def _prefetch_prologue(s: KernelSpec) -> list[str]:
+    """Before the K loop: the words of the program's first d K steps (buffers word_<w>_p0 .. _p<d-1>). Steps
+    past the program's last are clamped to it (a reload from L1 instead of a masked load: no predicates)."""
+    L = [f"# software pipeline: the weight words of K step i + {prefetch_distance(s)} are loaded while step i is "
+         "computed (steps past the last clamped to it)",
+         "last = tl.maximum(step_hi - 1, 0)"]
+    for i in range(prefetch_distance(s)):
+        L += _load_planes(s, f"tl.minimum(step_lo + {i}, last)" if i else "tl.minimum(step_lo, last)", f"_p{i}")
+    return L
+
+
+def _prefetch_step(s: KernelSpec) -> list[str]:
+    """Top of the K loop: this step's words come from buffer _p0; the buffers shift and the last takes step + d."""
+    d = prefetch_distance(s)
+    ws = [w for w, _ in planes(s.code_bits)]
+    L = [f"word_{w} = word_{w}_p0" for w in ws]
+    L += _load_planes(s, f"tl.minimum(step + {d}, last)", "_ahead")
+    for i in range(d - 1):
+        L += [f"word_{w}_p{i} = word_{w}_p{i + 1}" for w in ws]
+    L += [f"word_{w}_p{d - 1} = word_{w}_ahead" for w in ws]
     return L
 
 
@@ -436,6 +472,8 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
     h2 = use_half2(s)
     ms = range(BM)
     L = []
+    if prefetch_distance(s):
+        L += _prefetch_prologue(s)  # first, so that its DRAM round trip overlaps the x scan below
     for m in ms:
         L += [f"row{m} = pid_m * BLOCK_M + {m}", f"rmask{m} = row{m} < M",
               f"klim{m} = rmask{m}.to(tl.int32) * K  # x columns of row {m} to read: none past M"]
@@ -444,7 +482,7 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
             L += _half2_x_scale(s, m)
     if h2:
         L += _half2_masks(s)
-    loop = _load_planes(s)
+    loop = _prefetch_step(s) if prefetch_distance(s) else _load_planes(s)
     if s.had_block:
         for m in ms:
             loop += _hadamard_x(s, m, dt)

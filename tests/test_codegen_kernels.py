@@ -177,6 +177,26 @@ def test_gemv_whole_tiles_run_unmasked(bits, grid, p, g, had, split):
     check(run_kernel(d, spec, split, n, k), reference(d, bits, p, g, grid, n, k, had))
 
 
+@pytest.mark.parametrize("stages", [1, 2, 3, 4])
+@pytest.mark.parametrize("bits,had,n,k,split", [(4, 0, 64, 640, 3), (3, 128, 48, 640 + 128, 8), (8, 0, 64, 640, 8),
+                                               (2, 0, 40, 384, 1)])
+def test_gemv_prefetch_distances(stages, bits, had, n, k, split):
+    """The GEMV's software pipeline (weights loaded num_stages - 1 K steps ahead): every distance, programs with
+    fewer K steps than the distance, programs with none (split > steps), whole tiles and ragged ones."""
+    from qcomp.codegen.ops import even_tiles
+    from qcomp.codegen.render import prefetch_distance
+
+    m = 2
+    d = make_case(bits, "uniform", 1, 128, had, m, n, k, seed=stages * 100 + bits)
+    spec = KernelSpec(bits=bits, group_size=128, had_block=had, variant="gemv", block_m=2, block_n=16, block_k=128,
+                      num_stages=stages)
+    assert prefetch_distance(spec) == stages - 1
+    src = kernel_source(spec)
+    assert ("_ahead" in src) == (stages > 1) and (f"word_{spec.widest_plane}_p{stages - 2}" in src) == (stages > 1)
+    assert even_tiles(spec, m, n, k) == (k % 128 == 0 and n % 16 == 0)
+    check(run_kernel(d, spec, split, n, k), reference(d, bits, 1, 128, "uniform", n, k, had))
+
+
 @pytest.mark.parametrize("variant,m", [("gemv", 3), ("gemm", 20)])
 def test_split_k_sums_in_the_kernel(variant, m):
     """Split-K without a zero-filled buffer or cast kernel: partials go to a workspace and the last split of each
