@@ -20,6 +20,19 @@ from .kernel_spec import KernelSpec
 from .packing import planes
 
 _DT = {"fp16": "tl.float16", "bf16": "tl.bfloat16"}
+
+
+def _triton_version() -> tuple[int, int]:
+    try:
+        import triton
+
+        return tuple(int(v) for v in triton.__version__.split(".")[:2])
+    except (ImportError, ValueError):
+        return (0, 0)
+
+
+# how a GEMV loads per-row scales (see _gemv_body): the layout Triton picks for the load differs by version
+ROW_SCALE_TILE = _triton_version() >= (3, 9)
 _LOADED: dict[KernelSpec, object] = {}
 
 
@@ -303,7 +316,7 @@ def _setup(s: KernelSpec) -> list[str]:
         f"code_c = tl.max_contiguous(tl.multiple_of(code_c, {W0}), {W0})  # runs of {W0}: vector loads of x",
         "w_row = w_ptr + offs_n[:, None] * stride_w",
     ]
-    if _scale_mode(s)[0] == "row":
+    if _scale_mode(s)[0] == "row" and ROW_SCALE_TILE:
         L.append("zero_c = offs_c[None, :] * 0  # [1, C] zeros: per-row scales loaded in the words' register layout")
     for w, off in planes(s.code_bits)[1:]:
         Wp = 4 * w
@@ -494,13 +507,21 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
                     loop += _even_load(f"x{m}_{j}_{e}", f"x_ptr + row{m} * stride_xm + {idx}", f"{idx} < klim{m}",
                                        "0.0", "" if h2 else ".to(tl.float32)")
     if mode == "row":
-        # the row's scale as a [BLOCK_N, C] tile (every column reads the same address, an L1 hit): it is born in the
-        # words' register layout, so the K loop has no shared-memory layout conversion and no barrier (a [BLOCK_N]
-        # load cost two per K step). H200: rotated bf16 decode kernels 25-31 % faster, fp16 ones within 5 %
-        sptr = f"offs_n[:, None] * stride_s + (step * BLOCK_K) // {s.group_size} + zero_c"
-        loop += _even_load("sc", f"s_ptr + {sptr}", "mask_n[:, None]", "0.0", ".to(tl.float32)")
+        if ROW_SCALE_TILE:
+            # the row's scale as a [BLOCK_N, C] tile (every column reads the same address, an L1 hit): triton >= 3.9
+            # gives it the words' register layout, so the K loop has no shared-memory layout conversion (a [BLOCK_N]
+            # load cost two barriers per K step). H200: rotated bf16 decode kernels 25-31 % faster, fp16 within 5 %
+            sptr = f"offs_n[:, None] * stride_s + (step * BLOCK_K) // {s.group_size} + zero_c"
+            mask, tail = "mask_n[:, None]", ".to(tl.float32)"
+        else:
+            # triton < 3.9 gives that tile a rows-across-threads layout, and the loop-carried accumulator follows it:
+            # every K step converted the [BLOCK_N, C] partial sums through shared memory (4 stmatrix + 8 barriers in
+            # the w4 loop, a third of its stall samples on the H200). A [BLOCK_N] load converts 64 scales instead
+            sptr = f"offs_n * stride_s + (step * BLOCK_K) // {s.group_size}"
+            mask, tail = "mask_n", ".to(tl.float32)[:, None]"
+        loop += _even_load("sc", f"s_ptr + {sptr}", mask, "0.0", tail)
         if s.grid == "uniform_asym":
-            loop += _even_load("of", f"o_ptr + {sptr}", "mask_n[:, None]", "0.0", ".to(tl.float32)")
+            loop += _even_load("of", f"o_ptr + {sptr}", mask, "0.0", tail)
     for j0 in range(0, S, sb):
         blk = range(j0, j0 + sb)
         if h2:

@@ -197,6 +197,24 @@ def test_gemv_prefetch_distances(stages, bits, had, n, k, split):
     check(run_kernel(d, spec, split, n, k), reference(d, bits, 1, 128, "uniform", n, k, had))
 
 
+@pytest.mark.parametrize("grid,bits", [("uniform", 4), ("uniform_asym", 3), ("uniform", 8)])
+def test_gemv_row_scales_as_a_vector(grid, bits, monkeypatch, tmp_path):
+    """The per-row scale load emitted for triton < 3.9 (a [BLOCK_N] vector broadcast over the columns, see
+    render.ROW_SCALE_TILE) computes the same result as the [BLOCK_N, C] tile form."""
+    import qcomp.codegen.render as render
+
+    monkeypatch.setattr(render, "ROW_SCALE_TILE", False)
+    monkeypatch.setattr(render, "_LOADED", {})
+    monkeypatch.setenv("QCOMP_KERNEL_CACHE", str(tmp_path))
+    n, k, m = 48, 384, 2
+    d = make_case(bits, grid, 1, 128, 0, m, n, k, seed=bits)
+    spec = KernelSpec(bits=bits, grid=grid, group_size=128, variant="gemv", block_m=2, block_n=16, block_k=128,
+                      num_stages=2)
+    src = kernel_source(spec)
+    assert "zero_c" not in src and ".to(tl.float32)[:, None]" in src
+    check(run_kernel(d, spec, 2, n, k), reference(d, bits, 1, 128, grid, n, k, 0))
+
+
 @pytest.mark.parametrize("variant,m", [("gemv", 3), ("gemm", 20)])
 def test_split_k_sums_in_the_kernel(variant, m):
     """Split-K without a zero-filled buffer or cast kernel: partials go to a workspace and the last split of each
