@@ -66,8 +66,10 @@ def main(argv=None) -> int:
     cs = time.perf_counter() - t
     ms_s, out_s = ms_per_token(static, ids, args.tokens)
     c = static.compiled
+    # same graph on the reference runtime (dequantize + matmul); its caches in the graph's own dtype (the bf16
+    # model's graph writes bf16 keys and values: float32 caches failed index_copy on the GPU)
     ref = StaticGenerator(CompiledModel(c.graph, c.config, c.report, device=dev, runtime="reference"),
-                          static.cache_shape, dtype=torch.float32, device=dev)
+                          static.cache_shape, dtype=static.dtype, device=dev)
     ms_r, out_r = ms_per_token(ref, ids, args.tokens)
     same = int((out_s != out_r).nonzero()[:, 1].min()) if (out_s != out_r).any() else None
     res["rows"].append({"generator": "static (CUDA graph)", "compile_s": cs, "ms_per_token": ms_s,

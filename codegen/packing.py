@@ -7,15 +7,21 @@ of width w has W = 4*w words (16*w bytes: whole 16-byte vectors) and S = 32/w sl
 (0..127) of the tile sits in word t % W at bit offset (t // W) * w ("strided" interleave): word i holds
 codes i, i+W, i+2W, ... So one shift-and-mask of a whole [rows, W] tile of words yields the codes of one
 slot for every word at once, in the layout the words were loaded in (no register reshapes).
-packed: int32 [N, Mpad * bits / 32], row n = [plane 0 words | plane 1 words | ...], plane i starting at
-column Mpad * (sum of the widths before it) / 32, tile q of a plane at words q*W .. q*W + W - 1.
+Row groups (v4): rows are padded to a multiple of ROW_GROUP = 16 and stored group by group; in a group, plane by
+plane; in a plane, tile by tile; in a tile, row by row: the W words of row r, tile q of a plane sit at word
+    group * 16 * row_words + 16 * plane_words * bit_offset + q * 16 * W + r * W
+(row_words = Mpad * bits / 32, plane_words = Mpad / 32). A kernel's K step over 16 rows is one contiguous run
+of 16 * W words (1 KB for 4 bits), instead of 16 runs of W words a whole row apart (v3): long DRAM bursts.
+packed: int32 [Npad, row_words], Npad = ceil(N / 16) * 16 (the pad rows hold zeros); a [Npad, row_words]
+tensor only by shape: a row of it is not a row of the matrix.
 """
 from __future__ import annotations
 
 import torch
 
-PACKING_VERSION = 3
+PACKING_VERSION = 4
 PACK_TILE = 128  # codes; a multiple of 32 so that every plane row is whole int32 words
+ROW_GROUP = 16  # rows stored together per (plane, tile): see the module docstring
 
 
 def planes(bits: int) -> list[tuple[int, int]]:
@@ -35,13 +41,18 @@ def padded_codes(m: int) -> int:
     return -(-m // PACK_TILE) * PACK_TILE
 
 
+def padded_rows(n: int) -> int:
+    """Rows after padding to whole row groups."""
+    return -(-n // ROW_GROUP) * ROW_GROUP
+
+
 def packed_shape(n: int, m: int, bits: int) -> tuple[int, int]:
     planes(bits)  # validates bits
-    return (n, padded_codes(m) * bits // 32)
+    return (padded_rows(n), padded_codes(m) * bits // 32)
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 codes [N, M] (each < 2**bits) -> int32 packed [N, Mpad*bits/32]."""
+    """uint8 codes [N, M] (each < 2**bits) -> int32 packed [Npad, Mpad*bits/32] (layout v4, row groups of 16)."""
     if codes.dtype != torch.uint8 or codes.dim() != 2:
         raise ValueError(f"pack_codes expects uint8 codes [N, M], got {codes.dtype} {tuple(codes.shape)}")
     pl = planes(bits)
@@ -58,12 +69,15 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
         v = ((c >> off) & ((1 << w) - 1)).reshape(n, tiles, slots, nw)  # code t = slot * nw + word
         shifts = (torch.arange(slots, dtype=torch.int64, device=codes.device) * w).reshape(1, 1, slots, 1)
         word = (v << shifts).sum(2).reshape(n, tiles * nw)  # < 2**32, exact in int64
-        parts.append(torch.where(word >= 2**31, word - 2**32, word).to(torch.int32))
-    return torch.cat(parts, dim=1).contiguous()
+        word = torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
+        word = torch.nn.functional.pad(word, (0, 0, 0, padded_rows(n) - n))  # zero pad rows
+        # [groups, 16 rows, tiles, W] -> [groups, tiles, 16 rows, W]: each (group, tile) is one contiguous run
+        parts.append(word.reshape(-1, ROW_GROUP, tiles, nw).permute(0, 2, 1, 3).reshape(-1, tiles * ROW_GROUP * nw))
+    return torch.cat(parts, dim=1).reshape(packed_shape(n, m, bits)).contiguous()
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, n: int, m: int) -> torch.Tensor:
-    """int32 packed [N, Mpad*bits/32] -> uint8 codes [N, M]."""
+    """int32 packed [Npad, Mpad*bits/32] (layout v4) -> uint8 codes [N, M]."""
     if tuple(packed.shape) != packed_shape(n, m, bits):
         raise ValueError(
             f"packed shape {tuple(packed.shape)} does not match {packed_shape(n, m, bits)} for {m} codes of {bits} bits"
@@ -71,15 +85,17 @@ def unpack_codes(packed: torch.Tensor, bits: int, n: int, m: int) -> torch.Tenso
     if packed.dtype != torch.int32:
         raise ValueError(f"packed must be int32 (layout version {PACKING_VERSION}), got {packed.dtype}")
     mp = padded_codes(m)
-    p64 = packed.to(torch.int64) & 0xFFFFFFFF
-    code = torch.zeros(n, mp, dtype=torch.int64, device=packed.device)
+    npad = padded_rows(n)
+    groups = (packed.to(torch.int64) & 0xFFFFFFFF).reshape(npad // ROW_GROUP, -1)  # one row per row group
+    code = torch.zeros(npad, mp, dtype=torch.int64, device=packed.device)
     col = 0
     tiles = mp // PACK_TILE
     for w, off in planes(bits):
         slots, nw = 32 // w, 4 * w
-        words = p64[:, col : col + tiles * nw].reshape(n, tiles, 1, nw)
+        seg = groups[:, col: col + tiles * ROW_GROUP * nw].reshape(-1, tiles, ROW_GROUP, nw)
+        words = seg.permute(0, 2, 1, 3).reshape(npad, tiles, 1, nw)
         shifts = (torch.arange(slots, dtype=torch.int64, device=packed.device) * w).reshape(1, 1, slots, 1)
         v = (words >> shifts) & ((1 << w) - 1)  # [n, tiles, slot, word]: code t = slot * nw + word
-        code |= v.reshape(n, mp) << off
-        col += tiles * nw
-    return code[:, :m].to(torch.uint8)
+        code |= v.reshape(npad, mp) << off
+        col += tiles * ROW_GROUP * nw
+    return code[:n, :m].to(torch.uint8)

@@ -17,7 +17,7 @@ import struct
 from pathlib import Path
 
 from .kernel_spec import KernelSpec
-from .packing import planes
+from .packing import ROW_GROUP, planes
 
 _DT = {"fp16": "tl.float16", "bf16": "tl.bfloat16"}
 
@@ -65,7 +65,8 @@ def _header(s: KernelSpec) -> list[str]:
         f"y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]); {grid}",
         f"code = {pl}",
         f"group size {s.group_size}; {had}",
-        "Packed layout v3: per 128-code tile a w-bit plane has 4w words; code t sits in word t % 4w, slot t // 4w.",
+        "Packed layout v4: per 128-code tile a w-bit plane has 4w words; code t sits in word t % 4w, slot t // 4w;",
+        f"rows in groups of {ROW_GROUP}: a (group, plane, tile) is one run of {ROW_GROUP} rows x 4w words.",
         f"A K step covers {s.block_k // s.p // 128} tile(s) = C = {s.words_per_block} words of the {w0}-bit plane per row;",
         f"column c holds the codes (c // {4 * w0}) * 128 + c % {4 * w0} + j * {4 * w0} of the block, slot j = 0..{32 // w0 - 1}.",
         '"""',
@@ -314,7 +315,10 @@ def _setup(s: KernelSpec) -> list[str]:
         "offs_c = tl.arange(0, C)",
         f"code_c = (offs_c // {W0}) * 128 + offs_c % {W0}  # code of slot 0 of column c within the K step",
         f"code_c = tl.max_contiguous(tl.multiple_of(code_c, {W0}), {W0})  # runs of {W0}: vector loads of x",
-        "w_row = w_ptr + offs_n[:, None] * stride_w",
+        f"# packing v4: rows in groups of {ROW_GROUP}; a (group, plane, tile) is one run of {ROW_GROUP} rows x W words",
+        f"w_grp = w_ptr + (offs_n // {ROW_GROUP})[:, None] * ({ROW_GROUP} * stride_w)",
+        f"r_in = (offs_n % {ROW_GROUP})[:, None]  # row within its group",
+        f"tile_c = offs_c // {W0}  # pack tile of column c within the K step",
     ]
     if _scale_mode(s)[0] == "row" and ROW_SCALE_TILE:
         L.append("zero_c = offs_c[None, :] * 0  # [1, C] zeros: per-row scales loaded in the words' register layout")
@@ -323,7 +327,7 @@ def _setup(s: KernelSpec) -> list[str]:
         L += [
             f"# {w}-bit plane: column c reads word c % {Wp} of its tile; slot j of column c is at bit "
             f"{s.widest_plane} * j + {w} * ((c % {W0}) // {Wp})",
-            f"col_{w} = (offs_c // {W0}) * {Wp} + offs_c % {Wp}",
+            f"col_{w} = offs_c % {Wp}",
             f"sh_{w} = ((offs_c % {W0}) // {Wp}) * {w}",
         ]
     if s.grid == "lut" and s.code_bits <= 2 and s.variant == "gemv":
@@ -348,15 +352,19 @@ def _even_load(target: str, ptr: str, mask: str, other: str, tail: str = "") -> 
 def _load_planes(s: KernelSpec, step: str = "step", suffix: str = "") -> list[str]:
     """Load every plane's words of K step `step` (an expression) into word_<w><suffix> [BLOCK_N, C] (int32)."""
     W0 = 4 * s.widest_plane
-    L = []
+    T = s.block_k // s.p // 128
+    L = [f"tile_w = {step} * {T} + tile_c  # pack tile of each column"]
     for i, (w, off) in enumerate(planes(s.code_bits)):
         Wp = 4 * w
         if i == 0:
-            L.append(f"offs_w = {step} * C + offs_c  # {w}-bit plane: C contiguous words per row (16-byte vectors)")
+            L += [f"offs_w = tile_w * {ROW_GROUP * Wp} + offs_c % {Wp}  # {w}-bit plane: runs of {Wp} words "
+                  "(16-byte vectors)",
+                  f"offs_w = tl.max_contiguous(tl.multiple_of(offs_w, {Wp}), {Wp})"]
         else:
-            L.append(f"offs_w = {step} * {s.words_per_block * Wp // W0} + col_{w}")
-        L += _even_load(f"word_{w}{suffix}", f"w_row + {off} * plane_words + offs_w[None, :]",
-                        f"mask_n[:, None] & (offs_w < {w} * plane_words)[None, :]", "0")
+            L.append(f"offs_w = tile_w * {ROW_GROUP * Wp} + col_{w}")
+        L += _even_load(f"word_{w}{suffix}",
+                        f"w_grp + {ROW_GROUP * off} * plane_words + r_in * {Wp} + offs_w[None, :]",
+                        "mask_n[:, None] & (tile_w < plane_words // 4)[None, :]", "0")
     return L
 
 
@@ -630,7 +638,8 @@ def _gemm_body(s: KernelSpec, dt: str) -> list[str]:
         "offs_k = tl.arange(0, BLOCK_K)",
         f"t_idx = tl.arange(0, {T})[:, None]  # pack tile of the K step",
         f"q_idx = tl.arange(0, {W0})[None, :]  # column (word) within the tile",
-        "w_row4 = w_ptr + offs_n[:, None, None, None] * stride_w",
+        f"w_grp4 = w_ptr + (offs_n // {ROW_GROUP})[:, None, None, None] * ({ROW_GROUP} * stride_w)  # packing v4",
+        f"r_in4 = (offs_n % {ROW_GROUP})[:, None, None, None]",
         "mask_n4 = mask_n[:, None, None, None]",
         f"sh_{w0} = (tl.arange(0, {S}) * {w0})[None, None, :, None]  # slot j of the widest plane: bits {w0}*j",
     ]
@@ -643,9 +652,9 @@ def _gemm_body(s: KernelSpec, dt: str) -> list[str]:
     for i, (w, off) in enumerate(planes(s.code_bits)):
         Wp = 4 * w
         loop += [
-            f"wofs = step * {T * Wp} + t_idx * {Wp} + q_idx % {Wp}  # [T, W0] words of the {w}-bit plane",
-            f"word_{w} = tl.load(w_row4 + {off} * plane_words + wofs[None, :, None, :], "
-            f"mask=mask_n4 & (wofs < {w} * plane_words)[None, :, None, :], other=0)",
+            f"wofs = (step * {T} + t_idx) * {ROW_GROUP * Wp} + q_idx % {Wp}  # [T, W0] words of the {w}-bit plane",
+            f"word_{w} = tl.load(w_grp4 + {ROW_GROUP * off} * plane_words + r_in4 * {Wp} + wofs[None, :, None, :], "
+            f"mask=mask_n4 & (step * {T} + t_idx < plane_words // 4)[None, :, None, :], other=0)",
         ]
     parts = []
     for i, (w, off) in enumerate(planes(s.code_bits)):

@@ -21,6 +21,7 @@ import os
 
 import torch
 
+from qcomp.codegen.packing import ROW_GROUP
 from qcomp.pass_manager import PassContext, register_pass
 from qcomp.qir import Graph, Node, Ref
 from qcomp.qir.types import TensorType
@@ -47,6 +48,9 @@ def _why_apart(g: Graph, members: list[Node]) -> str | None:
             return f"%{m.name} and %{first.name} have different lookup tables"
         if not isinstance(m.type, TensorType):
             return f"%{m.name} has no tensor type"
+    for m in members[:-1]:  # packed rows come in groups of ROW_GROUP: a member's pad rows may only end the stack
+        if m.attrs["n"] % ROW_GROUP:
+            return f"%{m.name} has {m.attrs['n']} rows, not a multiple of the packing's row group {ROW_GROUP}"
     return None
 
 
