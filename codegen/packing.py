@@ -1,4 +1,4 @@
-"""Packed storage of b-bit codes (b in 1..8) for the generated kernels (layout version 3, see PACKING.md).
+"""Packed storage of b-bit codes (b in 1..8) for the generated kernels (layout version 4, see PACKING.md).
 
 A code of `bits` bits is split into power-of-two *planes*, widest first, low bits in the widest plane
 (7 = 4+2+1: bits 0..3 in the 4-bit plane, bits 4..5 in the 2-bit plane, bit 6 in the 1-bit plane).
@@ -99,3 +99,22 @@ def unpack_codes(packed: torch.Tensor, bits: int, n: int, m: int) -> torch.Tenso
         code |= v.reshape(npad, mp) << off
         col += tiles * ROW_GROUP * nw
     return code[:n, :m].to(torch.uint8)
+
+
+def repack_v3(packed: torch.Tensor, bits: int, n: int, m: int) -> torch.Tensor:
+    """Codes packed in layout v3 (int32 [N, Mpad*bits/32], each row its planes' tiles in order, no row groups) ->
+    layout v4. For artifacts written before the row groups: qcomp.load converts them instead of refusing them."""
+    mp = padded_codes(m)
+    if tuple(packed.shape) != (n, mp * bits // 32) or packed.dtype != torch.int32:
+        raise ValueError(f"a v3 packed tensor of {n} rows x {m} codes of {bits} bits is int32 {(n, mp * bits // 32)}, "
+                         f"got {packed.dtype} {tuple(packed.shape)}")
+    p64 = packed.to(torch.int64) & 0xFFFFFFFF
+    code = torch.zeros(n, mp, dtype=torch.int64, device=packed.device)
+    col, tiles = 0, mp // PACK_TILE
+    for w, off in planes(bits):
+        slots, nw = 32 // w, 4 * w
+        words = p64[:, col: col + tiles * nw].reshape(n, tiles, 1, nw)
+        shifts = (torch.arange(slots, dtype=torch.int64, device=packed.device) * w).reshape(1, 1, slots, 1)
+        code |= ((words >> shifts) & ((1 << w) - 1)).reshape(n, mp) << off
+        col += tiles * nw
+    return pack_codes(code[:, :m].to(torch.uint8), bits)

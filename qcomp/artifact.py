@@ -33,6 +33,8 @@ import torch
 
 from qcomp.codegen.packing import PACKING_VERSION
 
+READABLE_PACKING = (3, PACKING_VERSION)  # v3 (no row groups) is converted on load
+
 FORMAT = "qcomp-artifact"
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -218,9 +220,9 @@ def read_manifest(path: str | os.PathLike) -> dict:
         raise ArtifactError(f"{path} has artifact format version {v} (qcomp {m.get('qcomp_version', '?')}), which does not "
                             f"record the packed-code layout; recompile the model with this qcomp and save it again")
     pv = m.get("packing_version")
-    if pv != PACKING_VERSION:
+    if pv not in READABLE_PACKING:
         raise ArtifactError(f"{path} holds weights packed in layout version {pv!r}; this qcomp reads packed layout "
-                            f"{PACKING_VERSION} only: recompile the model with this qcomp (or load it with the qcomp "
+                            f"{' and '.join(map(str, READABLE_PACKING))} only: recompile the model with this qcomp (or load it with the qcomp "
                             f"{m.get('qcomp_version', '?')} that wrote it)")
     if manifest_bytes(m) != raw:
         raise ArtifactError(f"{mfile} was modified or is corrupt (its manifest_sha256 or canonical form does not match); "
@@ -273,6 +275,25 @@ def _tensors(data: bytes, aliases) -> dict[str, torch.Tensor]:
     return params
 
 
+def _repack_v3(graph) -> None:
+    """Weights of an artifact packed in layout v3 (before row groups) -> the current layout, in memory."""
+    from qcomp.codegen.packing import repack_v3
+
+    done = set()
+    for node in graph.find("qlinear"):
+        target = graph.node(node.args[1]).attrs["target"]
+        if target in done:
+            continue
+        spec, p = node.attrs["spec"], node.attrs["spec"].get("p", 1)
+        try:
+            graph.params[target] = repack_v3(graph.params[target], spec["bits"] * p, node.attrs["n"],
+                                             node.attrs["k"] // p)
+        except (KeyError, ValueError) as e:
+            raise ArtifactError(f"%{node.name}: its v3-packed weight cannot be converted ({e}); the artifact is "
+                                "corrupt or was not written by qcomp") from None
+        done.add(target)
+
+
 def load(path: str | os.PathLike, device=None, runtime: str = "auto"):
     """Rebuild the compiled model saved at `path` (see module docstring); needs only `import qcomp`.
 
@@ -292,6 +313,8 @@ def load(path: str | os.PathLike, device=None, runtime: str = "auto"):
     except Exception as e:
         raise ArtifactError(f"{path / GRAPH_FILE} is not valid QIR: {type(e).__name__}: {e}") from None
     graph.params = _tensors(files[WEIGHTS_FILE], m.get("aliases", {}))
+    if m["packing_version"] == 3:
+        _repack_v3(graph)
     try:
         verify(graph)
     except VerificationError as e:

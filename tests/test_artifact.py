@@ -222,10 +222,38 @@ def test_other_packing_version_is_refused(saved):
 
     m = json.loads((saved / "manifest.json").read_text())
     assert m["packing_version"] == PACKING_VERSION
-    m["packing_version"] = PACKING_VERSION - 1
+    m["packing_version"] = 2
     (saved / "manifest.json").write_bytes(artifact.manifest_bytes(m))
-    with pytest.raises(ArtifactError, match=f"layout version {PACKING_VERSION - 1}.*recompile"):
+    with pytest.raises(ArtifactError, match="layout version 2.*recompile"):
         qcomp.load(saved)
+
+
+def test_packing_v3_artifact_is_converted_on_load(mlp, saved):
+    """An artifact written before the row groups (packing v3) loads: its qweights are converted to the current
+    layout and the model computes what it did."""
+    from safetensors.torch import load as st_load, save as st_save
+
+    from qcomp.codegen.packing import unpack_codes
+    from test_codegen_packing import pack_v3
+
+    compiled, x = mlp
+    weights = st_load((saved / "weights.safetensors").read_bytes())
+    g = compiled.graph
+    converted = 0
+    for node in g.find("qlinear"):
+        target = g.node(node.args[1]).attrs["target"]
+        if target in weights:
+            spec, n, k = node.attrs["spec"], node.attrs["n"], node.attrs["k"]
+            bits, p = spec["bits"] * spec.get("p", 1), spec.get("p", 1)
+            weights[target] = pack_v3(unpack_codes(weights[target], bits, n, k // p), bits)
+            converted += 1
+    assert converted
+    (saved / "weights.safetensors").write_bytes(st_save(weights))
+    m = json.loads((saved / "manifest.json").read_text())
+    m["packing_version"] = 3
+    (saved / "manifest.json").write_bytes(artifact.manifest_bytes(m))
+    rehash(saved)
+    torch.testing.assert_close(qcomp.load(saved)(x), compiled(x))
 
 
 def test_edited_manifest(saved):

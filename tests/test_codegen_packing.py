@@ -1,12 +1,13 @@
-"""Packed layout v3 (codegen/packing.py): hypothesis round trips and the documented bit positions."""
+"""Packed layout v4 (codegen/packing.py): hypothesis round trips, the documented bit positions, v3 conversion."""
 import torch
 from hypothesis import given, settings, strategies as st
 
-from qcomp.codegen.packing import PACK_TILE, ROW_GROUP, pack_codes, packed_shape, planes, unpack_codes
+from qcomp.codegen.packing import (PACK_TILE, ROW_GROUP, pack_codes, packed_shape, padded_codes, planes, repack_v3,
+                                   unpack_codes)
 
 
 @settings(max_examples=120, deadline=None)
-@given(bits=st.integers(1, 8), n=st.integers(1, 5), m=st.integers(1, 300), seed=st.integers(0, 2**31 - 1))
+@given(bits=st.integers(1, 8), n=st.integers(1, 40), m=st.integers(1, 300), seed=st.integers(0, 2**31 - 1))
 def test_round_trip(bits, n, m, seed):
     g = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, 2**bits, (n, m), dtype=torch.uint8, generator=g)
@@ -62,3 +63,32 @@ def test_rejects_wide_codes():
         pack_codes(torch.full((1, 4), 8, dtype=torch.uint8), 3)
     with pytest.raises(ValueError, match="does not match"):
         unpack_codes(torch.zeros(1, 3, dtype=torch.int32), 3, 1, 128)
+
+
+def pack_v3(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Layout v3 (PACKING_VERSION 3: each row its planes' tiles in order, no row groups), for conversion tests."""
+    n, m = codes.shape
+    mp, tiles = padded_codes(m), padded_codes(m) // PACK_TILE
+    c = torch.zeros(n, mp, dtype=torch.int64)
+    c[:, :m] = codes.to(torch.int64)
+    parts = []
+    for w, off in planes(bits):
+        slots, nw = 32 // w, 4 * w
+        v = ((c >> off) & ((1 << w) - 1)).reshape(n, tiles, slots, nw)
+        word = (v << (torch.arange(slots, dtype=torch.int64) * w).reshape(1, 1, slots, 1)).sum(2).reshape(n, -1)
+        parts.append(torch.where(word >= 2**31, word - 2**32, word).to(torch.int32))
+    return torch.cat(parts, dim=1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=st.integers(1, 8), n=st.integers(1, 40), m=st.integers(1, 300), seed=st.integers(0, 2**16))
+def test_repack_v3_gives_the_v4_layout(bits, n, m, seed):
+    codes = torch.randint(0, 2**bits, (n, m), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(repack_v3(pack_v3(codes, bits), bits, n, m), pack_codes(codes, bits))
+
+
+def test_repack_v3_rejects_a_wrong_shape():
+    import pytest
+
+    with pytest.raises(ValueError, match="v3 packed tensor"):
+        repack_v3(torch.zeros(3, 5, dtype=torch.int32), 4, 3, 128)
