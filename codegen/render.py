@@ -120,6 +120,7 @@ def _half2_helpers(s: KernelSpec) -> list[str]:
         "    return (lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (hi.to(tl.int16, bitcast=True).to(tl.int32) << 16)",
         "",
         "",
+    ] + (_magic_helpers(s) if len(planes(s.code_bits)) == 1 else [
         "@triton.jit",
         "def _deq2(h):",
         f"    # h = (2 * code | 0x6000) per half = {512.0!r} + code; minus {z!r} = code - {z - 512.0!r}, exact",
@@ -132,6 +133,7 @@ def _half2_helpers(s: KernelSpec) -> list[str]:
         "        return _pack(_lo(h) - z, _hi(h) - z)",
         "",
         "",
+    ]) + [
         "@triton.jit",
         "def _mul2(a, b):",
         "    if USE_PTX:",
@@ -174,6 +176,51 @@ def _half2_helpers(s: KernelSpec) -> list[str]:
     ]
 
 
+MAGIC_BITS = 10  # fp16 1024.0 (0x6400) has a mantissa ulp of 1: bits 0..9 of a half OR-ed into it add exactly
+
+
+def single_plane_pairs(s: KernelSpec) -> list[tuple[int, str]]:
+    """Single-plane codes (1, 2, 4 bits): for pair jj (slots jj and jj + S/2, bits jj*w and jj*w + 16), the bit
+    position of its code inside each half of the word it is read from, and that word: the loaded one shifted left
+    by 1 (first pairs) or right (the rest), so that every position is >= 1 and the code ends by bit MAGIC_BITS.
+    Read with one AND-OR into the magic 1024 (a LOP3), the pair is 1024 + 2^pos * code per half: two shifts per
+    word instead of one per pair. (Position 0 would need the offset 1024 + z, not an fp16 for half-integer z.)"""
+    w0 = s.widest_plane
+    H = 16 // w0
+    first = [jj for jj in range(H) if jj * w0 + 1 + w0 <= MAGIC_BITS]
+    right = len(first) * w0 - 1  # the rest: pair len(first) lands at bit 1
+    out = [(jj * w0 + 1, "<< 1") for jj in first]
+    out += [(jj * w0 - right, f">> {right}") for jj in range(len(first), H)]
+    assert all(1 <= pos and pos + w0 <= MAGIC_BITS for pos, _ in out), (w0, out)
+    return out
+
+
+def _magic_helpers(s: KernelSpec) -> list[str]:
+    """_deq2_p<pos>(h): h = 1024 + 2^pos * code per half -> code - z, exact (one fma.f16x2: h * 2^-pos is exact,
+    the sum code - z is a representable half-integer)."""
+    z = (2 ** s.bits - 1) / 2
+    L = []
+    for pos in sorted({pos for pos, _ in single_plane_pairs(s)}):
+        sc, off = 2.0 ** -pos, -(1024.0 * 2.0 ** -pos + z)
+        s2, o2 = _f16_bits(sc) * 0x10001, _f16_bits(off) * 0x10001
+        L += [
+            "@triton.jit",
+            f"def _deq2_p{pos}(h):",
+            f"    # h = 1024 + {2 ** pos} * code per half; * {sc!r} + {off!r} = code - {z!r}, exact",
+            "    if USE_PTX:",
+            "        return tl.inline_asm_elementwise(",
+            f'            "{{ .reg .b32 a, b; mov.b32 a, {s2:#010x}; mov.b32 b, {o2:#010x}; fma.rn.f16x2 $0, $1, a, b; }}",',
+            '            "=r,r", [h], dtype=tl.int32, is_pure=True, pack=1)',
+            "    else:",
+            f"        a = tl.full((), {sc!r}, tl.float16)",
+            f"        b = tl.full((), {off!r}, tl.float16)",
+            "        return _pack(_lo(h) * a + b, _hi(h) * a + b)",
+            "",
+            "",
+        ]
+    return L
+
+
 def _half2_slots(s: KernelSpec, ms) -> list[str]:
     """All S slots of the widest plane as S/2 packed pairs: slot jj in the low half, jj + S/2 in the high half
     (bit jj*w + 16), so one shift and one and|or make two fp16 (512 + code); part{m} = fp32 sum per word.
@@ -193,6 +240,22 @@ def _half2_slots(s: KernelSpec, ms) -> list[str]:
             else:
                 L.append(f"xp{m}_{jj} = _xpair({a}.to(tl.float32) * xs{m}, {b}.to(tl.float32) * xs{m})")
     narrow = planes(s.code_bits)[1:]
+    if not narrow:  # one plane: each pair is one AND-OR into the magic 1024 (see single_plane_pairs)
+        pairs = single_plane_pairs(s)
+        names = {}
+        for jj, (pos, shift) in enumerate(pairs):
+            if shift not in names:  # defined where first used: one shifted copy of the words live at a time
+                names[shift] = f"wsh{len(names)}_{w0}"
+                L.append(f"{names[shift]} = word_{w0} {shift}  # pairs' codes at bits 1..{MAGIC_BITS - 1} of each half")
+            mask = ((2 ** w0 - 1) << pos) * 0x10001
+            src = names[shift]
+            L.append(f"v = _deq2_p{pos}(({src} & {mask:#x}) | mg)  # code - z of slots {jj} and {jj + H}")
+            for m in ms:
+                L.append(f"hp{m} = _mul2(v, xp{m}_{jj}[None, :])" if jj == 0 else
+                         f"hp{m} = _fma2(v, xp{m}_{jj}[None, :], hp{m})")
+        for m in ms:
+            L.append(f"part{m} = _sum2(hp{m})")
+        return L
     for w, off in narrow:  # each column's slot-0 bits of this plane at bit 0 (a per-column shift, once per word)
         L.append(f"ws_{w} = word_{w} >> sh_{w}[None, :]")
     for jj in range(H):
@@ -219,6 +282,8 @@ def _half2_masks(s: KernelSpec) -> list[str]:
     cannot fold (K > 0 is unknown at compile time), so they stay in registers; as immediates, ptxas re-materialized
     them with a MOV at nearly every use (~8 % of a w4 K loop's instructions)."""
     w0 = s.widest_plane
+    if len(planes(s.code_bits)) == 1:
+        return ["mg = tl.where(K > 0, 0x64006400, 0)  # fp16 1024.0 in both halves, kept in a register"]
     L = [f"pm_{w0} = tl.where(K > 0, {((2 ** w0 - 1) << 1) * 0x10001:#x}, 0)  # 2 * code of a {w0}-bit slot, both halves"]
     for w, off in planes(s.code_bits)[1:]:
         L.append(f"pm_{w} = tl.where(K > 0, {((2 ** w - 1) * 0x10001) << (off + 1):#x}, 0)  # a {w}-bit plane's "

@@ -94,7 +94,8 @@ def test_half2_gemv_any_activation_range(act, x_scale, bits, had):
     d["bias"] = None
     spec = KernelSpec(bits=bits, grid="uniform", group_size=128, act_dtype=act, had_block=had, variant="gemv",
                       block_m=2, block_n=16, block_k=128)
-    assert "_deq2(" in kernel_source(spec)  # the half2 path, for fp16 and bf16 activations
+    src = kernel_source(spec)  # the half2 path, for fp16 and bf16 activations; one plane: the shift-free magic
+    assert ("_deq2_p1(" in src and "_deq2(" not in src) if bits in (1, 2, 4) else "_deq2(" in src
     y = run_kernel(d, spec, 1, n, k)
     assert y.dtype == dt
     # bf16: the interpreter's bf16 stores alone cost ~3.7e-3 (the fp32 path measures the same)
@@ -300,3 +301,24 @@ def test_bad_inputs_name_the_fix():
         KernelSpec(had_block=256, block_k=128)
     with pytest.raises(KernelSpecError, match="whole 128-code pack tiles"):
         KernelSpec(p=2, grid="lut", bits=2, block_k=128)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_single_plane_magic_is_exact(bits):
+    """Every pair of a 1/2/4-bit word is read as 1024 + 2^pos * code per fp16 half (one AND-OR) and turned into
+    code - z by one fma with 2^-pos and -(1024 * 2^-pos + z): exact for every code at every position used."""
+    import numpy as np
+
+    from qcomp.codegen.render import MAGIC_BITS, single_plane_pairs
+
+    spec = KernelSpec(bits=bits, grid="uniform", group_size=128, variant="gemv", block_m=1, block_n=32, block_k=128)
+    pairs = single_plane_pairs(spec)
+    assert len(pairs) == 16 // bits and len({s for _, s in pairs}) <= 2  # at most two shifts per word
+    z = (2 ** bits - 1) / 2
+    for pos, _ in pairs:
+        assert 1 <= pos and pos + bits <= MAGIC_BITS
+        a, b = np.float16(2.0 ** -pos), np.float16(-(1024.0 * 2.0 ** -pos + z))
+        assert float(a) == 2.0 ** -pos and float(b) == -(1024.0 * 2.0 ** -pos + z)  # both constants are fp16
+        for c in range(2 ** bits):
+            h = np.array([(c << pos) | 0x6400], dtype=np.uint16).view(np.float16)[0]
+            assert float(h * a + b) == c - z
