@@ -55,3 +55,28 @@ def test_generate_speed_script_runs_on_the_cpu(tmp_path):
     static, dynamic = res["rows"]
     assert static["first_difference_vs_reference"] is None and static["ms_per_token"] > 0
     assert dynamic["generator"].startswith("dynamic") and dynamic["ms_per_token"] > 0
+
+
+def test_per_call_table_pairs_kernels_with_qlinear_nodes():
+    """profile_decode.per_call: the generated kernels in launch order next to the graph's qlinear nodes; other
+    kernels ignored; a count mismatch gives no table rather than a misattributed one."""
+    from types import SimpleNamespace
+
+    nodes = [SimpleNamespace(name=f"q{i}", attrs={"n": 64 * (i + 1), "k": 128, "spec": {"bits": 3 + i}})
+             for i in range(2)]
+    graph = SimpleNamespace(find=lambda op: nodes if op == "qlinear" else [])
+    kernels = [("qlinear_gemv_w3_a", 5.0), ("elementwise_kernel", 1.0), ("qlinear_gemv_w4_b", 7.0)]
+    rows = profile_decode.per_call(graph, kernels)
+    assert [(r["node"], r["n"], r["bits"], r["us"]) for r in rows] == [("q0", 64, 3, 5.0), ("q1", 128, 4, 7.0)]
+    assert profile_decode.per_call(graph, kernels[:2]) == []
+
+
+def test_ab_kernels_cases_are_checked():
+    import ab_kernels
+
+    good = '[[{"bits": 4, "variant": "gemv", "block_m": 1, "block_n": 64, "block_k": 128}, 16, 28672, 8192]]'
+    assert ab_kernels.load_cases(good)[0][1:] == (16, 28672, 8192)
+    for bad, msg in [("nope", "not JSON"), ("[]", "non-empty"), ('[[{"bits": 4}, 0, 64, 128]]', "positive"),
+                     ('[[{"bits": 4}, 1, 64, 100]]', "multiple of the pack tile"), ('[[{"bits": 9}, 1, 64, 128]]', "bits")]:
+        with pytest.raises((SystemExit, ValueError), match=msg):
+            ab_kernels.load_cases(bad)
