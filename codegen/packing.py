@@ -51,6 +51,30 @@ def packed_shape(n: int, m: int, bits: int) -> tuple[int, int]:
     return (padded_rows(n), padded_codes(m) * bits // 32)
 
 
+def _group_rows(rows: torch.Tensor, bits: int, mp: int) -> torch.Tensor:
+    """Row-major words [Npad, row_words] (each row its planes' tiles in order: the v3 layout) -> the v4 memory
+    order of the same shape: per group of ROW_GROUP rows, plane by plane, tile by tile, row by row."""
+    tiles, parts, col = mp // PACK_TILE, [], 0
+    for w, _ in planes(bits):
+        nw = 4 * w
+        seg = rows[:, col: col + tiles * nw]  # [groups * 16 rows, tiles * W] -> [groups, tiles, 16 rows, W]
+        parts.append(seg.reshape(-1, ROW_GROUP, tiles, nw).permute(0, 2, 1, 3).reshape(-1, tiles * ROW_GROUP * nw))
+        col += tiles * nw
+    return torch.cat(parts, dim=1).reshape(rows.shape).contiguous()
+
+
+def _ungroup_rows(packed: torch.Tensor, bits: int, mp: int) -> torch.Tensor:
+    """The inverse of _group_rows."""
+    tiles, parts, col = mp // PACK_TILE, [], 0
+    groups = packed.reshape(packed.shape[0] // ROW_GROUP, -1)  # one row per row group
+    for w, _ in planes(bits):
+        nw = 4 * w
+        seg = groups[:, col: col + tiles * ROW_GROUP * nw].reshape(-1, tiles, ROW_GROUP, nw)
+        parts.append(seg.permute(0, 2, 1, 3).reshape(packed.shape[0], tiles * nw))
+        col += tiles * ROW_GROUP * nw
+    return torch.cat(parts, dim=1)
+
+
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """uint8 codes [N, M] (each < 2**bits) -> int32 packed [Npad, Mpad*bits/32] (layout v4, row groups of 16)."""
     if codes.dtype != torch.uint8 or codes.dim() != 2:
@@ -60,20 +84,17 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     if m and int(codes.max()) >= 2**bits:
         raise ValueError(f"a code exceeds {bits} bits (max {int(codes.max())}); pass the code width bits*p")
     mp = padded_codes(m)
-    c = torch.zeros(n, mp, dtype=torch.int64, device=codes.device)
-    c[:, :m] = codes.to(torch.int64)
+    c = torch.zeros(padded_rows(n), mp, dtype=torch.int64, device=codes.device)  # zero pad rows and columns
+    c[:n, :m] = codes.to(torch.int64)
     parts = []
     tiles = mp // PACK_TILE
     for w, off in pl:
         slots, nw = 32 // w, 4 * w  # slots per word, words per tile
-        v = ((c >> off) & ((1 << w) - 1)).reshape(n, tiles, slots, nw)  # code t = slot * nw + word
+        v = ((c >> off) & ((1 << w) - 1)).reshape(-1, tiles, slots, nw)  # code t = slot * nw + word
         shifts = (torch.arange(slots, dtype=torch.int64, device=codes.device) * w).reshape(1, 1, slots, 1)
-        word = (v << shifts).sum(2).reshape(n, tiles * nw)  # < 2**32, exact in int64
-        word = torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
-        word = torch.nn.functional.pad(word, (0, 0, 0, padded_rows(n) - n))  # zero pad rows
-        # [groups, 16 rows, tiles, W] -> [groups, tiles, 16 rows, W]: each (group, tile) is one contiguous run
-        parts.append(word.reshape(-1, ROW_GROUP, tiles, nw).permute(0, 2, 1, 3).reshape(-1, tiles * ROW_GROUP * nw))
-    return torch.cat(parts, dim=1).reshape(packed_shape(n, m, bits)).contiguous()
+        word = (v << shifts).sum(2).reshape(-1, tiles * nw)  # < 2**32, exact in int64
+        parts.append(torch.where(word >= 2**31, word - 2**32, word).to(torch.int32))
+    return _group_rows(torch.cat(parts, dim=1), bits, mp)
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, n: int, m: int) -> torch.Tensor:
@@ -86,35 +107,27 @@ def unpack_codes(packed: torch.Tensor, bits: int, n: int, m: int) -> torch.Tenso
         raise ValueError(f"packed must be int32 (layout version {PACKING_VERSION}), got {packed.dtype}")
     mp = padded_codes(m)
     npad = padded_rows(n)
-    groups = (packed.to(torch.int64) & 0xFFFFFFFF).reshape(npad // ROW_GROUP, -1)  # one row per row group
+    p64 = _ungroup_rows(packed.to(torch.int64) & 0xFFFFFFFF, bits, mp)  # row-major words
     code = torch.zeros(npad, mp, dtype=torch.int64, device=packed.device)
     col = 0
     tiles = mp // PACK_TILE
     for w, off in planes(bits):
         slots, nw = 32 // w, 4 * w
-        seg = groups[:, col: col + tiles * ROW_GROUP * nw].reshape(-1, tiles, ROW_GROUP, nw)
-        words = seg.permute(0, 2, 1, 3).reshape(npad, tiles, 1, nw)
+        words = p64[:, col: col + tiles * nw].reshape(npad, tiles, 1, nw)
         shifts = (torch.arange(slots, dtype=torch.int64, device=packed.device) * w).reshape(1, 1, slots, 1)
         v = (words >> shifts) & ((1 << w) - 1)  # [n, tiles, slot, word]: code t = slot * nw + word
         code |= v.reshape(npad, mp) << off
-        col += tiles * ROW_GROUP * nw
+        col += tiles * nw
     return code[:n, :m].to(torch.uint8)
 
 
 def repack_v3(packed: torch.Tensor, bits: int, n: int, m: int) -> torch.Tensor:
-    """Codes packed in layout v3 (int32 [N, Mpad*bits/32], each row its planes' tiles in order, no row groups) ->
-    layout v4. For artifacts written before the row groups: qcomp.load converts them instead of refusing them."""
+    """Codes packed in layout v3 (int32 [N, Mpad*bits/32]: the row-major words of _group_rows, no pad rows) ->
+    layout v4, a permutation of the words. For artifacts written before the row groups: qcomp.load converts them
+    instead of refusing them."""
     mp = padded_codes(m)
     if tuple(packed.shape) != (n, mp * bits // 32) or packed.dtype != torch.int32:
         raise ValueError(f"a v3 packed tensor of {n} rows x {m} codes of {bits} bits is int32 {(n, mp * bits // 32)}, "
                          f"got {packed.dtype} {tuple(packed.shape)}")
-    p64 = packed.to(torch.int64) & 0xFFFFFFFF
-    code = torch.zeros(n, mp, dtype=torch.int64, device=packed.device)
-    col, tiles = 0, mp // PACK_TILE
-    for w, off in planes(bits):
-        slots, nw = 32 // w, 4 * w
-        words = p64[:, col: col + tiles * nw].reshape(n, tiles, 1, nw)
-        shifts = (torch.arange(slots, dtype=torch.int64, device=packed.device) * w).reshape(1, 1, slots, 1)
-        code |= ((words >> shifts) & ((1 << w) - 1)).reshape(n, mp) << off
-        col += tiles * nw
-    return pack_codes(code[:, :m].to(torch.uint8), bits)
+    rows = torch.nn.functional.pad(packed, (0, 0, 0, padded_rows(n) - n))  # zero pad rows
+    return _group_rows(rows, bits, mp)
