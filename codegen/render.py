@@ -240,35 +240,30 @@ def _half2_slots(s: KernelSpec, ms) -> list[str]:
             else:
                 L.append(f"xp{m}_{jj} = _xpair({a}.to(tl.float32) * xs{m}, {b}.to(tl.float32) * xs{m})")
     narrow = planes(s.code_bits)[1:]
-    if not narrow:  # one plane: each pair is one AND-OR into the magic 1024 (see single_plane_pairs)
-        pairs = single_plane_pairs(s)
-        names = {}
-        for jj, (pos, shift) in enumerate(pairs):
-            if shift not in names:  # defined where first used: one shifted copy of the words live at a time
-                names[shift] = f"wsh{len(names)}_{w0}"
-                L.append(f"{names[shift]} = word_{w0} {shift}  # pairs' codes at bits 1..{MAGIC_BITS - 1} of each half")
-            mask = ((2 ** w0 - 1) << pos) * 0x10001
-            src = names[shift]
-            L.append(f"v = _deq2_p{pos}(({src} & {mask:#x}) | mg)  # code - z of slots {jj} and {jj + H}")
-            for m in ms:
-                L.append(f"hp{m} = _mul2(v, xp{m}_{jj}[None, :])" if jj == 0 else
-                         f"hp{m} = _fma2(v, xp{m}_{jj}[None, :], hp{m})")
-        for m in ms:
-            L.append(f"part{m} = _sum2(hp{m})")
-        return L
+    single = single_plane_pairs(s) if not narrow else None
+    names = {}  # one plane: the shifted copies of the words, each defined where first used
     for w, off in narrow:  # each column's slot-0 bits of this plane at bit 0 (a per-column shift, once per word)
         L.append(f"ws_{w} = word_{w} >> sh_{w}[None, :]")
     for jj in range(H):
-        sh = jj * w0 - 1
-        src = f"(word_{w0} << 1)" if sh < 0 else (f"(word_{w0} >> {sh})" if sh else f"word_{w0}")
-        pair = f"({src} & pm_{w0})"
-        for w, off in narrow:
-            # slot jj's bits sit at bit jj * w0 of ws_w (and 16 higher); they go to bit off + 1 of each half. A right
-            # shift here never brings sign-fill bits under the mask (it is < 16 - w0 - off, the mask ends at 16+off+w)
-            d = off + 1 - jj * w0
-            moved = f"(ws_{w} << {d})" if d > 0 else (f"(ws_{w} >> {-d})" if d < 0 else f"ws_{w}")
-            pair += f" | ({moved} & pm_{w})"
-        L.append(f"v = _deq2({pair} | 0x60006000)  # code - z of slots {jj} and {jj + H}")
+        if single:  # one AND-OR into the magic 1024 (see single_plane_pairs)
+            pos, shift = single[jj]
+            if shift not in names:
+                names[shift] = f"wsh{len(names)}_{w0}"
+                L.append(f"{names[shift]} = word_{w0} {shift}  # pairs' codes at bits 1..{MAGIC_BITS - 1} of each half")
+            deq = f"_deq2_p{pos}(({names[shift]} & {((2 ** w0 - 1) << pos) * 0x10001:#x}) | mg)"
+        else:
+            sh = jj * w0 - 1
+            src = f"(word_{w0} << 1)" if sh < 0 else (f"(word_{w0} >> {sh})" if sh else f"word_{w0}")
+            pair = f"({src} & pm_{w0})"
+            for w, off in narrow:
+                # slot jj's bits sit at bit jj * w0 of ws_w (and 16 higher); they go to bit off + 1 of each half. A
+                # right shift here never brings sign-fill bits under the mask (it is < 16 - w0 - off, the mask ends at
+                # 16 + off + w)
+                d = off + 1 - jj * w0
+                moved = f"(ws_{w} << {d})" if d > 0 else (f"(ws_{w} >> {-d})" if d < 0 else f"ws_{w}")
+                pair += f" | ({moved} & pm_{w})"
+            deq = f"_deq2({pair} | 0x60006000)"
+        L.append(f"v = {deq}  # code - z of slots {jj} and {jj + H}")
         for m in ms:
             L.append(f"hp{m} = _mul2(v, xp{m}_{jj}[None, :])" if jj == 0 else
                      f"hp{m} = _fma2(v, xp{m}_{jj}[None, :], hp{m})")
