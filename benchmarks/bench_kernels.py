@@ -171,6 +171,16 @@ def peer_gemlite(w16, x, copies):
     return fns, relerr(fns[0](), x.float() @ wd.t()), n * k // 2 + 2 * 2 * n * (k // g)
 
 
+def _to_marlin(wq):
+    """quanto 0.2.7 picks its AWQ kernel for fp16 qint4 group 128 (which faults on the H200 at 28672x8192);
+    re-wrap the same codes, scales and shifts as its Marlin tensor."""
+    from optimum.quanto.tensor.weights.marlin.int4.qbits import MarlinInt4WeightQBitsTensor
+
+    base = wq.weight_qbits_tensor() if hasattr(wq, "weight_qbits_tensor") else wq
+    return MarlinInt4WeightQBitsTensor(base._qtype, base._axis, base._group_size, base.size(), base.stride(),
+                                       base._data.unpack(), base._scale, base._shift)
+
+
 def peer_marlin(w16, x, copies):
     """optimum-quanto qint4 group 128 (Marlin kernel on sm80+ fp16; the weight class is reported)."""
     from optimum.quanto import freeze, qint4, quantize
@@ -182,6 +192,7 @@ def peer_marlin(w16, x, copies):
         holder[0].weight.data.copy_(w16)
         quantize(holder, weights=qint4)  # quanto swaps the children of a module, never the module passed in
         freeze(holder)
+        holder[0].weight = torch.nn.Parameter(_to_marlin(holder[0].weight), requires_grad=False)
         mods.append(holder[0])
     log(f"quanto weight class: {type(mods[0].weight).__name__}")
     fns = [lambda mod=mod: mod(x) for mod in mods]

@@ -19,6 +19,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from .packing import TRIO, planes
+
 GRID_KINDS = ("uniform", "uniform_asym", "lut")
 ACT_DTYPES = ("fp16", "bf16")
 VARIANTS = ("gemv", "gemm")
@@ -94,12 +96,24 @@ class KernelSpec:
 
     @property
     def widest_plane(self) -> int:
-        return 1 << (self.code_bits.bit_length() - 1)
+        """Width of the first (widest) plane of the packed layout: 3 for the trio plane of 3-bit codes."""
+        return planes(self.code_bits)[0][0]
 
     @property
-    def words_per_block(self) -> int:
-        """Words of the widest plane per row and K step: (block_k / p / 128 tiles) x (4 * width)."""
-        return self.block_k // self.p // 128 * 4 * self.widest_plane
+    def tile_cols(self) -> int:
+        """Kernel columns per 128-code pack tile (W0): the widest plane's words, or the trio's 4 columns of 3
+        words. Column i of a tile holds the codes t = j * W0 + i, slot j = 0 .. col_slots - 1."""
+        return 4 if self.widest_plane == TRIO else 4 * self.widest_plane
+
+    @property
+    def col_slots(self) -> int:
+        """Codes per column and tile (S = 128 / W0)."""
+        return 128 // self.tile_cols
+
+    @property
+    def cols_per_step(self) -> int:
+        """Kernel columns per row and K step (C): (block_k / p / 128 tiles) x tile_cols."""
+        return self.block_k // self.p // 128 * self.tile_cols
 
     @property
     def scale_per_tile(self) -> bool:

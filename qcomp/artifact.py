@@ -31,9 +31,9 @@ from pathlib import Path, PurePosixPath
 
 import torch
 
-from qcomp.codegen.packing import PACKING_VERSION
+from qcomp.codegen.packing import PACKING_VERSION, READABLE_VERSIONS
 
-READABLE_PACKING = (3, PACKING_VERSION)  # v3 (no row groups) is converted on load
+READABLE_PACKING = READABLE_VERSIONS  # older layouts (v3: no row groups, v4: 3 bits as 2 + 1) converted on load
 
 FORMAT = "qcomp-artifact"
 FORMAT_VERSION = 2
@@ -275,9 +275,9 @@ def _tensors(data: bytes, aliases) -> dict[str, torch.Tensor]:
     return params
 
 
-def _repack_v3(graph) -> None:
-    """Weights of an artifact packed in layout v3 (before row groups) -> the current layout, in memory."""
-    from qcomp.codegen.packing import repack_v3
+def _upgrade_packing(graph, version: int) -> None:
+    """Weights of an artifact packed in an older layout -> the current layout, in memory (packing.upgrade)."""
+    from qcomp.codegen.packing import upgrade
 
     done = set()
     for node in graph.find("qlinear"):
@@ -286,11 +286,11 @@ def _repack_v3(graph) -> None:
             continue
         spec, p = node.attrs["spec"], node.attrs["spec"].get("p", 1)
         try:
-            graph.params[target] = repack_v3(graph.params[target], spec["bits"] * p, node.attrs["n"],
-                                             node.attrs["k"] // p)
+            graph.params[target] = upgrade(graph.params[target], spec["bits"] * p, node.attrs["n"],
+                                           node.attrs["k"] // p, version)
         except (KeyError, ValueError) as e:
-            raise ArtifactError(f"%{node.name}: its v3-packed weight cannot be converted ({e}); the artifact is "
-                                "corrupt or was not written by qcomp") from None
+            raise ArtifactError(f"%{node.name}: its v{version}-packed weight cannot be converted ({e}); the artifact "
+                                "is corrupt or was not written by qcomp") from None
         done.add(target)
 
 
@@ -313,8 +313,8 @@ def load(path: str | os.PathLike, device=None, runtime: str = "auto"):
     except Exception as e:
         raise ArtifactError(f"{path / GRAPH_FILE} is not valid QIR: {type(e).__name__}: {e}") from None
     graph.params = _tensors(files[WEIGHTS_FILE], m.get("aliases", {}))
-    if m["packing_version"] == 3:
-        _repack_v3(graph)
+    if m["packing_version"] != PACKING_VERSION:
+        _upgrade_packing(graph, m["packing_version"])
     try:
         verify(graph)
     except VerificationError as e:

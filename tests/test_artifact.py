@@ -228,29 +228,42 @@ def test_other_packing_version_is_refused(saved):
         qcomp.load(saved)
 
 
-def test_packing_v3_artifact_is_converted_on_load(mlp, saved):
-    """An artifact written before the row groups (packing v3) loads: its qweights are converted to the current
-    layout and the model computes what it did."""
+@pytest.fixture(scope="module")
+def mlp3():
+    model, (x,) = builtin_model("tiny-mlp")
+    return qcomp.compile(model, budget=3.25, example_inputs=(x,), pipeline=PIPELINE), x
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_older_packing_artifact_is_converted_on_load(mlp3, tmp_path, version):
+    """An artifact written before the row groups (packing v3) or before the 3-bit trio plane (v4) loads: its
+    qweights are converted to the current layout and the model computes what it did."""
     from safetensors.torch import load as st_load, save as st_save
 
-    from qcomp.codegen.packing import unpack_codes
+    from qcomp.codegen.packing import _group_rows, padded_codes, planes, unpack_codes
     from test_codegen_packing import pack_v3
 
-    compiled, x = mlp
+    compiled, x = mlp3
+    saved = tmp_path / "a"
+    compiled.save(saved)
     weights = st_load((saved / "weights.safetensors").read_bytes())
     g = compiled.graph
-    converted = 0
+    converted = set()
     for node in g.find("qlinear"):
         target = g.node(node.args[1]).attrs["target"]
         if target in weights:
             spec, n, k = node.attrs["spec"], node.attrs["n"], node.attrs["k"]
             bits, p = spec["bits"] * spec.get("p", 1), spec.get("p", 1)
-            weights[target] = pack_v3(unpack_codes(weights[target], bits, n, k // p), bits)
-            converted += 1
-    assert converted
+            old = pack_v3(unpack_codes(weights[target], bits, n, k // p), bits)
+            if version == 4:
+                old = _group_rows(torch.nn.functional.pad(old, (0, 0, 0, -n % 16)), planes(bits, 4),
+                                  padded_codes(k // p))
+            weights[target] = old
+            converted.add(bits)
+    assert 3 in converted  # the layout that changed in v5
     (saved / "weights.safetensors").write_bytes(st_save(weights))
     m = json.loads((saved / "manifest.json").read_text())
-    m["packing_version"] = 3
+    m["packing_version"] = version
     (saved / "manifest.json").write_bytes(artifact.manifest_bytes(m))
     rehash(saved)
     torch.testing.assert_close(qcomp.load(saved)(x), compiled(x))

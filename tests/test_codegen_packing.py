@@ -1,9 +1,9 @@
-"""Packed layout v4 (codegen/packing.py): hypothesis round trips, the documented bit positions, v3 conversion."""
+"""Packed layout v5 (codegen/packing.py): hypothesis round trips, the documented bit positions, v3/v4 conversion."""
 import torch
 from hypothesis import given, settings, strategies as st
 
-from qcomp.codegen.packing import (PACK_TILE, ROW_GROUP, pack_codes, packed_shape, padded_codes, planes, repack_v3,
-                                   unpack_codes)
+from qcomp.codegen.packing import (PACK_TILE, ROW_GROUP, _group_rows, pack_codes, packed_shape, padded_codes, planes,
+                                   trio_bit, trio_word, unpack_codes, upgrade)
 
 
 @settings(max_examples=120, deadline=None)
@@ -26,18 +26,36 @@ def test_planes_cover_every_bit_once(bits):
 
 
 def test_documented_positions_3_bits():
-    # code 5 = 0b101 at t = 33 of row 3: low 2 bits (0b01) in the 2-bit plane (W = 8 words per tile): word
-    # 33 % 8 = 1, slot 33 // 8 = 4, shift 8; with row groups of 16 (v4) the plane's tile 0 holds row r at words
-    # r*8 .. r*8 + 7: flat word 3*8 + 1 = 25. Bit 2 (1) in the 1-bit plane (W = 4), which starts at flat word
-    # 16 * plane_words * bit_offset = 16 * 4 * 2 = 128: word 128 + 3*4 + 33 % 4 = 141, slot 33 // 4 = 8, shift 8.
+    # trio plane (12 words per tile: 3 words x 4 columns). Code 5 = 0b101 at t = 33 of row 3: column 33 % 4 = 1,
+    # slot 33 // 4 = 8 (low half, r = 8) -> word e = 8 // 5 = 1 of the column, bit 3 * (8 % 5) = 9; the group's tile
+    # holds word e of column i of row r at flat word e * 64 + i * 16 + r: 64 + 16 + 3 = 83. Code 6 = 0b110 at t = 126
+    # of row 3: column 2, slot 31 (the spare bits 31 of the column's three words, code bit e in word e): bit 1 ->
+    # flat word 64 + 32 + 3 = 99, bit 2 -> flat word 128 + 32 + 3 = 163.
     codes = torch.zeros(4, PACK_TILE, dtype=torch.uint8)
     codes[3, 33] = 5
+    codes[3, 126] = 6
     p = pack_codes(codes, 3)
     assert p.shape == (ROW_GROUP, 12)  # rows padded to a whole group
-    expect = torch.zeros(ROW_GROUP * 12, dtype=torch.int32)
-    expect[25] = 1 << 8
-    expect[141] = 1 << 8
-    assert torch.equal(p.reshape(-1), expect)
+    expect = torch.zeros(ROW_GROUP * 12, dtype=torch.int64)
+    expect[83] = 5 << 9
+    expect[99] = expect[163] = -(2**31)  # bit 31 of an int32
+    assert torch.equal(p.reshape(-1).to(torch.int64), expect)
+    assert [trio_bit(g) for g in (0, 4, 5, 14, 15, 16, 30, 31)] == [0, 12, 0, 12, 15, 16, 28, 31]
+
+
+def test_trio_slots_fill_each_word_exactly():
+    # slots g and g + 16 share a word's halves; ten 3-bit fields per word, no overlap, bits 15 and 31 spare (slots
+    # 15 and 31: one code bit in each word)
+    for word in range(3):
+        used = 0
+        for g in range(32):
+            if trio_word(g) == word:
+                assert trio_word(g + 16 if g < 16 else g - 16) == word and trio_bit(g) % 16 == trio_bit(g ^ 16) % 16
+                field = 7 << trio_bit(g)
+                assert used & field == 0
+                used |= field
+        assert used | (1 << 15) | (1 << 31) == 2**32 - 1
+    assert trio_word(15) is None and trio_word(31) is None and (trio_bit(15), trio_bit(31)) == (15, 31)
 
 
 def test_each_plane_tile_is_whole_16_byte_vectors():
@@ -72,7 +90,7 @@ def pack_v3(codes: torch.Tensor, bits: int) -> torch.Tensor:
     c = torch.zeros(n, mp, dtype=torch.int64)
     c[:, :m] = codes.to(torch.int64)
     parts = []
-    for w, off in planes(bits):
+    for w, off in planes(bits, 4):  # binary planes (3 bits: 2 + 1 before v5)
         slots, nw = 32 // w, 4 * w
         v = ((c >> off) & ((1 << w) - 1)).reshape(n, tiles, slots, nw)
         word = (v << (torch.arange(slots, dtype=torch.int64) * w).reshape(1, 1, slots, 1)).sum(2).reshape(n, -1)
@@ -82,13 +100,22 @@ def pack_v3(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 @settings(max_examples=40, deadline=None)
 @given(bits=st.integers(1, 8), n=st.integers(1, 40), m=st.integers(1, 300), seed=st.integers(0, 2**16))
-def test_repack_v3_gives_the_v4_layout(bits, n, m, seed):
+def test_upgrade_gives_the_current_layout(bits, n, m, seed):
     codes = torch.randint(0, 2**bits, (n, m), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-    assert torch.equal(repack_v3(pack_v3(codes, bits), bits, n, m), pack_codes(codes, bits))
+    v3 = pack_v3(codes, bits)
+    rows = torch.nn.functional.pad(v3, (0, 0, 0, -(-n // ROW_GROUP) * ROW_GROUP - n))
+    v4 = _group_rows(rows, planes(bits, 4), padded_codes(m))
+    assert torch.equal(unpack_codes(v4, bits, n, m, version=4), codes)
+    for version, old in ((3, v3), (4, v4), (5, pack_codes(codes, bits))):
+        assert torch.equal(upgrade(old, bits, n, m, version), pack_codes(codes, bits))
+    if bits != 3:  # only 3 bits changed in v5
+        assert torch.equal(v4, pack_codes(codes, bits))
 
 
-def test_repack_v3_rejects_a_wrong_shape():
+def test_upgrade_rejects_a_wrong_shape_or_version():
     import pytest
 
     with pytest.raises(ValueError, match="v3 packed tensor"):
-        repack_v3(torch.zeros(3, 5, dtype=torch.int32), 4, 3, 128)
+        upgrade(torch.zeros(3, 5, dtype=torch.int32), 4, 3, 128, 3)
+    with pytest.raises(ValueError, match="packing version 2"):
+        upgrade(torch.zeros(16, 16, dtype=torch.int32), 4, 3, 128, 2)
