@@ -5,6 +5,11 @@ Choices are cached per (GPU name, M bucket, N, K, base spec) in memory and in
 QCOMP_AUTOTUNE is not "0"; otherwise (CPU interpreter, CUDA-graph capture) the first candidate, a
 heuristic choice, is used. Warm up (call once) before capturing a CUDA graph so that the tuned choice is
 cached by then.
+
+A candidate is timed as CUDA-graph replays of TUNE_REPS launches, each after a write of 64 MB that evicts the
+weights from L2 (as in a decode step, where no weight is reused), minus the same graph of writes alone: a single
+launch from Python costs 40-60 µs of CPU, more than most decode kernels run, so timing launches one by one
+(triton's do_bench) ranked the candidates by their Python overhead.
 """
 from __future__ import annotations
 
@@ -28,7 +33,8 @@ _FILE_LOADED = False
 # step fast path at group 128 and were 2x slower); the best tiles sit within 5 % of each other per width.
 GEMV_TILES = [(64, 128, 2), (128, 128, 2), (256, 128, 4), (128, 128, 8), (32, 128, 2)]
 GEMV_SPLITS = (16, 8, 4)  # split-K counts tried per tile (sweep: 8-16 beat the old 1-2 by 20-40 %)
-DOT_SMALL_M = [(128, 128, 4, 4), (64, 256, 4, 3), (128, 256, 4, 3)]  # gemm for 4 < M <= 16: (n, k, warps, stages)
+DOT_SMALL_M = [(128, 128, 4, 4), (64, 128, 4, 4), (64, 256, 4, 3), (128, 256, 4, 3)]  # gemm, 4 < M <= 16: (n, k, warps, stages)
+DOT_SPLITS = (2, 4, 8)  # split-K counts tried besides the heuristic one for tensor-core tiles (few programs per SM)
 # gemm (M > 16) per M bucket: (m, n, k, warps, stages); acc^T is [n, m]: n feeds the wgmma M dimension
 GEMM_TILES = {
     32: [(32, 128, 128, 4, 4), (32, 64, 256, 4, 4), (32, 128, 256, 8, 3)],
@@ -77,6 +83,13 @@ def _gemv_splits(progs: int, steps: int, sms: int) -> list[int]:
     return out
 
 
+def _dot_splits(progs: int, steps: int, sms: int) -> list[int]:
+    """Split-K counts for a tensor-core tile: the heuristic one first, then DOT_SPLITS where the tiles alone do not
+    fill the GPU twice over and each program keeps >= 4 K steps."""
+    first = _split(progs, steps, sms) if progs < sms else 1
+    return [first] + [s for s in DOT_SPLITS if s != first and progs < 2 * sms and 4 * s <= steps]
+
+
 def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tuple[KernelSpec, int]]:
     """[(spec, split_k)], heuristic choice first. M <= 16: the gemv variant (and, for M > 4, tensor-core
     tiles of 16 rows); M > 16: gemm tiles (the caller has rotated x already)."""
@@ -96,7 +109,7 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
             for bn, bk, warps, stages in DOT_SMALL_M:
                 spec = dataclasses.replace(base, variant="gemm", block_m=16, block_n=bn, block_k=_fit_k(bk, base, k),
                                            num_warps=warps, num_stages=stages, group_m=1)
-                dots.append((spec, _split(-(-n // bn), -(-k // spec.block_k), sms)))
+                dots += [(spec, s) for s in _dot_splits(-(-n // bn), -(-k // spec.block_k), sms)]
             # on a GPU the tensor-core tile of 16 rows is the untuned default (it won every M=16 row of the H100
             # benchmark; the 16-row gemv is ~10x slower); the CPU interpreter keeps the gemv first (its tl.dot
             # is slow, and wrong for bf16)
@@ -108,7 +121,7 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
             spec = dataclasses.replace(base, variant="gemm", block_m=bm, block_n=bn,
                                        block_k=_fit_k(bk, base, k), num_warps=warps, num_stages=stages)
             progs = -(-m // bm) * -(-n // bn)
-            out.append((spec, _split(progs, -(-k // spec.block_k), sms) if progs < sms else 1))
+            out += [(spec, s) for s in _dot_splits(progs, -(-k // spec.block_k), sms)]
     seen, uniq = set(), []
     for c in out:
         if c not in seen:
@@ -144,6 +157,45 @@ def _save_file():
     os.replace(tmp, _file())
 
 
+TUNE_REPS = 8  # launches per timed graph
+_FLUSH: dict[str, torch.Tensor] = {}
+
+
+def _flush_buffer(device) -> torch.Tensor:
+    """64 MB on `device` (more than the L2 of an H100 or H200), written before each timed launch."""
+    key = str(device)
+    if key not in _FLUSH:
+        _FLUSH[key] = torch.empty(64 << 20, dtype=torch.uint8, device=device)
+    return _FLUSH[key]
+
+
+def _graph_us(fn, replays: int = 5) -> float:
+    """Median µs per call of fn over replays of a CUDA graph of TUNE_REPS calls (no Python between the calls)."""
+    import statistics
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()  # allocations and lazy state outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(TUNE_REPS):
+            fn()
+    g.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        g.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / TUNE_REPS)
+    del g
+    return statistics.median(times)
+
+
 # per-process memo of settled choices (a _CHOICES hit or a tuning result) and of untuned defaults, keyed by
 # (base, M bucket, N, K, device): a call that finds its choice here skips the candidate list and the JSON key,
 # ~0.2 ms of Python per qlinear call otherwise
@@ -175,18 +227,26 @@ def choose(base: KernelSpec, m: int, n: int, k: int, device, run) -> tuple[Kerne
     if not tune:
         got = _DEFAULTS[memo] = cands[0]  # not settled: a later call that may tune does so
         return got
-    from triton.testing import do_bench
-
     best, best_t = cands[0], float("inf")
+    flush = _flush_buffer(device)
+    base_us = _graph_us(flush.zero_)  # the evicting writes alone
     for spec, split in cands:
         try:
-            t = do_bench(lambda: run(spec, split), warmup=1, rep=4, return_mode="median")
+            run(spec, split)  # compiles outside the capture; a candidate out of resources fails here
+            t = _graph_us(lambda: (flush.zero_(), run(spec, split))) - base_us
         except Exception as e:  # a candidate that does not compile (resources) is skipped, not fatal
             if os.environ.get("QCOMP_TUNE_VERBOSE"):
                 print(f"qcomp.tune: {spec.name()} split {split} failed: {type(e).__name__}: {e}")
             continue
         if t < best_t:
             best, best_t = (spec, split), t
+    if best_t == float("inf"):  # nothing could be timed: keep the heuristic default, unsettled (no cache entry)
+        import warnings
+
+        warnings.warn(f"qcomp.tune: no candidate of {base.name()} could be timed for M={m}, {n}x{k}; using the "
+                      "untuned default (QCOMP_TUNE_VERBOSE=1 prints why)", RuntimeWarning, stacklevel=2)
+        got = _DEFAULTS[memo] = cands[0]
+        return got
     with _LOCK:
         _CHOICES[key] = (best[0].to_dict(), best[1])
         try:

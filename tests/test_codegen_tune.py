@@ -76,3 +76,14 @@ def test_choose_memoizes_without_rebuilding_candidates(monkeypatch):
     monkeypatch.setitem(tune._CHOICES, tune._key(base, 1, 4176, 4096, dev), (settled[0].to_dict(), 4))
     assert tune.choose(base, 1, 4176, 4096, dev, None) == settled and not calls
     assert tune.choose(base, 1, 4176, 4096, dev, None) == settled
+
+
+def test_tensor_core_tiles_try_more_splits_only_when_programs_are_few():
+    # 28672 x 8192 at M=16: 224 tiles of 128 rows on 132 SMs, two per SM at most: split-K 2, 4, 8 are candidates
+    gpu = torch.device("cuda")
+    base = KernelSpec(bits=4, block_m=1, block_k=128)
+    splits = {s for spec, s in tune.candidates(base, 16, 28672, 8192, gpu) if spec.variant == "gemm"}
+    assert {2, 4, 8} <= splits
+    # M=256: 448 tiles of 128 x 128 fill the GPU over three times: one split per tile
+    for spec, s in tune.candidates(base, 256, 28672, 8192, gpu):
+        assert s == 1 or -(-256 // spec.block_m) * -(-28672 // spec.block_n) < 2 * 132
