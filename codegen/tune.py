@@ -6,10 +6,11 @@ QCOMP_AUTOTUNE is not "0"; otherwise (CPU interpreter, CUDA-graph capture) the f
 heuristic choice, is used. Warm up (call once) before capturing a CUDA graph so that the tuned choice is
 cached by then.
 
-A candidate is timed as CUDA-graph replays of TUNE_REPS launches, each after a write of 64 MB that evicts the
-weights from L2 (as in a decode step, where no weight is reused), minus the same graph of writes alone: a single
-launch from Python costs 40-60 µs of CPU, more than most decode kernels run, so timing launches one by one
-(triton's do_bench) ranked the candidates by their Python overhead.
+Timing (QCOMP_TUNE_TIMER): "do_bench" (default) times launches one by one with triton's do_bench; "graph" times
+CUDA-graph replays of TUNE_REPS launches, each after a write of 64 MB that evicts the weights from L2 (as in a decode
+step, where no weight is reused), minus the same graph of writes alone. A launch from Python costs 40-60 µs of CPU,
+more than most decode kernels run, which do_bench partly measures; "graph" excludes it but has not yet run on a GPU
+(benchmarks/NOTES_kernels.md, session 14), so it is opt-in until measured.
 """
 from __future__ import annotations
 
@@ -196,6 +197,20 @@ def _graph_us(fn, replays: int = 5) -> float:
     return statistics.median(times)
 
 
+def _timer(device):
+    """fn -> µs per call, by QCOMP_TUNE_TIMER (module docstring)."""
+    how = os.environ.get("QCOMP_TUNE_TIMER", "do_bench")
+    if how == "graph":
+        flush = _flush_buffer(device)
+        base_us = _graph_us(flush.zero_)  # the evicting writes alone
+        return lambda fn: _graph_us(lambda: (flush.zero_(), fn())) - base_us
+    if how != "do_bench":
+        raise ValueError(f"QCOMP_TUNE_TIMER={how!r}: use 'do_bench' (default) or 'graph'")
+    from triton.testing import do_bench
+
+    return lambda fn: do_bench(fn, warmup=1, rep=4, return_mode="median") * 1e3
+
+
 # per-process memo of settled choices (a _CHOICES hit or a tuning result) and of untuned defaults, keyed by
 # (base, M bucket, N, K, device): a call that finds its choice here skips the candidate list and the JSON key,
 # ~0.2 ms of Python per qlinear call otherwise
@@ -228,12 +243,11 @@ def choose(base: KernelSpec, m: int, n: int, k: int, device, run) -> tuple[Kerne
         got = _DEFAULTS[memo] = cands[0]  # not settled: a later call that may tune does so
         return got
     best, best_t = cands[0], float("inf")
-    flush = _flush_buffer(device)
-    base_us = _graph_us(flush.zero_)  # the evicting writes alone
+    timer = _timer(device)
     for spec, split in cands:
         try:
-            run(spec, split)  # compiles outside the capture; a candidate out of resources fails here
-            t = _graph_us(lambda: (flush.zero_(), run(spec, split))) - base_us
+            run(spec, split)  # compiles outside any capture; a candidate out of resources fails here
+            t = timer(lambda: run(spec, split))
         except Exception as e:  # a candidate that does not compile (resources) is skipped, not fatal
             if os.environ.get("QCOMP_TUNE_VERBOSE"):
                 print(f"qcomp.tune: {spec.name()} split {split} failed: {type(e).__name__}: {e}")

@@ -87,3 +87,13 @@ def test_tensor_core_tiles_try_more_splits_only_when_programs_are_few():
     # M=256: 448 tiles of 128 x 128 fill the GPU over three times: one split per tile
     for spec, s in tune.candidates(base, 256, 28672, 8192, gpu):
         assert s == 1 or -(-256 // spec.block_m) * -(-28672 // spec.block_n) < 2 * 132
+
+
+def test_tune_timer_is_checked(monkeypatch):
+    monkeypatch.setenv("QCOMP_TUNE_TIMER", "stopwatch")
+    import pytest
+
+    with pytest.raises(ValueError, match="QCOMP_TUNE_TIMER='stopwatch'"):
+        tune._timer(torch.device("cpu"))
+    monkeypatch.setenv("QCOMP_TUNE_TIMER", "do_bench")
+    assert callable(tune._timer(torch.device("cpu")))
