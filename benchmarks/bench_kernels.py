@@ -258,6 +258,8 @@ def main():
     rows = []
 
     def emit(**r):
+        if "status" in r:  # one TSV row per result: an exception's message may hold newlines or tabs
+            r["status"] = " ".join(str(r["status"]).split())
         rows.append(r)
         tsv.write("\t".join(str(r.get(c, "")) for c in cols) + "\n")
         tsv.flush()
