@@ -6,7 +6,7 @@ needed, and print what its K loop executes: SASS instruction counts, global/shar
 
 SPEC_JSON holds KernelSpec fields (codegen/kernel_spec.py); missing ones take their defaults. The loop is the
 longest backward branch in the SASS (the K-step loop of both variants). Per K step a gemv thread handles
-block_n * words_per_block / (32 * num_warps) packed words; the report divides the loop's instructions by the
+block_n * cols_per_step / (32 * num_warps) kernel columns; the report divides the loop's instructions by the
 codes a thread handles per step. A shared-memory store or a barrier inside the loop means Triton moved a
 tensor between layouts there. Uses Triton's bundled ptxas and nvdisasm; the numbers are static counts, not
 timings (benchmarks/bench_kernels.py measures those, on a GPU).

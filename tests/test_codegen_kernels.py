@@ -303,9 +303,9 @@ def test_bad_inputs_name_the_fix():
         KernelSpec(p=2, grid="lut", bits=2, block_k=128)
 
 
-@pytest.mark.parametrize("bits", [1, 2, 4])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
 def test_single_plane_magic_is_exact(bits):
-    """Every pair of a 1/2/4-bit word is read as 1024 + 2^pos * code per fp16 half (one AND-OR) and turned into
+    """Every pair of a 1/2/4-bit word (and of a 3-bit trio word) is read as 1024 + 2^pos * code per fp16 half (one AND-OR) and turned into
     code - z by one fma with 2^-pos and -(1024 * 2^-pos + z): exact for every code at every position used."""
     import numpy as np
 
@@ -314,6 +314,8 @@ def test_single_plane_magic_is_exact(bits):
     spec = KernelSpec(bits=bits, grid="uniform", group_size=128, variant="gemv", block_m=1, block_n=32, block_k=128)
     pairs = single_plane_pairs(spec)
     assert len(pairs) == 16 // bits and len({s for _, s in pairs}) <= 2  # at most two shifts per word
+    if bits == 3:
+        assert 1 in {pos for pos, _ in pairs}  # the trio's spare-bit pair is read at position 1
     z = (2 ** bits - 1) / 2
     for pos, _ in pairs:
         assert 1 <= pos and pos + bits <= MAGIC_BITS
@@ -322,3 +324,25 @@ def test_single_plane_magic_is_exact(bits):
         for c in range(2 ** bits):
             h = np.array([(c << pos) | 0x6400], dtype=np.uint16).view(np.float16)[0]
             assert float(h * a + b) == c - z
+
+
+@pytest.mark.parametrize("variant,grid,g,had", [("gemv", "uniform", 128, 128), ("gemv", "uniform_asym", 64, 0),
+                                                ("gemv", "lut", -1, 0), ("gemm", "uniform", 128, 0),
+                                                ("gemm", "lut", 64, 0), ("gemm", "uniform_asym", -1, 0)])
+def test_trio_kernels_read_every_slot(variant, grid, g, had):
+    """3-bit codes (one trio plane, packing v5) on every kernel path: random codes over ragged N and K, then codes
+    only in the spare-bit slots (15 and 31 of each column, three words each) on top of random ones elsewhere."""
+    from qcomp.codegen.packing import pack_codes
+
+    n, k = 44, 384
+    m = 3 if variant == "gemv" else 20
+    spec = KernelSpec(bits=3, grid=grid, group_size=g, had_block=had, variant=variant,
+                      block_m=4 if variant == "gemv" else 16, block_n=16 if variant == "gemv" else 32, block_k=128)
+    d = make_case(3, grid, 1, g, had, m, n, k, seed=len(variant) * 31 + len(grid) * 7 + g % 97)
+    check(run_kernel(d, spec, 2, n, k), reference(d, 3, 1, g, grid, n, k, had))
+    codes = torch.randint(0, 8, (n, k), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    spare = torch.tensor([(t // 4) % 16 == 15 for t in range(k)])  # slots 15 and 31 of every column
+    codes[:, spare] = torch.tensor([7, 5, 6, 1], dtype=torch.uint8).repeat(n * int(spare.sum()) // 4 + 1)[
+        : n * int(spare.sum())].reshape(n, -1)
+    d["packed"] = pack_codes(codes, 3)
+    check(run_kernel(d, spec, 1, n, k), reference(d, 3, 1, g, grid, n, k, had))

@@ -119,3 +119,17 @@ def test_upgrade_rejects_a_wrong_shape_or_version():
         upgrade(torch.zeros(3, 5, dtype=torch.int32), 4, 3, 128, 3)
     with pytest.raises(ValueError, match="packing version 2"):
         upgrade(torch.zeros(16, 16, dtype=torch.int32), 4, 3, 128, 2)
+
+
+@given(bits=st.integers(1, 8), tiles=st.sampled_from([1, 2, 4, 8]))
+def test_kernel_columns_cover_each_tile_once(bits, tiles):
+    """KernelSpec's view of the layout: tile_cols columns of col_slots codes make one 128-code tile, and the words a
+    K step loads per row are the packed row's words for those tiles."""
+    from qcomp.codegen.kernel_spec import KernelSpec
+
+    s = KernelSpec(bits=bits, block_k=128 * tiles)
+    assert s.tile_cols * s.col_slots == PACK_TILE
+    assert s.cols_per_step == tiles * s.tile_cols
+    words = (3 if s.widest_plane == 3 else 1) * s.cols_per_step  # trio: three words per column
+    assert words == tiles * PACK_TILE * s.widest_plane // 32
+    assert s.widest_plane == planes(bits)[0][0]
