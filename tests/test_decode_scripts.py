@@ -80,3 +80,47 @@ def test_ab_kernels_cases_are_checked():
                      ('[[{"bits": 4}, 1, 64, 100]]', "multiple of the pack tile"), ('[[{"bits": 9}, 1, 64, 128]]', "bits")]:
         with pytest.raises((SystemExit, ValueError), match=msg):
             ab_kernels.load_cases(bad)
+
+
+def test_gpu_check_summary_reads_only_what_was_measured(tmp_path, capsys):
+    """gpu_check.sh's table: targets judged from the rows present, "not run" for what is missing."""
+    import json
+
+    import gpu_check_summary
+
+    cols = ["contestant", "b", "grid", "had", "NxK", "M", "us", "TBs", "x_copy", "x_fp16", "relerr", "kernel", "status"]
+
+    def tsv(path, rows):
+        path.parent.mkdir(parents=True)
+        path.write_text("\n".join(["\t".join(cols)] + ["\t".join(str(r.get(c, "")) for c in cols) for r in rows]))
+
+    row = dict(grid="uniform", NxK="28672x8192", M=1, TBs=1, relerr=1e-4, status="ok")
+    tsv(tmp_path / "kernels" / "bench_kernels.tsv", [
+        {**row, "contestant": "qcomp-uniform", "b": 4, "had": 0, "us": 50.0, "x_copy": 0.6, "x_fp16": 2.2},
+        {**row, "contestant": "qcomp-uniform-had128", "b": 4, "had": 128, "us": 52.0, "x_copy": 0.58, "x_fp16": 2.1},
+        {**row, "contestant": "qcomp-uniform", "b": 8, "had": 0, "us": 60.0, "x_copy": 0.85, "x_fp16": 1.8},
+        {**row, "contestant": "tinygemm-w4g128", "b": 4, "had": 0, "us": 64.0, "x_copy": 0.5, "x_fp16": 1.7},
+        {**row, "contestant": "qcomp-uniform", "b": 2, "had": 0, "M": 1, "status": "SKIP budget"},  # no us: ignored
+    ])
+    (tmp_path / "decode").mkdir()
+    (tmp_path / "decode" / "decode.json").write_text(json.dumps([
+        {"config": "bf16 (eager + CUDA graph)", "batch": 1, "ms_per_step": 7.5},
+        {"config": "qcomp budget 3.5 (torch.compile glue)", "batch": 1, "ms_per_step": 3.75}]))
+    assert gpu_check_summary.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "w2: not run" in out and "w3: not run" in out
+    assert "w4:    50.0   0.60 MISSED" in out and "+4% ok" in out
+    assert "w8:    60.0   0.85 ok" in out and "w8:    60.0   0.85 ok   1.80   not run" in out
+    assert "tinygemm-w4g128 M=1: 64.0 us, qcomp w4 50.0 us: ok" in out
+    assert "marlin-quanto-w4g128 M=16: not run" in out
+    assert "3.750 ms/step, 2.00x bf16 eager+graph (7.500 ms) MISSED" in out
+    with pytest.raises(SystemExit, match="usage"):
+        gpu_check_summary.main([])
+
+
+def test_gpu_check_script_parses_and_names_its_summary():
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    assert "gpu_check_summary.py" in script.read_text()
