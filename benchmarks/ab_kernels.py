@@ -1,14 +1,15 @@
 """A/B timing of generated kernel text: this tree's codegen/render.py against another render.py (for example an
 older commit's: `git show REV:codegen/render.py > OLD.py`), on the same specs, split-K counts and data.
 
-    python3 benchmarks/ab_kernels.py CASES.json --old OLD.py [--rounds 2]
+    python3 benchmarks/ab_kernels.py CASES.json --old OLD.py [--old-packing OLD_packing.py] [--rounds 2]
 
 CASES.json holds [[spec fields, split_k, N, K], ...] (spec fields as in codegen/kernel_spec.py; missing ones take
 their defaults; M = 1). Each kernel is timed as CUDA-graph replays over enough weight copies to exceed L2
 (bench_kernels.graph_time_us): a single launch from Python costs 40-60 µs of CPU, so `do_bench` of one small
 kernel measures Python, not the GPU. Old and new alternate `--rounds` times; the best median of each is printed
-with its relative error against the dequantized float32 reference. Both texts must read this tree's packed
-layout (codegen/packing.py): an old text of another layout shows up as a large error.
+with its relative error against the dequantized float32 reference. Both texts read this tree's packed layout
+(codegen/packing.py) unless --old-packing names the packing.py the old text reads (a layout change: the old side
+then packs the same codes with it); a text given data of another layout shows up as a large error.
 """
 from __future__ import annotations
 
@@ -45,18 +46,20 @@ def load_cases(text: str) -> list[tuple[dict, int, int, int]]:
     return out
 
 
-def _renderer(path: str):
-    spec = importlib.util.spec_from_file_location("qcomp.codegen.render_ab_old", path)
+def _module(path: str, name: str):
+    """Import a file as a sibling module of qcomp.codegen (its relative imports read this tree's modules)."""
+    spec = importlib.util.spec_from_file_location(f"qcomp.codegen.{name}", path)
     mod = importlib.util.module_from_spec(spec)
     mod.__package__ = "qcomp.codegen"
     spec.loader.exec_module(mod)
-    return mod.kernel_source
+    return mod
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("cases", help="a JSON file (or inline JSON) of [[spec fields, split_k, N, K], ...]")
     ap.add_argument("--old", required=True, help="the other render.py")
+    ap.add_argument("--old-packing", default=None, help="the packing.py the old text reads (default: this tree's)")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args(argv)
     cases = load_cases(Path(args.cases).read_text() if os.path.exists(args.cases) else args.cases)
@@ -70,7 +73,9 @@ def main(argv=None) -> int:
     from qcomp.codegen.ops import launch, reference_weight
     from qcomp.codegen.packing import pack_codes
 
-    sources = {"old": _renderer(args.old), "new": render.kernel_source}
+    sources = {"old": _module(args.old, "render_ab_old").kernel_source, "new": render.kernel_source}
+    packers = {"old": _module(args.old_packing, "packing_ab_old").pack_codes if args.old_packing else pack_codes,
+               "new": pack_codes}
 
     def use(side):
         render.kernel_source = sources[side]
@@ -90,13 +95,16 @@ def main(argv=None) -> int:
         w = reference_weight(packed, scales, lut, None, spec.bits, spec.p, spec.group_size, spec.grid, n, k)
         ref = (rotate_blocks(x.float(), signs, spec.had_block) if spec.had_block else x.float()) @ w.t()
         nbytes = packed.numel() * 4 + scales.numel() * 2
-        copies = [(packed.clone(), scales.clone()) for _ in range(copies_for(nbytes))]
+        side_packed = {side: packers[side](codes, spec.code_bits).cuda() for side in ("old", "new")}
+        side_copies = {side: [(pk.clone(), scales.clone()) for _ in range(copies_for(nbytes))]
+                       for side, pk in side_packed.items()}
         best = {}
         for _ in range(args.rounds):
             for side in ("old", "new"):
                 use(side)
+                copies = side_copies[side]
                 try:
-                    err = relerr(launch(spec, split, x, packed, scales, lut, None, None, signs, n, k), ref)
+                    err = relerr(launch(spec, split, x, side_packed[side], scales, lut, None, None, signs, n, k), ref)
                     fns = [lambda p=p, s=s: launch(spec, split, x, p, s, lut, None, None, signs, n, k)
                            for p, s in copies]
                     us = graph_time_us(fns)

@@ -124,3 +124,19 @@ def test_gpu_check_script_parses_and_names_its_summary():
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     assert "gpu_check_summary.py" in script.read_text()
+
+
+def test_ab_kernels_loads_another_render_and_packing():
+    """--old / --old-packing: a file imported as a sibling of qcomp.codegen (here this tree's own, so the results
+    must match the tree's)."""
+    import torch
+
+    import ab_kernels
+    from qcomp.codegen import packing, render
+    from qcomp.codegen.kernel_spec import KernelSpec
+
+    old_pack = ab_kernels._module(packing.__file__, "packing_ab_test").pack_codes
+    codes = torch.randint(0, 8, (20, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(old_pack(codes, 3), packing.pack_codes(codes, 3))
+    spec = KernelSpec(bits=3, block_m=1, block_n=32, block_k=128, num_warps=2, num_stages=2)
+    assert ab_kernels._module(render.__file__, "render_ab_test").kernel_source(spec) == render.kernel_source(spec)
