@@ -25,19 +25,21 @@ from bench_kernels import GROUP, copies_for, copy_bandwidth, graph_time_us, log,
 BLOCK_N = [32, 64, 128, 256]
 BLOCK_K = [128, 256, 512]
 WARPS = [2, 4, 8]
-STAGES = [2]
+STAGES = [2]  # num_stages: the GEMV loads weights num_stages - 1 K steps ahead (--stages widens this)
 SPLITS = [1, 2, 4, 8, 16]
+MAX_WORDS = 128  # packed words per thread over all prefetch buffers; more spills
 
 
-def specs_for(bits: int, had: int, m: int):
+def specs_for(bits: int, had: int, m: int, stages=None):
     from qcomp.codegen.kernel_spec import KernelSpec
 
     base = KernelSpec(bits=bits, grid="uniform", p=1, group_size=GROUP, had_block=had, variant="gemv",
                       block_m=m, block_k=max(128, had))
     out = []
-    for bn, bk, w, st in itertools.product(BLOCK_N, BLOCK_K, WARPS, STAGES):
-        if bk < max(128, had) or bn * bk // 128 * 4 * base.widest_plane // (32 * w) > 64:
-            continue  # more than 64 words of the widest plane per thread: spills
+    for bn, bk, w, st in itertools.product(BLOCK_N, BLOCK_K, WARPS, stages or STAGES):
+        words = bn * bk // 128 * 4 * base.widest_plane // (32 * w)  # of the widest plane, per thread and K step
+        if bk < max(128, had) or words > 64 or words * st > MAX_WORDS:
+            continue  # spills
         out.append(dataclasses.replace(base, block_n=bn, block_k=bk, num_warps=w, num_stages=st))
     return out
 
@@ -56,6 +58,8 @@ def main():
     ap.add_argument("--bits", default="2,3,4,8")
     ap.add_argument("--hads", default="0")
     ap.add_argument("--ms", default="1")
+    ap.add_argument("--stages", default=",".join(map(str, STAGES)),
+                    help="num_stages values (prefetch distance + 1), e.g. 2,3,4 for short K ranges")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     ap.add_argument("--budget", type=float, default=400, help="seconds; later cases are skipped past it")
     ap.add_argument("--top", type=int, default=5)
@@ -72,11 +76,12 @@ def main():
     bits_list = [int(b) for b in args.bits.split(",")]
     hads = [int(h) for h in args.hads.split(",")]
     ms = [int(m) for m in args.ms.split(",")]
+    stages = [int(v) for v in args.stages.split(",")]
     t0 = time.time()
     log(f"GPU {torch.cuda.get_device_name()} | torch {torch.__version__} | copy {copy_bandwidth():.2f} TB/s")
     n0, k0 = shapes[0]
     jobs = [(s.to_json(), sk, m, n0, k0) for b in bits_list for h in hads for m in ms
-            for s in specs_for(b, h, m) for sk in (1, 2)]
+            for s in specs_for(b, h, m, stages) for sk in (1, 2)]
     chunks = [jobs[i:: args.workers] for i in range(args.workers)]
     with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as ex:
         done = sum(ex.map(compile_chunk, chunks))
@@ -99,7 +104,7 @@ def main():
         ref = (rotate_blocks(x.float(), signs, had) if had else x.float()) @ what.t()
         lut32 = lut.float().contiguous()
         res = []
-        for spec in specs_for(bits, had, m):
+        for spec in specs_for(bits, had, m, stages):
             for sk in SPLITS:
                 if sk > 1 and -(-k // spec.block_k) < 2 * sk:
                     continue

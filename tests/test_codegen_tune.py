@@ -58,6 +58,8 @@ def test_sweep_script_specs_are_valid_kernel_specs():
         for had in (0, 128):
             specs = sweep_gemv.specs_for(bits, had, 1)
             assert specs and all(s.variant == "gemv" and s.block_k >= max(128, had) for s in specs)
+            deeper = sweep_gemv.specs_for(bits, had, 1, stages=[2, 3, 4])
+            assert {s.num_stages for s in deeper} == {2, 3, 4} and len(deeper) > len(specs)
 
 
 def test_choose_memoizes_without_rebuilding_candidates(monkeypatch):
