@@ -160,6 +160,7 @@ def _save_file():
 
 TUNE_REPS = 8  # launches per timed graph
 _FLUSH: dict[str, torch.Tensor] = {}
+_SIDE: dict[str, torch.cuda.Stream] = {}  # one warm-up stream per device (split-K counters are kept per stream)
 
 
 def _flush_buffer(device) -> torch.Tensor:
@@ -174,7 +175,8 @@ def _graph_us(fn, replays: int = 5) -> float:
     """Median µs per call of fn over replays of a CUDA graph of TUNE_REPS calls (no Python between the calls)."""
     import statistics
 
-    side = torch.cuda.Stream()
+    dev = torch.cuda.current_device()
+    side = _SIDE.setdefault(str(dev), torch.cuda.Stream(dev))
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         fn()  # allocations and lazy state outside the capture
