@@ -176,7 +176,9 @@ def _graph_us(fn, replays: int = 5) -> float:
     import statistics
 
     dev = torch.cuda.current_device()
-    side = _SIDE.setdefault(str(dev), torch.cuda.Stream(dev))
+    if str(dev) not in _SIDE:
+        _SIDE[str(dev)] = torch.cuda.Stream(dev)
+    side = _SIDE[str(dev)]
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         fn()  # allocations and lazy state outside the capture
