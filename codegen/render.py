@@ -692,16 +692,22 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
     parts = [(f"(pid_k * M + row{m}) * N + offs_n", f"y{m}", f"ymask{m}") for m in ms]
     final = [(f"(sk * M + row{m}) * N + offs_n", f"y_ptr + row{m} * stride_ym + offs_n", f"ymask{m}", "(BLOCK_N,)")
              for m in ms]
-    L += _split_k_fixup("pid_m * tl.num_programs(0) + pid_n", parts, final)
+    L += _split_k_fixup("pid_m * tl.num_programs(0) + pid_n", parts, final, SPLIT_K_UNROLL)
     return L
 
 
-def _split_k_fixup(tile: str, parts, final) -> list[str]:
+SPLIT_K_UNROLL = 16  # GEMV: partials of this many splits loaded at once by the last split (one L2 round trip)
+
+
+def _split_k_fixup(tile: str, parts, final, unroll: int = 1) -> list[str]:
     """The split-K epilogue in the kernel itself (no zero-filled buffer, no cast kernel, a fixed summation
     order): each split stores its fp32 partial to the workspace ws [SPLIT_K, M, N]; the last split of an output
     tile to finish (a counter per tile, counted with release/acquire) sums the SPLIT_K partials in order, writes
     y and sets the counter back to 0 for the next launch. parts: [(ws offset, value, mask)]; final: [(ws offset
-    of split sk, y pointer, mask, shape)]."""
+    of split sk, y pointer, mask, shape)]. unroll > 1: the partials are read `unroll` splits at a time (masked
+    past SPLIT_K; same order of the sum), so that their loads are in flight together: the compiler's own unroll
+    by 4 left the last split of a 16-way GEMV 4 dependent L2 round trips, on the critical path of every launch.
+    (GEMV only: the guard is written over offs_n.)"""
     L = ["else:  # split-K: partials to the workspace; the tile's last split to finish sums them in order"]
     L += [f"    tl.store(ws_ptr + {off}, {val}, mask={mask})" for off, val, mask in parts]
     L += [
@@ -711,12 +717,21 @@ def _split_k_fixup(tile: str, parts, final) -> list[str]:
         f"        tl.store(cnt_ptr + {tile}, 0)  # zero again for the next launch",
     ]
     for i, (off, yp, mask, shape) in enumerate(final):
-        L += [
-            f"        tot{i} = tl.zeros({shape}, dtype=tl.float32)",
-            "        for sk in range(0, SPLIT_K):",
-            f"            tot{i} += tl.load(ws_ptr + {off}, mask={mask}, other=0.0, cache_modifier=\".cg\")",
-            f"        tl.store({yp}, tot{i}.to(y_ptr.dtype.element_ty), mask={mask})",
-        ]
+        L.append(f"        tot{i} = tl.zeros({shape}, dtype=tl.float32)")
+        if unroll > 1:
+            L += [
+                f"        for sk0 in range(0, SPLIT_K, {unroll}):",
+                f"            for j in tl.static_range({unroll}):",
+                "                sk = sk0 + j",
+                f"                tot{i} += tl.load(ws_ptr + {off}, mask=({mask}) & (offs_n * 0 + sk < SPLIT_K), "
+                "other=0.0, cache_modifier=\".cg\")  # (a tensor test: the interpreter's sk is an int)",
+            ]
+        else:
+            L += [
+                "        for sk in range(0, SPLIT_K):",
+                f"            tot{i} += tl.load(ws_ptr + {off}, mask={mask}, other=0.0, cache_modifier=\".cg\")",
+            ]
+        L.append(f"        tl.store({yp}, tot{i}.to(y_ptr.dtype.element_ty), mask={mask})")
     return L
 
 
