@@ -227,8 +227,8 @@ def _magic_helpers(s: KernelSpec) -> list[str]:
 
 
 def word_names(s: KernelSpec) -> list[str]:
-    """The [BLOCK_N, C] word tiles a GEMV K step loads: one per plane, or the trio plane's three words (a, b, c:
-    words 0..3, 4..7, 8..11 of each tile)."""
+    """The [BLOCK_N, C] word tiles a GEMV K step loads: one per plane, or the trio plane's three words of each
+    column (a, b, c: word e = 0, 1, 2; packing.trio_word)."""
     if s.widest_plane == TRIO:
         return [f"word_{TRIO}{e}" for e in "abc"]
     return [f"word_{w}" for w, _ in planes(s.code_bits)]
@@ -247,7 +247,7 @@ def _shifted(expr: str, d: int) -> str:
 
 
 def _trio_spare_pair(s: KernelSpec, pos: int) -> str:
-    """The pair of slots 30 (low half) and 31 (high half): code bit e is bit 15 / 31 of the column's word e; moved
+    """The pair of slots 15 (low half) and 31 (high half): code bit e is bit 15 / 31 of the column's word e; moved
     to bit pos + e / 16 + pos + e of each half (sign-fill of the right shifts stays above the masks)."""
     names = word_names(s)
     return " | ".join(f"({_shifted(nm, pos + e - 15)} & {(1 << (pos + e)) * 0x10001:#x})" for e, nm in enumerate(names))
