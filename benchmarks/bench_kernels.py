@@ -25,6 +25,8 @@ import traceback
 import torch
 import torch.nn.functional as F
 
+from qcomp.codegen.tune import graph_time_us  # noqa: F401 - also imported from here by sweep/ab scripts
+
 SHAPES = [(28672, 8192), (8192, 28672), (4096, 4096), (14336, 4096), (4096, 14336)]  # target shapes first
 MS = [1, 16, 64, 256]
 BITS = [2, 3, 4, 5, 6, 8]
@@ -54,33 +56,6 @@ def copy_bandwidth() -> float:
         ts.append(s.elapsed_time(e) / 1e3)
     del a, b
     return 2 * (1 << 30) / statistics.median(ts) / 1e12
-
-
-def graph_time_us(fns) -> float:
-    """Median µs per call of CUDA-graph replays of fns (one per weight copy)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for f in fns:
-            f()
-    g.replay()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(15):
-        st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        st.record()
-        g.replay()
-        en.record()
-        en.synchronize()
-        ts.append(st.elapsed_time(en) * 1e3 / len(fns))
-    del g
-    return statistics.median(ts)
 
 
 def copies_for(nbytes: int) -> int:
