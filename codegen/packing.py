@@ -18,8 +18,9 @@ plane; in a plane, tile by tile; in a tile, row by row: the W words of row r, ti
     group * 16 * row_words + 16 * plane_words * bit_offset + q * 16 * W + r * W
 (row_words = Mpad * bits / 32, plane_words = Mpad / 32). The trio plane's tile is stored word by word, column by
 column, row by row instead: word e of column i of row r at group * 16 * row_words + q * 192 + e * 64 + i * 16 + r
-(so a kernel's 16-byte vectors run along rows: a thread holds one column of four rows and reuses its activations). A kernel's K step over 16 rows is one contiguous run
-of 16 * W words (1 KB for 4 bits), instead of 16 runs of W words a whole row apart (v3): long DRAM bursts.
+(so a kernel's 16-byte vectors run along rows: a thread holds one column of four rows and reuses its activations).
+A kernel's K step over 16 rows is one contiguous run of 16 * W words (1 KB for 4 bits), instead of 16 runs of W
+words a whole row apart (v3): long DRAM bursts.
 packed: int32 [Npad, row_words], Npad = ceil(N / 16) * 16 (the pad rows hold zeros); a [Npad, row_words]
 tensor only by shape: a row of it is not a row of the matrix.
 """
@@ -121,8 +122,9 @@ def _plane_words(v: torch.Tensor, w: int, tiles: int) -> torch.Tensor:
         v = v.reshape(-1, tiles, 32, 4)  # [row, tile, slot g, column i]
         words = torch.zeros(v.shape[0], tiles, 3, 4, dtype=torch.int64, device=v.device)
         for g in range(32):
-            if trio_word(g) is not None:
-                words[:, :, trio_word(g)] |= v[:, :, g] << trio_bit(g)
+            word = trio_word(g)
+            if word is not None:
+                words[:, :, word] |= v[:, :, g] << trio_bit(g)
             else:
                 for e in range(3):
                     words[:, :, e] |= ((v[:, :, g] >> e) & 1) << trio_bit(g)
@@ -139,8 +141,9 @@ def _plane_codes(words: torch.Tensor, w: int, tiles: int) -> torch.Tensor:
         words = words.reshape(-1, tiles, 3, 4)
         v = torch.zeros(words.shape[0], tiles, 32, 4, dtype=torch.int64, device=words.device)
         for g in range(32):
-            if trio_word(g) is not None:
-                v[:, :, g] = (words[:, :, trio_word(g)] >> trio_bit(g)) & 7
+            word = trio_word(g)
+            if word is not None:
+                v[:, :, g] = (words[:, :, word] >> trio_bit(g)) & 7
             else:
                 for e in range(3):
                     v[:, :, g] |= ((words[:, :, e] >> trio_bit(g)) & 1) << e

@@ -185,7 +185,7 @@ MAGIC_BITS = 10  # fp16 1024.0 (0x6400) has a mantissa ulp of 1: bits 0..9 of a 
 
 
 def single_plane_pairs(s: KernelSpec) -> list[tuple[int, str]]:
-    """Single-plane codes (1, 2, 4 bits): for pair jj (slots jj and jj + S/2, bits jj*w and jj*w + 16), the bit
+    """Single-plane codes (1, 2, 4 bits, and each word of the 3-bit trio plane): for pair jj (slots jj and jj + S/2, bits jj*w and jj*w + 16), the bit
     position of its code inside each half of the word it is read from, and that word: the loaded one shifted left
     by 1 (first pairs) or right (the rest), so that every position is >= 1 and the code ends by bit MAGIC_BITS.
     Read with one AND-OR into the magic 1024 (a LOP3), the pair is 1024 + 2^pos * code per half: two shifts per
@@ -246,11 +246,12 @@ def _shifted(expr: str, d: int) -> str:
     return f"({expr} << {d})" if d > 0 else (f"({expr} >> {-d})" if d < 0 else expr)
 
 
-def _trio_spare_pair(s: KernelSpec, pos: int) -> str:
-    """The pair of slots 15 (low half) and 31 (high half): code bit e is bit 15 / 31 of the column's word e; moved
-    to bit pos + e / 16 + pos + e of each half (sign-fill of the right shifts stays above the masks)."""
-    names = word_names(s)
-    return " | ".join(f"({_shifted(nm, pos + e - 15)} & {(1 << (pos + e)) * 0x10001:#x})" for e, nm in enumerate(names))
+def _trio_spare(s: KernelSpec, src: int, dst: int, both_halves: bool = False) -> str:
+    """A code of the trio's spare-bit slots (15, 31): code bit e is bit src (15 or 31) of the column's word e, moved
+    to bit dst + e (both_halves: the pair of slots 15 and 31, src 15, at bits dst + e and 16 + dst + e). Sign-fill
+    of the right shifts stays above the masks."""
+    mask = (lambda e: f"{(1 << (dst + e)) * 0x10001:#x}") if both_halves else (lambda e: f"{1 << (dst + e)}")
+    return " | ".join(f"({_shifted(nm, dst + e - src)} & {mask(e)})" for e, nm in enumerate(word_names(s)))
 
 
 def _half2_slots(s: KernelSpec, ms) -> list[str]:
@@ -275,7 +276,7 @@ def _half2_slots(s: KernelSpec, ms) -> list[str]:
         L.append(f"ws_{w} = word_{w} >> sh_{w}[None, :]")
     for i, (lo, hi) in enumerate(pairs):
         if w0 == TRIO and trio_word(lo) is None:
-            deq = f"_deq2_p1({_trio_spare_pair(s, 1)} | mg)"
+            deq = f"_deq2_p1({_trio_spare(s, 15, 1, both_halves=True)} | mg)"
         elif single:  # one AND-OR into the magic 1024 (see single_plane_pairs)
             word, jj = (word_names(s)[trio_word(lo)], lo % 5) if w0 == TRIO else (f"word_{w0}", lo)
             pos, shift = single[jj]
@@ -504,9 +505,8 @@ def _code(s: KernelSpec, j: int, doubled: bool = False) -> list[str]:
     name = "code2" if doubled else "code"
     if w0 == TRIO:  # one field of word trio_word(j); slots 15, 31: one bit of each of the three words
         bit, names, word = trio_bit(j), word_names(s), trio_word(j)
-        parts = ([f"{_shifted(names[word], d - bit)} & {7 << d}"] if word is not None else
-                 [f"({_shifted(nm, e + d - bit)} & {1 << (e + d)})" for e, nm in enumerate(names)])
-        return [f"{name} = " + " | ".join(parts)]
+        expr = f"{_shifted(names[word], d - bit)} & {7 << d}" if word is not None else _trio_spare(s, bit, d)
+        return [f"{name} = {expr}"]
     parts = [f"{_shifted(f'word_{w0}', d - j * w0)} & {(2 ** w0 - 1) << d}"]
     for w, off in pl[1:]:
         parts.append(f"(((word_{w} >> ({j * w0} + sh_{w})[None, :]) & {2 ** w - 1}) << {off + d})")

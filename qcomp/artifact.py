@@ -33,7 +33,6 @@ import torch
 
 from qcomp.codegen.packing import PACKING_VERSION, READABLE_VERSIONS
 
-READABLE_PACKING = READABLE_VERSIONS  # older layouts (v3: no row groups, v4: 3 bits as 2 + 1) converted on load
 
 FORMAT = "qcomp-artifact"
 FORMAT_VERSION = 2
@@ -220,9 +219,9 @@ def read_manifest(path: str | os.PathLike) -> dict:
         raise ArtifactError(f"{path} has artifact format version {v} (qcomp {m.get('qcomp_version', '?')}), which does not "
                             f"record the packed-code layout; recompile the model with this qcomp and save it again")
     pv = m.get("packing_version")
-    if pv not in READABLE_PACKING:
+    if pv not in READABLE_VERSIONS:  # older layouts are converted on load (packing.upgrade)
         raise ArtifactError(f"{path} holds weights packed in layout version {pv!r}; this qcomp reads packed layout "
-                            f"{' and '.join(map(str, READABLE_PACKING))} only: recompile the model with this qcomp (or load it with the qcomp "
+                            f"{', '.join(map(str, READABLE_VERSIONS))} only: recompile the model with this qcomp (or load it with the qcomp "
                             f"{m.get('qcomp_version', '?')} that wrote it)")
     if manifest_bytes(m) != raw:
         raise ArtifactError(f"{mfile} was modified or is corrupt (its manifest_sha256 or canonical form does not match); "
