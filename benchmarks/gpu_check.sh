@@ -5,7 +5,7 @@
 #   3. Marlin (optimum-quanto) at M = 1 and 16, in its own process (a fault there must not lose 1 and 2)
 # Run from the repo root on the GPU machine:  bash benchmarks/gpu_check.sh OUT_DIR
 # Peers need their wheels in ./.whl (bash ../shared/tools/get_wheels.sh here, then carry .whl); without them the
-# Marlin row is skipped. Environment passes through (e.g. QCOMP_TUNE_TIMER=graph to tune with CUDA graphs).
+# Marlin row is skipped. Environment passes through (e.g. QCOMP_TUNE_TIMER=do_bench for the old tuner timer).
 set -u
 OUT=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
 cd "$(dirname "$0")/.."

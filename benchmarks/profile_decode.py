@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -103,6 +104,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pipeline", default=SPEED_PIPELINE)
     ap.add_argument("--sens-cache", type=Path, default=None, help="sensitivity cache dir to reuse (default DIR/sens_cache)")
     ap.add_argument("--sensitivity-file", default=None, help="as gpu_decode.py's --sensitivity-file")
+    ap.add_argument("--torch-compile", action="store_true",
+                    help="also profile the compiled graph under torch.compile (inductor fuses the glue between the "
+                         "qlinear kernels; gpu_decode.py's 'torch.compile glue' row)")
     ap.add_argument("--out", type=Path, default=Path("profile_results"))
     args = ap.parse_args(argv)
     args.pipeline = with_sensitivity_file(args.pipeline, args.sensitivity_file)
@@ -139,7 +143,14 @@ def main(argv=None) -> int:
     print(f"compiled in {result['compile_s']:.1f}s, avg bits {result['avg_bits']}, {dict(bits)}", flush=True)
     ex = Executor(compiled.graph, device=dev)
     with torch.no_grad():
+        if os.environ.get("QCOMP_AUTOTUNE", "1") != "0":
+            pre = ex.precompile(*inp)  # the tuning candidates, by a process pool (one by one otherwise)
+            print(f"precompiled {pre['compiled']}/{pre['jobs']} candidates in {pre['seconds']:.0f}s", flush=True)
+        t = time.perf_counter()
         ex.run(*inp)  # autotune
+        torch.cuda.synchronize()
+        result["tune_s"] = time.perf_counter() - t
+        print(f"tuned in {result['tune_s']:.0f}s", flush=True)
         replay = graph_of(ex.run, inp)
         result["qcomp_replay_ms"] = time_graph(replay) * 1e3
         del replay
@@ -151,6 +162,17 @@ def main(argv=None) -> int:
             ex.run(*inp)
         torch.cuda.synchronize()
         result["qcomp_eager_ms"] = (time.perf_counter() - t) / 3 * 1e3
+        if args.torch_compile:
+            from qcomp.runtime.fx_lowering import to_graph_module
+
+            fn = torch.compile(to_graph_module(compiled.graph, device=dev))
+            fn(*inp)
+            replay = graph_of(fn, inp)
+            result["compiled_replay_ms"] = time_graph(replay) * 1e3
+            del replay
+            ck = kernel_times(lambda: fn(*inp))
+            result["compiled"] = summarize(ck)
+            result["compiled_qlinear_calls"] = per_call(compiled.graph, ck)
     ops = defaultdict(int)
     for n in compiled.graph.nodes:
         ops[n.op if n.op != "call" else n.attrs.get("target", "call")] += 1
@@ -160,21 +182,24 @@ def main(argv=None) -> int:
     print(f"\n{result['device']} | {args.config} batch {b} | budget {args.budget} (avg bits {result['avg_bits']})")
     print(f"replay: bf16 {result['bf16_replay_ms']:.3f} ms, qcomp {result['qcomp_replay_ms']:.3f} ms "
           f"({result['bf16_replay_ms'] / result['qcomp_replay_ms']:.2f}x); qcomp eager {result['qcomp_eager_ms']:.1f} ms")
-    print("| category | bf16 launches | bf16 µs | qcomp launches | qcomp µs |")
-    print("|---|---|---|---|---|")
-    cats = sorted(set(result["bf16"]["categories"]) | set(result["qcomp"]["categories"]))
+    sides = [s for s in ("bf16", "qcomp", "compiled") if s in result]
+    if "compiled" in result:
+        print(f"qcomp under torch.compile: replay {result['compiled_replay_ms']:.3f} ms "
+              f"({result['bf16_replay_ms'] / result['compiled_replay_ms']:.2f}x bf16)")
+    print("| category | " + " | ".join(f"{s} launches | {s} µs" for s in sides) + " |")
+    print("|---|" + "---|---|" * len(sides))
+    cats = sorted(set().union(*(result[s]["categories"] for s in sides)))
     for c in cats:
-        a = result["bf16"]["categories"].get(c, {"count": 0, "us": 0.0})
-        q = result["qcomp"]["categories"].get(c, {"count": 0, "us": 0.0})
-        print(f"| {c} | {a['count']} | {a['us']:.0f} | {q['count']} | {q['us']:.0f} |")
-    print(f"| total kernel time | {result['bf16']['launches']} | {result['bf16']['total_us']:.0f} | "
-          f"{result['qcomp']['launches']} | {result['qcomp']['total_us']:.0f} |")
-    for side in ("bf16", "qcomp"):
+        cells = [result[s]["categories"].get(c, {"count": 0, "us": 0.0}) for s in sides]
+        print(f"| {c} | " + " | ".join(f"{v['count']} | {v['us']:.0f}" for v in cells) + " |")
+    print("| total kernel time | " + " | ".join(f"{result[s]['launches']} | {result[s]['total_us']:.0f}"
+                                               for s in sides) + " |")
+    for side in sides:
         print(f"\ntop kernels, {side}:")
         for r in result[side]["top"][:15]:
             print(f"  {r['us']:9.0f} µs  {r['count']:5d}x  {r['name']}")
     groups: dict[tuple, list] = defaultdict(lambda: [0, 0.0, set()])
-    for c in result.get("qlinear_calls", []):
+    for c in result.get("compiled_qlinear_calls") or result.get("qlinear_calls", []):
         g = groups[(c["n"], c["k"], c["bits"])]
         g[0] += 1
         g[1] += c["us"]

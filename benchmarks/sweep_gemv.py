@@ -30,13 +30,13 @@ SPLITS = [1, 2, 4, 8, 16]
 MAX_WORDS = 128  # packed words per thread over all prefetch buffers; more spills
 
 
-def specs_for(bits: int, had: int, m: int, stages=None):
+def specs_for(bits: int, had: int, m: int, stages=None, act: str = "fp16", block_n=None, block_k=None, warps=None):
     from qcomp.codegen.kernel_spec import KernelSpec
 
     base = KernelSpec(bits=bits, grid="uniform", p=1, group_size=GROUP, had_block=had, variant="gemv",
-                      block_m=m, block_k=max(128, had))
+                      block_m=m, block_k=max(128, had), act_dtype=act)
     out = []
-    for bn, bk, w, st in itertools.product(BLOCK_N, BLOCK_K, WARPS, stages or STAGES):
+    for bn, bk, w, st in itertools.product(block_n or BLOCK_N, block_k or BLOCK_K, warps or WARPS, stages or STAGES):
         words = bn * bk // 128 * 4 * base.widest_plane // (32 * w)  # of the widest plane, per thread and K step
         if bk < max(128, had) or words > 64 or words * st > MAX_WORDS:
             continue  # spills
@@ -44,11 +44,11 @@ def specs_for(bits: int, had: int, m: int, stages=None):
     return out
 
 
-def compile_chunk(jobs):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_kernels import compile_jobs
-
-    return compile_jobs(jobs)
+def compile_jobs_for(specs, m: int, n: int, k: int, act: str) -> list[tuple]:
+    """codegen.precompile.compile_jobs tuples for every spec, with and without split-K (a split of 1 is its own
+    specialization): the sweep's fp16 scales (bench_kernels.make_qweight), no offsets, no bias."""
+    x_dtype = "bfloat16" if act == "bf16" else "float16"
+    return [(s.to_json(), sk, m, n, k, x_dtype, "float16", False, None) for s in specs for sk in (1, 2)]
 
 
 def main():
@@ -60,6 +60,11 @@ def main():
     ap.add_argument("--ms", default="1")
     ap.add_argument("--stages", default=",".join(map(str, STAGES)),
                     help="num_stages values (prefetch distance + 1), e.g. 2,3,4 for short K ranges")
+    ap.add_argument("--act", default="fp16", choices=["fp16", "bf16"],
+                    help="activation dtype (bf16: the decode step's rotated kernels)")
+    ap.add_argument("--block-n", default=",".join(map(str, BLOCK_N)))
+    ap.add_argument("--block-k", default=",".join(map(str, BLOCK_K)))
+    ap.add_argument("--warps", default=",".join(map(str, WARPS)))
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     ap.add_argument("--budget", type=float, default=400, help="seconds; later cases are skipped past it")
     ap.add_argument("--top", type=int, default=5)
@@ -69,6 +74,7 @@ def main():
     import multiprocessing as mp
 
     from qcomp.codegen import tune
+    from qcomp.codegen.precompile import compile_jobs
     from qcomp.codegen.hadamard_util import rotate_blocks
     from qcomp.codegen.ops import base_spec, launch, reference_weight
 
@@ -77,14 +83,17 @@ def main():
     hads = [int(h) for h in args.hads.split(",")]
     ms = [int(m) for m in args.ms.split(",")]
     stages = [int(v) for v in args.stages.split(",")]
+    space = dict(act=args.act, block_n=[int(v) for v in args.block_n.split(",")],
+                 block_k=[int(v) for v in args.block_k.split(",")], warps=[int(v) for v in args.warps.split(",")])
+    dtype = torch.bfloat16 if args.act == "bf16" else torch.float16
     t0 = time.time()
     log(f"GPU {torch.cuda.get_device_name()} | torch {torch.__version__} | copy {copy_bandwidth():.2f} TB/s")
     n0, k0 = shapes[0]
-    jobs = [(s.to_json(), sk, m, n0, k0) for b in bits_list for h in hads for m in ms
-            for s in specs_for(b, h, m, stages) for sk in (1, 2)]
+    jobs = [j for b in bits_list for h in hads for m in ms
+            for j in compile_jobs_for(specs_for(b, h, m, stages, **space), m, n0, k0, args.act)]
     chunks = [jobs[i:: args.workers] for i in range(args.workers)]
     with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as ex:
-        done = sum(ex.map(compile_chunk, chunks))
+        done = sum(ex.map(compile_jobs, chunks))
     log(f"precompiled {done}/{len(jobs)} (spec, split) pairs with {args.workers} processes in {time.time() - t0:.0f} s")
 
     tsv = open(os.path.join(args.out, "sweep_gemv.tsv"), "w")
@@ -99,12 +108,12 @@ def main():
         what = reference_weight(packed, scales, lut, None, bits, 1, GROUP, "uniform", n, k)
         nbytes = packed.numel() * 4 + scales.numel() * 2
         pcs = [packed] + [packed.clone() for _ in range(copies_for(nbytes) - 1)]
-        x = torch.randn(m, k, generator=gen).half().cuda()
+        x = torch.randn(m, k, generator=gen).to(dtype).cuda()
         signs = (torch.randint(0, 2, (had,), generator=gen) * 2 - 1).float().cuda() if had else torch.ones(1).cuda()
         ref = (rotate_blocks(x.float(), signs, had) if had else x.float()) @ what.t()
         lut32 = lut.float().contiguous()
         res = []
-        for spec in specs_for(bits, had, m, stages):
+        for spec in specs_for(bits, had, m, stages, **space):
             for sk in SPLITS:
                 if sk > 1 and -(-k // spec.block_k) < 2 * sk:
                     continue
@@ -120,7 +129,7 @@ def main():
                 tsv.write(f"{n}x{k}\t{m}\t{bits}\t{had}\t{spec.name()}\t{sk}\t{us:.2f}\t{nbytes / us / 1e6:.3f}\t{err:.2e}\n")
         tsv.flush()
         res.sort(key=lambda r: r[0])
-        cand0, sk0 = tune.candidates(base_spec(torch.float16, bits, 1, GROUP, "uniform", had), m, n, k, x.device)[0]
+        cand0, sk0 = tune.candidates(base_spec(dtype, bits, 1, GROUP, "uniform", had), m, n, k, x.device)[0]
         cur = [r for r in res if r[1] == cand0 and r[2] == sk0]
         bad = [r for r in res if not r[3] < 1e-2]
         log(f"{n}x{k} M={m} w{bits} had{had}: {len(res)} timed, {len(bad)} BAD; heuristic first candidate "

@@ -474,26 +474,35 @@ def prefetch_distance(s: KernelSpec) -> int:
 
 
 def _prefetch_prologue(s: KernelSpec) -> list[str]:
-    """Before the K loop: the words of the program's first d K steps (buffers word_<w>_p0 .. _p<d-1>). Steps
-    past the program's last are clamped to it (a reload from L1 instead of a masked load: no predicates)."""
-    L = [f"# software pipeline: the weight words of K step i + {prefetch_distance(s)} are loaded while step i is "
-         "computed (steps past the last clamped to it)",
+    """Before the K loop: the words (and row-mode scales) of the program's first d K steps (buffers <name>_p0 ..
+    _p<d-1>). Steps past the program's last are clamped to it (a reload from L1 instead of a masked load: no
+    predicates)."""
+    L = [f"# software pipeline: the weight words and scales of K step i + {prefetch_distance(s)} are loaded while "
+         "step i is computed (steps past the last clamped to it)",
          "last = tl.maximum(step_hi - 1, 0)"]
     for i in range(prefetch_distance(s)):
-        L += _load_planes(s, f"tl.minimum(step_lo + {i}, last)" if i else "tl.minimum(step_lo, last)", f"_p{i}")
+        step = f"tl.minimum(step_lo + {i}, last)" if i else "tl.minimum(step_lo, last)"
+        L += _load_planes(s, step, f"_p{i}")
+        if _scale_mode(s)[0] == "row":
+            L += _load_row_scales(s, step, f"_p{i}")
     return L
+
+
+def _shift_buffers(s: KernelSpec, names: list[str]) -> list[str]:
+    """After the loads of step + d into <name>_ahead: the prefetch buffers move down by one step."""
+    d = prefetch_distance(s)
+    L = []
+    for i in range(d - 1):
+        L += [f"{w}_p{i} = {w}_p{i + 1}" for w in names]
+    return L + [f"{w}_p{d - 1} = {w}_ahead" for w in names]
 
 
 def _prefetch_step(s: KernelSpec) -> list[str]:
     """Top of the K loop: this step's words come from buffer _p0; the buffers shift and the last takes step + d."""
-    d = prefetch_distance(s)
     ws = word_names(s)
     L = [f"{w} = {w}_p0" for w in ws]
-    L += _load_planes(s, f"tl.minimum(step + {d}, last)", "_ahead")
-    for i in range(d - 1):
-        L += [f"{w}_p{i} = {w}_p{i + 1}" for w in ws]
-    L += [f"{w}_p{d - 1} = {w}_ahead" for w in ws]
-    return L
+    L += _load_planes(s, f"tl.minimum(step + {prefetch_distance(s)}, last)", "_ahead")
+    return L + _shift_buffers(s, ws)
 
 
 def _code(s: KernelSpec, j: int, doubled: bool = False) -> list[str]:
@@ -588,6 +597,31 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str) -> list[str]:
     return L
 
 
+def _row_scale_names(s: KernelSpec) -> list[str]:
+    """The per-row scale tensors of one K step (row scale mode): sc, and of (offsets) for uniform_asym."""
+    return ["sc", "of"] if s.grid == "uniform_asym" else ["sc"]
+
+
+def _load_row_scales(s: KernelSpec, step: str, suffix: str = "") -> list[str]:
+    """Load the scales (and offsets) of K step `step` (an expression) in row mode (one scale per row and step)."""
+    if ROW_SCALE_TILE:
+        # the row's scale as a [BLOCK_N, C] tile (every column reads the same address, an L1 hit): triton >= 3.9
+        # gives it the words' register layout, so the K loop has no shared-memory layout conversion (a [BLOCK_N]
+        # load cost two barriers per K step). H200: rotated bf16 decode kernels 25-31 % faster, fp16 within 5 %
+        sptr = f"offs_n[:, None] * stride_s + (({step}) * BLOCK_K) // {s.group_size} + zero_c"
+        mask, tail = "mask_n[:, None]", ".to(tl.float32)"
+    else:
+        # triton < 3.9 gives that tile a rows-across-threads layout, and the loop-carried accumulator follows it:
+        # every K step converted the [BLOCK_N, C] partial sums through shared memory (4 stmatrix + 8 barriers in
+        # the w4 loop, a third of its stall samples on the H200). A [BLOCK_N] load converts 64 scales instead
+        sptr = f"offs_n * stride_s + (({step}) * BLOCK_K) // {s.group_size}"
+        mask, tail = "mask_n", ".to(tl.float32)[:, None]"
+    L = []
+    for v, ptr in zip(_row_scale_names(s), ("s_ptr", "o_ptr")):
+        L += _even_load(f"{v}{suffix}", f"{ptr} + {sptr}", mask, "0.0", tail)
+    return L
+
+
 def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
     S, P, BM = s.col_slots, s.p, s.block_m
     mode, sb = _scale_mode(s)
@@ -616,21 +650,12 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
                     loop += _even_load(f"x{m}_{j}_{e}", f"x_ptr + row{m} * stride_xm + {idx}", f"{idx} < klim{m}",
                                        "0.0", "" if h2 else ".to(tl.float32)")
     if mode == "row":
-        if ROW_SCALE_TILE:
-            # the row's scale as a [BLOCK_N, C] tile (every column reads the same address, an L1 hit): triton >= 3.9
-            # gives it the words' register layout, so the K loop has no shared-memory layout conversion (a [BLOCK_N]
-            # load cost two barriers per K step). H200: rotated bf16 decode kernels 25-31 % faster, fp16 within 5 %
-            sptr = f"offs_n[:, None] * stride_s + (step * BLOCK_K) // {s.group_size} + zero_c"
-            mask, tail = "mask_n[:, None]", ".to(tl.float32)"
+        if prefetch_distance(s):
+            loop += [f"{v} = {v}_p0" for v in _row_scale_names(s)]
+            loop += _load_row_scales(s, f"tl.minimum(step + {prefetch_distance(s)}, last)", "_ahead")
+            loop += _shift_buffers(s, _row_scale_names(s))
         else:
-            # triton < 3.9 gives that tile a rows-across-threads layout, and the loop-carried accumulator follows it:
-            # every K step converted the [BLOCK_N, C] partial sums through shared memory (4 stmatrix + 8 barriers in
-            # the w4 loop, a third of its stall samples on the H200). A [BLOCK_N] load converts 64 scales instead
-            sptr = f"offs_n * stride_s + (step * BLOCK_K) // {s.group_size}"
-            mask, tail = "mask_n", ".to(tl.float32)[:, None]"
-        loop += _even_load("sc", f"s_ptr + {sptr}", mask, "0.0", tail)
-        if s.grid == "uniform_asym":
-            loop += _even_load("of", f"o_ptr + {sptr}", mask, "0.0", tail)
+            loop += _load_row_scales(s, "step")
     for j0 in range(0, S, sb):
         blk = range(j0, j0 + sb)
         if h2:

@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 
 from qcomp.codegen import tune
 from qcomp.codegen.kernel_spec import KernelSpec
+from qcomp.codegen.precompile import KernelCall, jobs_for
 
 
 @settings(max_examples=200, deadline=None)
@@ -60,6 +61,14 @@ def test_sweep_script_specs_are_valid_kernel_specs():
             assert specs and all(s.variant == "gemv" and s.block_k >= max(128, had) for s in specs)
             deeper = sweep_gemv.specs_for(bits, had, 1, stages=[2, 3, 4])
             assert {s.num_stages for s in deeper} == {2, 3, 4} and len(deeper) > len(specs)
+            narrow = sweep_gemv.specs_for(bits, had, 1, act="bf16", block_n=[32], block_k=[256], warps=[2])
+            assert narrow and {(s.block_n, s.block_k, s.num_warps, s.act_dtype) for s in narrow} == {(32, 256, 2, "bf16")}
+            # its compile jobs have the fields of codegen.precompile.jobs_for (the pool runs compile_jobs on them)
+            base = KernelSpec(bits=bits, group_size=128, had_block=had, block_m=1, block_k=max(128, had))
+            call = KernelCall(base, 1, 4096, 4096, "bfloat16", "float16", False, None)
+            ref = jobs_for([call], torch.device("cuda"))[0]
+            for job in sweep_gemv.compile_jobs_for(narrow, 1, 4096, 4096, "bf16"):
+                assert len(job) == len(ref) and job[2:] == ref[2:] and KernelSpec.from_json(job[0]) in narrow
 
 
 def test_choose_memoizes_without_rebuilding_candidates(monkeypatch):
