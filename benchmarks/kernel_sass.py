@@ -27,9 +27,11 @@ _LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?);")
 _BRA = re.compile(r"BRA\s+`?\(?(\.L_x_\d+)")
 
 
-def compile_spec(spec, arch: int, even: bool = True):
+def compile_spec(spec, arch: int, even: bool = True, pdl: bool | None = None):
     """triton.compile of the spec's kernel for sm_<arch>: its activation dtype, no bias; even: whole tiles (the
-    unmasked loop of shapes that divide into the tiles, as the decode shapes do), else the masked one."""
+    unmasked loop of shapes that divide into the tiles, as the decode shapes do), else the masked one; pdl: with
+    the programmatic-dependent-launch wait (default: as the runtime launches, on sm_90 and later)."""
+    pdl = arch >= 90 if pdl is None else pdl
     os.environ["TRITON_INTERPRET"] = "0"  # the interpreter would be used otherwise (set by the CPU tests)
     import triton
     from triton.backends.compiler import GPUTarget
@@ -43,12 +45,12 @@ def compile_spec(spec, arch: int, even: bool = True):
            "ws_ptr": "*fp32", "cnt_ptr": "*i32",
            "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_ym": "i32", "stride_w": "i32",
            "plane_words": "i32", "stride_s": "i32", "SPLIT_K": "i32", "HAS_BIAS": "constexpr",
-           "EVEN": "constexpr"}
+           "EVEN": "constexpr", "PDL": "constexpr"}
     aligned = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 14, 15, 16, 17]  # pointers and the K-like sizes: multiples of 16
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
-    src = ASTSource(load_kernel(spec), sig, constexprs={"HAS_BIAS": False, "EVEN": even}, attrs=attrs)
+    src = ASTSource(load_kernel(spec), sig, constexprs={"HAS_BIAS": False, "EVEN": even, "PDL": pdl}, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+                          options={"num_warps": spec.num_warps, "num_stages": spec.num_stages, "launch_pdl": pdl})
 
 
 def disassemble(cubin: bytes) -> str:

@@ -111,14 +111,32 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
     else:
         ws, cnt = y, scales  # unused
     run = functools.partial(kern.warmup, grid=grid) if warmup else kern[grid]
+    pdl = use_pdl(spec, dev)
     run(
         x2, packed, scales, offsets if offsets is not None else scales, lut, sg,
         bias if bias is not None else scales, y, ws, cnt,
         m, n, k, x2.stride(0), y.stride(0), packed.stride(0), padded_codes(k // spec.p) // 32, scales.stride(0),
-        split_k, HAS_BIAS=bias is not None, EVEN=even_tiles(spec, m, n, k),
-        num_warps=spec.num_warps, num_stages=spec.num_stages,
+        split_k, HAS_BIAS=bias is not None, EVEN=even_tiles(spec, m, n, k), PDL=pdl,
+        num_warps=spec.num_warps, num_stages=spec.num_stages, **({"launch_pdl": True} if pdl else {}),
     )
     return y
+
+
+@functools.lru_cache(maxsize=None)
+def _sm90(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
+def use_pdl(spec: KernelSpec, device: torch.device) -> bool:
+    """Launch with programmatic dependent launch (render._pdl_wait): gemv kernels on sm_90+ GPUs, unless
+    QCOMP_PDL=0. The gemv's weight prefetch then overlaps the end of the kernel before it (the decode step's
+    norm or activation kernel); the tensor-core variant waits first thing, so it gains nothing and keeps the plain
+    launch."""
+    if spec.variant != "gemv" or device.type != "cuda" or os.environ.get("QCOMP_PDL", "1") == "0":
+        return False
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return False
+    return _sm90(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def even_tiles(spec: KernelSpec, m: int, n: int, k: int) -> bool:

@@ -622,6 +622,15 @@ def _load_row_scales(s: KernelSpec, step: str, suffix: str = "") -> list[str]:
     return L
 
 
+def _pdl_wait() -> list[str]:
+    """Programmatic dependent launch (PDL, sm_90+): launched with launch_pdl, the kernel may start before the
+    previous kernel in the stream has finished; everything above this line reads only weights, scales and signs
+    (never written by a kernel), everything below may read the previous kernel's output, so it waits here for that
+    kernel's completion and memory flush. Without PDL the wait returns at once."""
+    return ["if PDL:  # the previous kernel's output (x) is read only after this",
+            "    tl.extra.cuda.gdc_wait()"]
+
+
 def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
     S, P, BM = s.col_slots, s.p, s.block_m
     mode, sb = _scale_mode(s)
@@ -630,6 +639,7 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
     L = []
     if prefetch_distance(s):
         L += _prefetch_prologue(s)  # first, so that its DRAM round trip overlaps the x scan below
+    L += _pdl_wait()
     for m in ms:
         L += [f"row{m} = pid_m * BLOCK_M + {m}", f"rmask{m} = row{m} < M",
               f"klim{m} = rmask{m}.to(tl.int32) * K  # x columns of row {m} to read: none past M"]
@@ -772,7 +782,7 @@ def _gemm_body(s: KernelSpec, dt: str) -> list[str]:
     after = mode in ("row", "channel") and s.grid != "uniform_asym"
     fp16_magic = s.grid == "uniform" and after and s.act_dtype == "fp16"
     nb = 2 ** s.bits - 1  # 2 * zero point
-    L = [
+    L = _pdl_wait() + [
         "offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)",
         "mask_m = offs_m < M",
         "x_col = x_ptr + offs_m[None, :] * stride_xm",
@@ -892,7 +902,7 @@ def kernel_source(spec: KernelSpec) -> str:
         f"def {s.name()}(",
         "    x_ptr, w_ptr, s_ptr, o_ptr, lut_ptr, sgn_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,",
         "    M, N, K, stride_xm, stride_ym, stride_w, plane_words, stride_s, SPLIT_K,",
-        "    HAS_BIAS: tl.constexpr, EVEN: tl.constexpr,",
+        "    HAS_BIAS: tl.constexpr, EVEN: tl.constexpr, PDL: tl.constexpr,",
         "):",
     ]
     hdr = _header(s)

@@ -67,11 +67,13 @@ class StaticDecodeStep(nn.Module):
             vc = v_cache[i].index_copy(2, pos, v.to(v_cache.dtype))
             new_k.append(kc)
             new_v.append(vc)
+            # grouped-query attention without repeating the cache: the rep query heads of one kv head attend as rep
+            # query rows of that head ([B, H, 1, D] -> [B, H_kv, rep, D]; head h reads kv head h // rep, as
+            # repeat_interleave would give), so the cache is read once per kv head and never copied
             rep = self.n_heads // self.n_kv
-            kk = kc.repeat_interleave(rep, dim=1) if rep > 1 else kc
-            vv = vc.repeat_interleave(rep, dim=1) if rep > 1 else vc
-            y = F.scaled_dot_product_attention(q, kk.to(q.dtype), vv.to(q.dtype), attn_mask=valid)
-            x = x + attn.o_proj(y.transpose(1, 2).reshape(b, 1, self.n_heads * self.head_dim))
+            qg = q.reshape(b, self.n_kv, rep, self.head_dim)
+            y = F.scaled_dot_product_attention(qg, kc.to(q.dtype), vc.to(q.dtype), attn_mask=valid)
+            x = x + attn.o_proj(y.reshape(b, 1, self.n_heads * self.head_dim))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         logits = self.lm_head(self.model.norm(x))
         return logits, torch.stack(new_k), torch.stack(new_v)
