@@ -11,6 +11,8 @@ importable codegen op — saying so once per reason with a QcompWarning.
   float parameters and float inputs are cast, while packed codes, scales and lookup tables keep their
   storage dtypes. Linear, qlinear, matmul and attention nodes cast their floating inputs to the runtime
   dtype, so graphs that compute something in float32 on purpose (rotary tables, norms) still run.
+* Attention nodes (torch's scaled_dot_product_attention) run as torch.ops.qcomp.attention: a Triton
+  flash-decoding kernel for decode shapes on CUDA, torch's attention otherwise (runtime/call_targets.py).
 * `cuda_graphs=True`: for each distinct input signature (shapes, dtypes, devices), the first call runs
   eagerly (which also autotunes the kernels), the second records a torch.cuda.CUDAGraph, and later calls
   copy the inputs into its static buffers and replay it. Outputs are cloned, so they stay valid.
@@ -99,6 +101,8 @@ class Executor(ReferenceRuntime):
         return v
 
     def eval_node(self, node: Node, env: dict, inputs: tuple):
+        if node.op == "attention" and self.dtype is None:  # (with a dtype: below, after the casts)
+            return self._call(node, tuple(self._val(node.args, env)), self._val(node.kwargs, env))
         if self.dtype is not None:
             if node.op == "input":
                 return self._cast(super().eval_node(node, env, inputs))
@@ -111,11 +115,11 @@ class Executor(ReferenceRuntime):
         return super().eval_node(node, env, inputs)
 
     def _call(self, node: Node, args, kwargs):
-        from qcomp.qir.targets import resolve_target
+        from .call_targets import runtime_callable
 
         fn = self._fns.get(node.attrs["target"])
         if fn is None:
-            fn = self._fns[node.attrs["target"]] = resolve_target(node.attrs["target"])
+            fn = self._fns[node.attrs["target"]] = runtime_callable(node.attrs["target"])
         return fn(*args, **kwargs)
 
     # -- qlinear ----------------------------------------------------------------------------------

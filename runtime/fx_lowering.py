@@ -24,8 +24,9 @@ from qcomp.capture.norms import rms_norm_reference
 from qcomp.numerics.quant_spec import QuantSpec
 from qcomp.qir import Graph
 from qcomp.qir.graph import CALL_OPS
-from qcomp.qir.targets import resolve_method, resolve_target
+from qcomp.qir.targets import resolve_method
 
+from .call_targets import runtime_callable
 from .reference import resolve_args, rotate
 
 
@@ -104,7 +105,7 @@ def to_graph_module(graph: Graph, device=None) -> fx.GraphModule:
         elif op == "call_method":
             out = fxg.call_method(resolve_method(a["target"]), tuple(args), kwargs)
         elif op in CALL_OPS:
-            out = fxg.call_function(resolve_target(a["target"]), tuple(args), kwargs)
+            out = fxg.call_function(runtime_callable(a["target"]), tuple(args), kwargs)
         elif op == "output":
             fxg.output(args[0])
             continue
