@@ -10,8 +10,8 @@ Timing (QCOMP_TUNE_TIMER): "graph" (default) times CUDA-graph replays of TUNE_RE
 64 MB that evicts the weights from L2 (as in a decode step, where no weight is reused), minus the same graph of reads
 alone; "do_bench" times launches one by one with triton's do_bench. A launch from Python costs 40-60 µs of CPU, more
 than most decode kernels run, and do_bench partly measures it. H200, session 15: the Llama-3-8B decode step under
-torch.compile ran 3.762 ms with graph-tuned kernels against 3.765 ms with do_bench-tuned ones (session 14), and the
-graph tuner's picks for the decode shapes ran 25.0 µs (28672x4096 w3) where bench_kernels' do_bench pick ran 39.4 µs.
+torch.compile ran 3.762 ms with graph-tuned kernels against 3.765 ms with do_bench-tuned ones (session 14); for
+28672x4096 w3 + had128 the graph tuner picked a kernel that ran 26.8 µs where the do_bench pick ran 39.4 µs.
 """
 from __future__ import annotations
 

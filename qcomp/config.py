@@ -11,7 +11,7 @@ CONFIG_VERSION = 1
 # fuse-hadamard(residual=False): QuaRot-style residual rotation folds RMSNorm weights into the linears, which
 # costs data-free quantization accuracy (SmolLM2, 20x1024 wikitext-2, p=1 grid: 42.0 vs 36.0 ppl at 4 bits,
 # 27.4 vs 25.4 at 5 bits; benchmarks/RESULTS_rotation.md). The online rotations are fused into the kernels.
-DEFAULT_PIPELINE = "canonicalize,insert-hadamard,fuse-hadamard(residual=False),allocate-bits,quantize,lower"
+DEFAULT_PIPELINE = "canonicalize,fuse-cache-attention,insert-hadamard,fuse-hadamard(residual=False),allocate-bits,quantize,lower"
 
 
 def check_budget(budget) -> float:

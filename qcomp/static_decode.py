@@ -63,10 +63,11 @@ class StaticDecodeStep(nn.Module):
             v = attn.v_proj(h).view(b, 1, self.n_kv, self.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            kc = k_cache[i].index_copy(2, pos, k.to(k_cache.dtype))
-            vc = v_cache[i].index_copy(2, pos, v.to(v_cache.dtype))
-            new_k.append(kc)
-            new_v.append(vc)
+            k, v = k.to(k_cache.dtype), v.to(v_cache.dtype)
+            kc = k_cache[i].index_copy(2, pos, k)
+            vc = v_cache[i].index_copy(2, pos, v)
+            new_k.append(k)
+            new_v.append(v)
             # grouped-query attention without repeating the cache: the rep query heads of one kv head attend as rep
             # query rows of that head ([B, H, 1, D] -> [B, H_kv, rep, D]; head h reads kv head h // rep, as
             # repeat_interleave would give), so the cache is read once per kv head and never copied
@@ -76,7 +77,9 @@ class StaticDecodeStep(nn.Module):
             x = x + attn.o_proj(y.reshape(b, 1, self.n_heads * self.head_dim))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         logits = self.lm_head(self.model.norm(x))
-        return logits, torch.stack(new_k), torch.stack(new_v)
+        # the updated caches: this step's rows of every layer written at pos in one copy each (stacking the
+        # per-layer updated caches would copy every layer's cache twice)
+        return logits, k_cache.index_copy(3, pos, torch.stack(new_k)), v_cache.index_copy(3, pos, torch.stack(new_v))
 
     @torch.no_grad()
     def check_against(self, lm: nn.Module, ids: torch.Tensor, atol: float = 1e-3) -> float:

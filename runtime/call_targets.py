@@ -1,7 +1,7 @@
 """The callables the GPU runtimes (Executor, fx lowering) run for call-like QIR nodes.
 
 They resolve a node's target as the reference runtime does, with one substitution: torch's
-scaled_dot_product_attention runs as torch.ops.qcomp.attention (codegen/decode_attention.py), which takes
+scaled_dot_product_attention runs as torch.ops.qcomp.attention (codegen/attention.py), which takes
 decode-shaped calls with its Triton kernel and hands every other call back to torch's attention. Where the
 codegen cannot be imported (no triton), torch's callable stays.
 """
@@ -17,7 +17,7 @@ def runtime_callable(target: str):
     fn = resolve_target(target)
     if fn is F.scaled_dot_product_attention or fn is torch.ops.aten.scaled_dot_product_attention.default:
         try:
-            from qcomp.codegen.decode_attention import attention
+            from qcomp.codegen.attention import attention
         except Exception:  # ImportError, or triton failing to initialise
             return fn
         return attention

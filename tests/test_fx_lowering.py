@@ -12,7 +12,7 @@ from qcomp.runtime.fx_lowering import to_graph_module  # noqa: E402
 from qcomp.runtime.reference import ReferenceRuntime  # noqa: E402
 from qcomp.static_decode import StaticDecodeStep  # noqa: E402
 
-PIPELINE = ('canonicalize,insert-hadamard(max_block=32),fuse-hadamard(residual=False),'
+PIPELINE = ('canonicalize,fuse-cache-attention,insert-hadamard(max_block=32),fuse-hadamard(residual=False),'
             'allocate-bits(family="uniform", group_sizes=[32], bits=[2,3,4,8]),quantize(gptq=False),lower')
 
 
@@ -42,6 +42,7 @@ def test_graph_module_matches_the_reference_runtime(compiled_step):
     compiled, step = compiled_step
     g = compiled.graph
     assert any((q.attrs.get("rotate") or {}).get("size") for q in g.find("qlinear")), "no fused rotation to lower"
+    assert all(n.attrs["target"] == "qcomp.cached_attention.default" for n in g.find("attention"))
     gm = to_graph_module(g)
     assert sum(1 for n in gm.graph.nodes if n.target.__class__.__name__ == "function"
                and n.target.__name__ == "qlinear_call") == len(g.find("qlinear"))

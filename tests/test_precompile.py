@@ -14,7 +14,7 @@ from qcomp.runtime.executor import Executor  # noqa: E402
 from qcomp.runtime.reference import ReferenceRuntime  # noqa: E402
 from qcomp.static_decode import StaticDecodeStep  # noqa: E402
 
-PIPELINE = ('canonicalize,insert-hadamard(max_block=32),fuse-hadamard(residual=False),'
+PIPELINE = ('canonicalize,fuse-cache-attention,insert-hadamard(max_block=32),fuse-hadamard(residual=False),'
             'allocate-bits(family="uniform", group_sizes=[32], bits=[2,3,4,8]),quantize(gptq=False),lower')
 
 

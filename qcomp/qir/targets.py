@@ -53,6 +53,18 @@ def target_name(fn) -> str:
     return name
 
 
+_QCOMP_OP_MODULES = ("qcomp.codegen.attention",)  # define torch.ops.qcomp.* ops that graphs name (rms_norm: capture)
+
+
+def _register_qcomp_ops() -> None:
+    """Import the modules that register qcomp's torch ops, so that a graph loaded with `import qcomp` alone resolves
+    them (importing them is cheap and needs no triton)."""
+    import importlib
+
+    for mod in _QCOMP_OP_MODULES:
+        importlib.import_module(mod)
+
+
 def resolve_target(name: str):
     """Resolve a QIR target name to a callable, or raise TargetError naming the problem."""
     if not isinstance(name, str) or not name:
@@ -62,6 +74,8 @@ def resolve_target(name: str):
         parts = name.split(".")
         if len(parts) != 3:
             raise TargetError(f"op target {name!r} must look like namespace.op.overload")
+        if parts[0] == "qcomp":
+            _register_qcomp_ops()
         try:
             return getattr(getattr(getattr(torch.ops, parts[0]), parts[1]), parts[2])
         except (AttributeError, RuntimeError):
