@@ -65,11 +65,11 @@ def kernel_unsupported(q, k, v, attn_mask, dropout_p, is_causal, enable_gqa) -> 
         if attn_mask.dtype != torch.bool and attn_mask.dtype != q.dtype:
             return f"mask dtype {attn_mask.dtype} (bool or the query's dtype)"
         try:
-            torch.broadcast_shapes(attn_mask.shape, (B, H, R, S))
+            fits = torch.broadcast_shapes(attn_mask.shape, (B, H, R, S)) == (B, H, R, S)
         except RuntimeError:
-            return "mask shape"
-        if torch.broadcast_shapes(attn_mask.shape, (B, H, R, S)) != (B, H, R, S) or attn_mask.device != q.device:
-            return "mask shape or device"
+            fits = False
+        if not fits or attn_mask.device != q.device:
+            return "mask shape (must broadcast to [B, H, R, S]) or device"
     return None
 
 
