@@ -47,6 +47,7 @@ class KernelSpec:
     num_warps: int = 4
     num_stages: int = 3
     group_m: int = 8  # gemm: programs grouped along M for L2 reuse
+    had_scratch: bool = False  # gemv + fused Hadamard: rotated x goes through a scratch row (see render._hadamard_x)
 
     def __post_init__(self):
         self.validate()
@@ -84,6 +85,8 @@ class KernelSpec:
                 bad("variant 'gemm' needs block_m, block_n >= 16 (tl.dot)")
             if h:
                 bad("variant 'gemm' has no fused Hadamard (ops.py rotates x in a separate pass for M > 16)")
+        if self.had_scratch and not (h and self.variant == "gemv"):
+            bad("had_scratch needs the gemv variant with a fused Hadamard")
         if self.block_k % (128 * self.p):
             bad(f"block_k must cover whole 128-code pack tiles: a multiple of {128 * self.p}")
         if h and self.block_k % h:
@@ -136,7 +139,7 @@ class KernelSpec:
     def name(self) -> str:
         g = "ch" if self.group_size == -1 else str(self.group_size)
         grid = f"lut{self.p}" if self.grid == "lut" else self.grid
-        had = f"_h{self.had_block}" if self.had_block else ""
+        had = (f"_h{self.had_block}" + ("x" if self.had_scratch else "")) if self.had_block else ""
         return (
             f"qlinear_{self.variant}_w{self.bits}_{grid}_g{g}_{self.act_dtype}{had}"
             f"_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"

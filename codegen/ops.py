@@ -105,11 +105,14 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
         grid = (triton_cdiv(n, spec.block_n), split_k, triton_cdiv(m, spec.block_m))
     else:
         grid = (triton_cdiv(m, spec.block_m) * triton_cdiv(n, spec.block_n), split_k)
+    # scratch rows for a rotated x that goes through memory (spec.had_scratch): two per program and activation row
+    scratch = spec.block_m * 2 * spec.block_k * grid[0] * grid[1] * grid[2] if spec.had_scratch else 0
     if split_k > 1:  # the kernel sums the splits itself: fp32 partials and one self-resetting counter per tile
-        ws = torch.empty(split_k * m * n, device=dev, dtype=torch.float32)
+        ws = torch.empty(split_k * m * n + scratch, device=dev, dtype=torch.float32)
         cnt = split_k_counters(dev, grid[0] * (grid[2] if len(grid) > 2 else 1))
     else:
-        ws, cnt = y, scales  # unused
+        ws = torch.empty(m * n + scratch, device=dev, dtype=torch.float32) if scratch else y  # else unused
+        cnt = scales  # unused
     run = functools.partial(kern.warmup, grid=grid) if warmup else kern[grid]
     pdl = use_pdl(spec, dev)
     run(

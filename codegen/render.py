@@ -375,7 +375,11 @@ def _program_ids(s: KernelSpec) -> list[str]:
             "pid_n = tl.program_id(0)",
             "pid_k = tl.program_id(1)",
             "pid_m = tl.program_id(2)",
-        ]
+        ] + ([
+            "# this program's scratch rows for the rotated x: after the split-K partials in ws (ops.launch sizes it)",
+            "scr_base = SPLIT_K * M * N + ((pid_m * tl.num_programs(1) + pid_k) * tl.num_programs(0) + pid_n) * "
+            "(BLOCK_M * 2 * BLOCK_K)",
+        ] if s.had_scratch else [])
     return [
         "# grouped order: GROUP_M row tiles share each weight tile while it is in L2",
         "pid = tl.program_id(0)",
@@ -570,11 +574,26 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str) -> list[str]:
             "xk = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 2, 1)), (BLOCK_K,))",
         ]
         d *= 2
-    L += [
-        f"xk = xk * ({h ** -0.5!r} * xs{m})" if use_half2(s) else f"xk = xk * {h ** -0.5!r}",
-        "# natural order -> [column, slot * p + e]",
-        f"xk = tl.reshape(tl.permute(tl.reshape(xk, ({kt}, {S}, {W0}, {P})), (0, 2, 1, 3)), (C, {S * P}))",
-    ]
+    L.append(f"xk = xk * ({h ** -0.5!r} * xs{m})" if use_half2(s) else f"xk = xk * {h ** -0.5!r}")
+    if s.had_scratch:
+        # Triton would otherwise move x into the words' layout after the first butterfly and run the other six
+        # there, every thread of a column redoing its 32 values (16x the work at 64 threads and 4 columns). Through
+        # a scratch row (two per program and activation row, by step parity: one barrier per step suffices) the
+        # butterflies stay spread over the threads, and x is loaded back in the [column, slot] layout directly
+        L += [
+            f"scr = ws_ptr + scr_base + ({m} * 2 + step % 2) * BLOCK_K",
+            "tl.store(scr + tl.arange(0, BLOCK_K), xk)",
+            "tl.debug_barrier()  # every thread's part of the row is stored before any thread reads it back",
+            "# natural order -> [column, slot * p + e]",
+            f"xk = tl.load(scr + (tl.arange(0, C) // {W0})[:, None] * {128 * P} + (tl.arange(0, C) % {W0})[:, None] * {P}"
+            f" + (tl.arange(0, {S * P}) // {P})[None, :] * {W0 * P} + (tl.arange(0, {S * P}) % {P})[None, :], "
+            "cache_modifier=\".cg\")",
+        ]
+    else:
+        L += [
+            "# natural order -> [column, slot * p + e]",
+            f"xk = tl.reshape(tl.permute(tl.reshape(xk, ({kt}, {S}, {W0}, {P})), (0, 2, 1, 3)), (C, {S * P}))",
+        ]
 
     # binary split tree along the last axis: leaf l
     def tree(name: str, n: int, idx: list[int], leaf):

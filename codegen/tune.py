@@ -106,6 +106,8 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
                                        num_warps=warps, num_stages=2)
             for split in _gemv_splits(-(-n // bn) * -(-m // bm), -(-k // bk), sms):
                 out.append((spec, split))
+                if base.had_block:  # the rotated x through a scratch row (kernel_spec.had_scratch): fewer
+                    out.append((dataclasses.replace(spec, had_scratch=True), split))  # instructions, one more L2 trip
         if m > 4 and not base.had_block:  # (ops.py rotates x apart above FUSED_HADAMARD_MAX_M)
             dots = []
             for bn, bk, warps, stages in DOT_SMALL_M:

@@ -346,3 +346,33 @@ def test_trio_kernels_read_every_slot(variant, grid, g, had):
         : n * int(spare.sum())].reshape(n, -1)
     d["packed"] = pack_codes(codes, 3)
     check(run_kernel(d, spec, 1, n, k), reference(d, 3, 1, g, grid, n, k, had))
+
+
+@pytest.mark.parametrize("bits,grid,p,act,m,split,k", [(3, "uniform", 1, "bf16", 1, 1, 512), (2, "uniform", 1, "bf16", 4, 3, 640),
+                                                      (4, "uniform", 1, "fp16", 2, 8, 512), (5, "lut", 1, "fp16", 1, 2, 384),
+                                                      (2, "lut", 2, "fp16", 3, 1, 256), (8, "uniform_asym", 1, "bf16", 2, 2, 384)])
+def test_gemv_rotated_x_through_scratch(bits, grid, p, act, m, split, k):
+    """had_scratch: the rotated x of each K step goes through a scratch row of the split-K workspace and is read
+    back in the words' layout (two rows per program and activation row, by step parity): every width, grid, row
+    count and split, ragged N; the result matches the reference and the kernel without the scratch."""
+    n = 40
+    dt = torch.float16 if act == "fp16" else torch.bfloat16
+    d = make_case(bits, grid, p, 128, 128, m, n, k, seed=bits * 7 + m)
+    d["x"] = d["x"].to(dt)
+    base = KernelSpec(bits=bits, grid=grid, p=p, group_size=128, act_dtype=act, had_block=128, variant="gemv",
+                      block_m=1 << (m - 1).bit_length(), block_n=16, block_k=128 * p)
+    spec = KernelSpec(**{**base.to_dict(), "had_scratch": True})
+    assert "tl.store(scr" in kernel_source(spec) and "tl.store(scr" not in kernel_source(base)
+    assert spec.name() != base.name()
+    ref = reference(d, bits, p, 128, grid, n, k, 128)
+    tol = 2e-3 if act == "fp16" else 8e-3
+    y = run_kernel(d, spec, split, n, k)
+    check(y, ref, tol=tol)
+    assert torch.allclose(y.float(), run_kernel(d, base, split, n, k).float(), rtol=0, atol=1e-2)
+
+
+def test_had_scratch_needs_a_fused_rotation():
+    with pytest.raises(KernelSpecError, match="had_scratch"):
+        KernelSpec(had_scratch=True, block_k=128)
+    with pytest.raises(KernelSpecError, match="had_scratch"):
+        KernelSpec(variant="gemm", had_scratch=True, block_m=16, block_k=128)
