@@ -37,9 +37,9 @@ CONFIGS = {
 # rotate kernels) and rotated *uniform* grids (QuEST-style; arithmetic dequant) instead of Gaussian lookup
 # tables, whose per-weight gather is ~2.7x slower in the current kernels (benchmarks/RESULTS_kernels.md);
 # no GPTQ: the calibration input is one decode token (random weights, a speed test). fuse-cache-attention (as in the
-# default pipeline) lets attention read this step's key/value row instead of a copy of each layer's cache. Siblings (q/k/v, gate/up) share
-# one allocation choice and run as one kernel (fuse-siblings: 7 -> 4 qlinear launches per layer; session 12, not
-# yet timed on a GPU); UNFUSED_PIPELINE is the pipeline of the session-11/12 tables.
+# default pipeline) lets attention read this step's key/value row instead of a copy of each layer's cache.
+# Siblings (q/k/v, gate/up) share one allocation choice and run as one kernel (fuse-siblings: 7 -> 4 qlinear
+# launches per layer); UNFUSED_PIPELINE is the pipeline of the session-11/12 tables.
 UNFUSED_PIPELINE = ('canonicalize,insert-hadamard(max_block=128),fuse-hadamard(residual=False),'
                     'allocate-bits(family="uniform", group_sizes=[128], bits=[2,3,4,5,6,8]),quantize(gptq=False),lower')
 SPEED_PIPELINE = ('canonicalize,fuse-cache-attention,insert-hadamard(max_block=128),fuse-hadamard(residual=False),'

@@ -3,8 +3,8 @@
     python benchmarks/profile_decode.py [--config llama3-8b] [--budget 3.5] [--batch 1] [--out DIR]
 
 Builds the same StaticDecodeStep as gpu_decode.py, times both sides as CUDA-graph replays (all of them before any
-profiling), then runs one eager step of each under torch.profiler and sums the GPU kernel time per category (qlinear kernels,
-split-K fill / cast, matmuls, attention, elementwise, ...). The sum of kernel time next to the replay
+profiling), then runs one eager step of each under torch.profiler and sums the GPU kernel time per category
+(qlinear kernels, split-K fill / cast, matmuls, attention, elementwise, ...). The sum of kernel time next to the replay
 time shows how much of a step is launch gaps rather than work. Writes DIR/profile_decode.json with the
 top kernels of each side; prints the category table last. The sensitivity cache goes to
 DIR/sens_cache (carry it back in to skip the measurement next time: --sens-cache).

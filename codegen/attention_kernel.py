@@ -125,8 +125,8 @@ def _splits(bh: int, steps: int, device) -> tuple[int, int]:
 
 
 def decode_attention(q, k, v, attn_mask=None, scale: Optional[float] = None, new=None) -> torch.Tensor:
-    """The kernel path (attention.kernel_unsupported(...) must be None); new = (k_new, v_new, pos): position pos of k / v
-    is read from k_new / v_new [B, H, 1, D] instead (attention.cached_unsupported(...) must be None)."""
+    """The kernel path (attention.kernel_unsupported(...) must be None); new = (k_new, v_new, pos): position pos
+    of k / v is read from k_new / v_new [B, H, 1, D] instead (attention.cached_unsupported(...) must be None)."""
     from .ops import split_k_counters
 
     B, H, R, D = q.shape

@@ -185,8 +185,8 @@ MAGIC_BITS = 10  # fp16 1024.0 (0x6400) has a mantissa ulp of 1: bits 0..9 of a 
 
 
 def single_plane_pairs(s: KernelSpec) -> list[tuple[int, str]]:
-    """Single-plane codes (1, 2, 4 bits, and each word of the 3-bit trio plane): for pair jj (slots jj and jj + S/2, bits jj*w and jj*w + 16), the bit
-    position of its code inside each half of the word it is read from, and that word: the loaded one shifted left
+    """Single-plane codes (1, 2, 4 bits, and each word of the 3-bit trio plane): for pair jj (slots jj and
+    jj + S/2, bits jj*w and jj*w + 16), the bit position of its code inside each half of the word it is read from, and that word: the loaded one shifted left
     by 1 (first pairs) or right (the rest), so that every position is >= 1 and the code ends by bit MAGIC_BITS.
     Read with one AND-OR into the magic 1024 (a LOP3), the pair is 1024 + 2^pos * code per half: two shifts per
     word instead of one per pair. (Position 0 would need the offset 1024 + z, not an fp16 for half-integer z.)"""

@@ -16,12 +16,12 @@ where the kernel does not apply it does the index_copy and torch's attention, as
 Applies when both key and value are such index_copy nodes along the sequence dim (2 of 4) at the same index,
 reached from the attention directly or through dtype conversions that change nothing (fx captures keep
 `.to(dtype)` nodes), when the copies feed nothing else, and when the attention has no dropout, no is_causal and no
-enable_gqa. Run anywhere after capture; the default pipeline runs it last. Stats: attentions fused, and the
-attentions left alone with the reason.
+enable_gqa. Run anywhere after capture; the default pipeline runs it right after canonicalize. Stats: attentions
+fused, and the attentions left alone with the reason. (torch.ops.qcomp.cached_attention registers itself when a
+graph naming it is run: qcomp.qir.targets.resolve_target.)
 """
 from __future__ import annotations
 
-from qcomp.codegen import attention  # noqa: F401  (registers torch.ops.qcomp.cached_attention)
 from qcomp.pass_manager import PassContext, register_pass
 from qcomp.qir import Graph, Node, Ref
 from qcomp.qir.types import TensorType
@@ -35,7 +35,7 @@ TARGET = "qcomp.cached_attention.default"
 def _base(node: Node) -> str | None:
     """The op's plain name: 'index_copy' for call_method index_copy, aten.index_copy.default, torch.index_copy."""
     t = node.target
-    if not isinstance(t, str) or node.op not in ("call", "call_method", "reshape", "elementwise"):
+    if not isinstance(t, str) or node.op not in ("call", "call_method"):
         return None
     if node.op == "call_method":
         return t
@@ -106,8 +106,8 @@ def fuse_cache_attention(graph: Graph, ctx: PassContext):
                      p.get("scale"))
         node.kwargs = {}
         node.attrs["target"] = TARGET
-        for n in parts["chain"] + [kc, vc]:
-            if n.name in g and not g.users()[n.name]:
+        for n in parts["chain"] + [kc, vc]:  # used by this attention alone (checked); the key and value may be one
+            if n.name in g:
                 g.erase(n)
         fused += 1
     return g, {"attentions_fused": fused, "attentions_apart": apart}

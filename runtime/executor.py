@@ -101,17 +101,15 @@ class Executor(ReferenceRuntime):
         return v
 
     def eval_node(self, node: Node, env: dict, inputs: tuple):
-        if node.op == "attention" and self.dtype is None:  # (with a dtype: below, after the casts)
-            return self._call(node, tuple(self._val(node.args, env)), self._val(node.kwargs, env))
-        if self.dtype is not None:
-            if node.op == "input":
-                return self._cast(super().eval_node(node, env, inputs))
-            if node.op in ("linear", "matmul", "attention"):
-                args = tuple(self._cast(a) for a in self._val(node.args, env))
-                kwargs = {k: self._cast(v) for k, v in self._val(node.kwargs, env).items()}
-                if node.op == "linear":
-                    return F.linear(args[0], args[1], args[2] if len(args) > 2 else None)
-                return self._call(node, args, kwargs)
+        if node.op == "input" and self.dtype is not None:
+            return self._cast(super().eval_node(node, env, inputs))
+        # attention always runs through runtime_callable (qcomp's op); _cast is the identity without a dtype
+        if node.op == "attention" or (self.dtype is not None and node.op in ("linear", "matmul")):
+            args = tuple(self._cast(a) for a in self._val(node.args, env))
+            kwargs = {k: self._cast(v) for k, v in self._val(node.kwargs, env).items()}
+            if node.op == "linear":
+                return F.linear(args[0], args[1], args[2] if len(args) > 2 else None)
+            return self._call(node, args, kwargs)
         return super().eval_node(node, env, inputs)
 
     def _call(self, node: Node, args, kwargs):
