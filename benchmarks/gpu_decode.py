@@ -39,7 +39,10 @@ CONFIGS = {
 # no GPTQ: the calibration input is one decode token (random weights, a speed test). fuse-cache-attention (as in the
 # default pipeline) lets attention read this step's key/value row instead of a copy of each layer's cache.
 # Siblings (q/k/v, gate/up) share one allocation choice and run as one kernel (fuse-siblings: 7 -> 4 qlinear
-# launches per layer); UNFUSED_PIPELINE is the pipeline of the session-11/12 tables.
+# launches per layer). Not in it: fuse-glu (the down projection's kernel applies silu(gate) * up as it loads x, one
+# launch less per layer): H200, session 16, the glu kernels ran 0.5-1.3 µs slower per call and the step did not get
+# faster (3.146 ms against 3.114 without it, different runs; add ",fuse-glu" to --pipeline to try it).
+# UNFUSED_PIPELINE is the pipeline of the session-11/12 tables.
 UNFUSED_PIPELINE = ('canonicalize,insert-hadamard(max_block=128),fuse-hadamard(residual=False),'
                     'allocate-bits(family="uniform", group_sizes=[128], bits=[2,3,4,5,6,8]),quantize(gptq=False),lower')
 SPEED_PIPELINE = ('canonicalize,fuse-cache-attention,insert-hadamard(max_block=128),fuse-hadamard(residual=False),'
@@ -98,6 +101,11 @@ def time_graph(fn, n_warm: int = 3, n_iter: int = 50) -> float:
 
 def graph_of(call, inputs):
     """Record call(*inputs) as a CUDA graph over static copies of inputs; returns replay."""
+    return graph_and_output(call, inputs)[0].replay
+
+
+def graph_and_output(call, inputs):
+    """(graph, its output) of call(*inputs) recorded over static copies of inputs (warmed up on a side stream)."""
     static = [x.clone() for x in inputs]
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -106,8 +114,67 @@ def graph_of(call, inputs):
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g), torch.no_grad():
-        call(*static)
-    return g.replay
+        out = call(*static)
+    return g, out
+
+
+# inductor settings that change how the glue launches, not what it computes: programmatic dependent launch (each
+# kernel waits with griddepcontrol.wait before reading what the node before it wrote) and combo kernels (independent
+# pointwise kernels merged into one launch)
+INDUCTOR_VARIANTS = {"pdl": {"triton.enable_pdl": True}, "combo": {"combo_kernels": True},
+                     "pdl+combo": {"triton.enable_pdl": True, "combo_kernels": True}}
+
+
+def inductor_variant_rows(name, compiled, inp, out_plain, base_sec, base_compiled_sec, b, budget, avg, compile_s, dev):
+    """The torch.compile'd qcomp graph again under INDUCTOR_VARIANTS[name]; its logits must equal the plain compile's.
+
+    A variant that reorders or overlaps launches must not change a bit: the logits of 20 graph replays are compared
+    with the plain compile's (a kernel reading a buffer before its writer finished would differ), and a mismatch
+    drops the row.
+    """
+    import torch._inductor.config as inductor_config
+
+    from qcomp.runtime.fx_lowering import to_graph_module
+
+    patch = INDUCTOR_VARIANTS[name]
+    try:
+        ctx = inductor_config.patch(patch)
+    except (AttributeError, KeyError) as e:
+        print(f"inductor {name}: this torch ({torch.__version__}) lacks a setting: {e}", flush=True)
+        return []
+    torch._dynamo.reset()
+    t = time.perf_counter()
+    with ctx:
+        fn = torch.compile(to_graph_module(compiled.graph, device=dev))
+        with torch.no_grad():
+            fn(*inp)
+    tsec = time.perf_counter() - t
+    g, out = graph_and_output(fn, inp)
+    out = out[0]
+    mismatches, first, self_consistent, worst = 0, None, True, 0.0
+    for _ in range(20):
+        g.replay()
+        torch.cuda.synchronize()
+        mismatches += int(not torch.equal(out, out_plain))
+        worst = max(worst, rel_err(out, out_plain))
+        first = out.clone() if first is None else first
+        self_consistent &= torch.equal(out, first)
+    sec = time_graph(g.replay)
+    print(f"qcomp {budget} batch {b} torch.compile + inductor {name}: {sec * 1e3:.3f} ms/step, {base_sec / sec:.2f}x "
+          f"bf16 eager-graph ({tsec:.0f}s to compile); logits differ from the plain compile in {mismatches}/20 "
+          f"replays (max rel err {worst:.1e}; replays {'agree' if self_consistent else 'DISAGREE'} among themselves)",
+          flush=True)
+    row = {"config": f"qcomp budget {budget} (torch.compile glue, inductor {name})", "batch": b,
+           "ms_per_step": sec * 1e3, "tok_s": b / sec, "speedup": base_sec / sec,
+           "speedup_vs_bf16_compiled": base_compiled_sec / sec, "compile_s": compile_s + tsec, "avg_bits": avg,
+           "replays_differing_from_plain_compile": mismatches, "max_rel_err_vs_plain_compile": worst,
+           "replays_agree": self_consistent}
+    if mismatches:
+        # kept in the JSON for diagnosis, left out of the table: a changed bit may be a reordered reduction (replays
+        # agree, small error) or a kernel reading a buffer early (replays may disagree); neither is checked further
+        print(f"inductor {name}: row left out of the table (its logits differ from the plain compile's)", flush=True)
+        row["rejected"] = "logits differ from the plain compile"
+    return [row]
 
 
 def main(argv=None) -> int:
@@ -131,10 +198,20 @@ def main(argv=None) -> int:
     ap.add_argument("--torch-compile", action="store_true",
                     help="also run both sides through torch.compile (inductor fuses the glue) before the CUDA graph: "
                          "bf16 = torch.compile(step); qcomp = torch.compile(to_graph_module(compiled graph))")
+    ap.add_argument("--inductor-variants", default="",
+                    help="with --torch-compile: also compile qcomp's glue with these inductor settings, comma-"
+                         f"separated, of {sorted(INDUCTOR_VARIANTS)}; each variant's logits must equal the plain "
+                         "compile's bit for bit")
+    ap.add_argument("--no-bf16-variants", action="store_true",
+                    help="compile bf16 without the --inductor-variants (only qcomp gets them; saves a compile each)")
     ap.add_argument("--no-precompile", action="store_true",
                     help="let the first run compile its tuning candidates one by one (default: a process pool first)")
     ap.add_argument("--out", type=Path, default=Path("decode_results"))
     args = ap.parse_args(argv)
+    unknown = [v for v in filter(None, args.inductor_variants.split(",")) if v not in INDUCTOR_VARIANTS]
+    if unknown or (args.inductor_variants and not args.torch_compile):
+        ap.error(f"--inductor-variants takes {sorted(INDUCTOR_VARIANTS)} (got {unknown or args.inductor_variants!r}) "
+                 "and needs --torch-compile")
     args.pipeline = UNFUSED_PIPELINE if args.pipeline == "unfused" else args.pipeline
     args.pipeline = with_sensitivity_file(args.pipeline, args.sensitivity_file)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -182,6 +259,23 @@ def main(argv=None) -> int:
                   f"eager bf16 {rel_c:.2e}: what inductor's fusion alone changes)", flush=True)
             del replay, fn
             torch.cuda.empty_cache()
+            for name in [] if args.no_bf16_variants else filter(None, args.inductor_variants.split(",")):
+                # the strong baseline gets them too
+                import torch._inductor.config as inductor_config
+
+                torch._dynamo.reset()
+                with inductor_config.patch(INDUCTOR_VARIANTS[name]):
+                    fn = torch.compile(step)
+                    with torch.no_grad():
+                        fn(*fixed[b])
+                replay = graph_of(fn, fixed[b])
+                sec = time_graph(replay)
+                rows.append({"config": f"bf16 (torch.compile + CUDA graph, inductor {name})", "batch": b,
+                             "ms_per_step": sec * 1e3, "tok_s": b / sec, "speedup": base[b] / sec, "compile_s": 0.0,
+                             "avg_bits": 16.0})
+                print(f"bf16 torch.compile + inductor {name} batch {b}: {sec * 1e3:.3f} ms/step", flush=True)
+                del replay, fn
+                torch.cuda.empty_cache()
 
     cache_dir = str(args.out / "sens_cache")
     pipeline = None if args.pipeline == "default" else args.pipeline
@@ -236,6 +330,9 @@ def main(argv=None) -> int:
                       f"eager-graph, {bc / sec:.2f}x bf16 compiled ({tsec:.0f}s to compile; rel err vs executor "
                       f"{rel_c:.2e})", flush=True)
                 del replay, fn
+                for name in filter(None, args.inductor_variants.split(",")):
+                    rows.extend(inductor_variant_rows(name, compiled, inp, out_c, base[b], bc, b, budget, avg,
+                                                      csec + tsec, dev))
             del compiled, ex_rt
             torch.cuda.empty_cache()
             (args.out / "decode.json").write_text(json.dumps(rows, indent=1))
@@ -243,7 +340,7 @@ def main(argv=None) -> int:
     print(f"\n{torch.cuda.get_device_name()} | {args.config} | max_len {args.max_len}, pos {args.pos}")
     print("| config | batch | ms/step | tok/s | × bf16 | avg bits | compile s |")
     print("|---|---|---|---|---|---|---|")
-    for r in rows:
+    for r in (r for r in rows if "rejected" not in r):
         print(f"| {r['config']} | {r['batch']} | {r['ms_per_step']:.3f} | {r['tok_s']:.1f} | {r['speedup']:.2f} | "
               f"{r['avg_bits']:.3f} | {r['compile_s']:.1f} |")
     return 0

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_decode import SPEED_PIPELINE, build_model, graph_of, time_graph, with_sensitivity_file  # noqa: E402
+from gpu_decode import (INDUCTOR_VARIANTS, SPEED_PIPELINE, build_model, graph_of, time_graph,  # noqa: E402
+                        with_sensitivity_file)
 
 CATEGORIES = [  # (category, regex on the kernel name), first match wins
     ("qlinear (generated)", r"^qlinear_|^ql_|_gemv|_gemm_w\d"),
@@ -107,8 +108,12 @@ def main(argv=None) -> int:
     ap.add_argument("--torch-compile", action="store_true",
                     help="also profile the compiled graph under torch.compile (inductor fuses the glue between the "
                          "qlinear kernels; gpu_decode.py's 'torch.compile glue' row)")
+    ap.add_argument("--inductor-variant", choices=sorted(INDUCTOR_VARIANTS), default=None,
+                    help="with --torch-compile: compile under these inductor settings (gpu_decode.py's variants)")
     ap.add_argument("--out", type=Path, default=Path("profile_results"))
     args = ap.parse_args(argv)
+    if args.inductor_variant and not args.torch_compile:
+        ap.error("--inductor-variant needs --torch-compile")
     args.pipeline = with_sensitivity_file(args.pipeline, args.sensitivity_file)
     args.out.mkdir(parents=True, exist_ok=True)
     dev = "cuda"
@@ -166,8 +171,12 @@ def main(argv=None) -> int:
         if args.torch_compile:
             from qcomp.runtime.fx_lowering import to_graph_module
 
-            fn = torch.compile(to_graph_module(compiled.graph, device=dev))
-            fn(*inp)
+            import torch._inductor.config as inductor_config
+
+            with inductor_config.patch(INDUCTOR_VARIANTS.get(args.inductor_variant, {})):
+                fn = torch.compile(to_graph_module(compiled.graph, device=dev))
+                fn(*inp)
+            result["inductor_variant"] = args.inductor_variant
             replay = graph_of(fn, inp)
             result["compiled_replay_ms"] = time_graph(replay) * 1e3
             del replay

@@ -4,6 +4,8 @@ Each program owns one (batch, head) and a range of key positions, keeps an onlin
 [R, D] accumulator) over BLOCK_S keys at a time, and the last program of a (batch, head) to finish merges the
 ranges (split-S with a self-resetting counter, as the qlinear kernels' split-K). With HAS_NEW, key/value position
 pos comes from k_new / v_new instead of the cache (a decode step's own row, never written into the cache here).
+On sm_90+ it launches with programmatic dependent launch (waiting before it reads anything; QCOMP_PDL=0 turns it
+off), so its launch and start overlap the end of the kernel before it.
 Imported only when the kernel runs: qcomp works without triton.
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ def _decode_attention_kernel(
     sqb, sqh, sqr, skb, skh, sks, svb, svh, svs, smb, smh, smr, sms, sob, soh, sor, snkb, snkh, snvb, snvh,
     SPLIT,
     D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, MASK: tl.constexpr, F32_DOT: tl.constexpr,
-    HAS_NEW: tl.constexpr, SPLIT_P2: tl.constexpr,
+    HAS_NEW: tl.constexpr, SPLIT_P2: tl.constexpr, PDL: tl.constexpr,
 ):
     # MASK: 0 none, 1 bool (True = attend), 2 additive. Scores are kept in log2 units (qk_scale = scale * log2 e).
     # HAS_NEW: key/value position pos (pos_ptr[0]) is read from kn/vn [B, H, 1, D] instead of the cache
@@ -38,6 +40,8 @@ def _decode_attention_kernel(
     offs_r = tl.arange(0, BLOCK_R)
     offs_d = tl.arange(0, D)
     rmask = offs_r < R
+    if PDL:  # launched with programmatic dependent launch: every input may come from the kernel before, read after
+        tl.extra.cuda.gdc_wait()
     q = tl.load(q_ptr + b * sqb + h * sqh + offs_r[:, None] * sqr + offs_d[None, :], mask=rmask[:, None], other=0.0)
     if F32_DOT:  # the CPU interpreter's tl.dot: float32 operands
         q = q.to(tl.float32)
@@ -127,7 +131,7 @@ def _splits(bh: int, steps: int, device) -> tuple[int, int]:
 def decode_attention(q, k, v, attn_mask=None, scale: Optional[float] = None, new=None) -> torch.Tensor:
     """The kernel path (attention.kernel_unsupported(...) must be None); new = (k_new, v_new, pos): position pos
     of k / v is read from k_new / v_new [B, H, 1, D] instead (attention.cached_unsupported(...) must be None)."""
-    from .ops import split_k_counters
+    from .ops import pdl_available, split_k_counters
 
     B, H, R, D = q.shape
     S = k.shape[2]
@@ -148,13 +152,14 @@ def decode_attention(q, k, v, attn_mask=None, scale: Optional[float] = None, new
         m = attn_mask.expand(B, H, R, S)
         ms = m.stride()
     kn, vn, pos = new if new is not None else (q, q, q)
+    pdl = pdl_available(q.device)
     _decode_attention_kernel[(B * H, split)](
         q, k, v, m, o, ws, cnt, kn, vn, pos,
         H, R, S, scale * _LOG2E, _LOG2E, per,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *o.stride()[:3], *kn.stride()[:2], *vn.stride()[:2],
         split,
         D=D, BLOCK_R=block_r, BLOCK_S=BLOCK_S, MASK=mode, F32_DOT=q.device.type != "cuda", HAS_NEW=new is not None,
-        SPLIT_P2=triton.next_power_of_2(split),
-        num_warps=4,
+        SPLIT_P2=triton.next_power_of_2(split), PDL=pdl,
+        num_warps=4, **({"launch_pdl": True} if pdl else {}),
     )
     return o

@@ -2,9 +2,11 @@
 
 Two spec families come from one renderer (render.py):
 * variant "gemv": small M (block_m in 1, 2, 4, 8, 16; rows >= M masked). No tl.dot: each program owns
-  block_n output rows x a K range (split-K with fp32 atomics; the split count is a launch argument), keeps
-  elementwise fp32 accumulators [block_n, words] per activation row and reduces once at the end; every
-  dequantized weight is reused for all block_m rows. The only variant with a fused Hadamard.
+  block_n output rows x a K range (split-K: the last split sums the fp32 partials in order, render._split_k_fixup;
+  the split count is a launch argument), keeps elementwise fp32 accumulators [block_n, words] per activation row
+  and reduces once at the end; every dequantized weight is reused for all block_m rows. The only variant with a
+  fused Hadamard, and with x_glu (x rows hold [gate | up] and the kernel reads silu(gate) * up: the MLP's
+  activation in the down projection).
 * variant "gemm": tensor-core tiles, acc^T[block_n, block_m] += dot(W tile, x^T tile): the [block_n, block_k]
   weight tile is dequantized once per K step in registers in natural K order and meets the x^T tile in ONE
   tl.dot per K step (pipelined loads, num_stages); grouped program order for L2 reuse; split-K as above.
@@ -48,6 +50,7 @@ class KernelSpec:
     num_stages: int = 3
     group_m: int = 8  # gemm: programs grouped along M for L2 reuse
     had_scratch: bool = False  # gemv + fused Hadamard: rotated x goes through a scratch row (see render._hadamard_x)
+    x_glu: bool = False  # gemv: x rows hold [gate | up] (2K wide); the kernel reads silu(gate) * up (render._x_expr)
 
     def __post_init__(self):
         self.validate()
@@ -87,6 +90,8 @@ class KernelSpec:
                 bad("variant 'gemm' has no fused Hadamard (ops.py rotates x in a separate pass for M > 16)")
         if self.had_scratch and not (h and self.variant == "gemv"):
             bad("had_scratch needs the gemv variant with a fused Hadamard")
+        if self.x_glu and self.variant != "gemv":
+            bad("x_glu needs the gemv variant (ops.py applies silu(gate) * up in torch before a gemm)")
         if self.block_k % (128 * self.p):
             bad(f"block_k must cover whole 128-code pack tiles: a multiple of {128 * self.p}")
         if h and self.block_k % h:
@@ -141,7 +146,7 @@ class KernelSpec:
         grid = f"lut{self.p}" if self.grid == "lut" else self.grid
         had = (f"_h{self.had_block}" + ("x" if self.had_scratch else "")) if self.had_block else ""
         return (
-            f"qlinear_{self.variant}_w{self.bits}_{grid}_g{g}_{self.act_dtype}{had}"
+            f"qlinear_{self.variant}_w{self.bits}_{grid}_g{g}_{self.act_dtype}{had}{'_glu' if self.x_glu else ''}"
             f"_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
         )
 

@@ -10,7 +10,11 @@ Dispatch: CUDA tensors with fp16/bf16 activations run the generated kernel; CPU 
 TRITON_INTERPRET=1, for CI) forces the kernel. Blocks larger than MAX_FUSED_HADAMARD are rotated by a
 separate pass (rotate_blocks) before a kernel without rotation.
 
-The op is registered with torch.library.custom_op and a fake implementation, so torch.compile,
+`torch.ops.qcomp.qlinear_glu` takes x = [gate | up] ([..., 2k]) and computes qlinear(silu(gate) * up): the gemv
+kernels read the two halves and apply the activation while loading x (KernelSpec.x_glu); above
+FUSED_HADAMARD_MAX_M rows, torch computes silu(gate) * up first.
+
+The ops are registered with torch.library.custom_op and a fake implementation, so torch.compile,
 torch.export and CUDA graphs see one opaque node. Before capturing a CUDA graph, call the op once with the
 same shapes so that autotuning (tune.py) has run.
 """
@@ -21,6 +25,7 @@ import os
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from .hadamard_util import rotate_blocks, signs_for
 from .kernel_spec import MAX_FUSED_HADAMARD, KernelSpec
@@ -39,8 +44,10 @@ def _grid_kind(grid: str) -> str:
     return _GRID_ALIASES[grid]
 
 
-def _check(x, packed, scales, lut, offsets, bits, p, group_size, grid, n, k, had_block):
-    if x.shape[-1] != k:
+def _check(x, packed, scales, lut, offsets, bits, p, group_size, grid, n, k, had_block, glu=False):
+    if x.shape[-1] != (2 * k if glu else k):
+        if glu:
+            raise ValueError(f"x has {x.shape[-1]} features; with glu it holds [gate | up], 2 * k = {2 * k}")
         raise ValueError(f"x has {x.shape[-1]} features, the weight expects k = {k}")
     want = packed_shape(n, k // p, bits * p)
     if tuple(packed.shape) != want or packed.dtype != torch.int32:
@@ -77,6 +84,12 @@ def reference_weight(packed, scales, lut, offsets, bits, p, group_size, grid, n,
     return w.reshape(n, k)
 
 
+def glu_reference(x: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up of x = [gate | up] (last dim split in halves), in x's dtype as the unfused graph computes it."""
+    k = x.shape[-1] // 2
+    return F.silu(x[..., :k]) * x[..., k:]
+
+
 def reference_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block):
     dev = x.device  # every tensor to x's device (a CPU copy of packed next to CUDA scales could not be combined)
     w = reference_weight(packed.to(dev), scales.to(dev), lut.to(dev), None if offsets is None else offsets.to(dev),
@@ -92,7 +105,7 @@ def reference_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p,
 
 def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bias, signs, n, k,
            out: Optional[torch.Tensor] = None, warmup: bool = False) -> torch.Tensor:
-    """Run one generated kernel on a 2-D activation x2 [M, k]; returns [M, n] in x2.dtype.
+    """Run one generated kernel on a 2-D activation x2 [M, k] ([M, 2k] for spec.x_glu); returns [M, n] in x2.dtype.
 
     `out` (tests poison it with NaN) receives the result. warmup=True compiles the kernel for these arguments
     (Triton's on-disk cache) without running it."""
@@ -135,7 +148,12 @@ def use_pdl(spec: KernelSpec, device: torch.device) -> bool:
     QCOMP_PDL=0. The gemv's weight prefetch then overlaps the end of the kernel before it (the decode step's
     norm or activation kernel); the tensor-core variant waits first thing, so it gains nothing and keeps the plain
     launch."""
-    if spec.variant != "gemv" or device.type != "cuda" or os.environ.get("QCOMP_PDL", "1") == "0":
+    return spec.variant == "gemv" and pdl_available(device)
+
+
+def pdl_available(device: torch.device) -> bool:
+    """Programmatic dependent launch can be used: a CUDA device of sm_90+, not the interpreter, QCOMP_PDL not 0."""
+    if device.type != "cuda" or os.environ.get("QCOMP_PDL", "1") == "0":
         return False
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return False
@@ -179,28 +197,37 @@ def _use_triton(x: torch.Tensor) -> bool:
     return os.environ.get("QCOMP_FORCE_TRITON") == "1"
 
 
-def base_spec(x_dtype, bits, p, group_size, grid, had_block) -> KernelSpec:
+def base_spec(x_dtype, bits, p, group_size, grid, had_block, glu: bool = False) -> KernelSpec:
     fused = had_block if had_block and had_block <= MAX_FUSED_HADAMARD else 0
     return KernelSpec(bits=bits, grid=_grid_kind(grid), p=p, group_size=group_size, act_dtype=_ACT[x_dtype],
-                      had_block=fused, block_m=1, block_k=max(128 * p, fused))
+                      had_block=fused, block_m=1, block_k=max(128 * p, fused), x_glu=glu)
+
+
+def fuses_glu(m: int, had_block: int) -> bool:
+    """Whether a glu call of M rows reads silu(gate) * up inside the kernel: the gemv variant with the rotation (if
+    any) fused, i.e. M <= FUSED_HADAMARD_MAX_M and a block <= MAX_FUSED_HADAMARD; otherwise torch computes it first."""
+    return m <= FUSED_HADAMARD_MAX_M and had_block <= MAX_FUSED_HADAMARD
 
 
 def triton_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block,
-                   spec: Optional[KernelSpec] = None, split_k: Optional[int] = None):
-    """The kernel path; `spec`/`split_k` override the autotuned choice (tests, benchmarks)."""
-    x2 = x.reshape(-1, k)
+                   spec: Optional[KernelSpec] = None, split_k: Optional[int] = None, glu: bool = False):
+    """The kernel path; `spec`/`split_k` override the autotuned choice (tests, benchmarks). glu: x holds
+    [gate | up] (2k features) and the layer reads silu(gate) * up."""
+    x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
+    if glu and not fuses_glu(x2.shape[0], had_block):
+        x2, glu = glu_reference(x2), False
     if had_block and (had_block > MAX_FUSED_HADAMARD or x2.shape[0] > FUSED_HADAMARD_MAX_M):
         # beyond the fused limit, or a batch above 4 rows (the gemm variant has no fused rotation: rotating
         # M x k activations once costs far less than redoing it for every output tile): one separate pass
         x2 = rotate_blocks(x2, had_signs, had_block)
         had_block = 0
-    base = base_spec(x.dtype, bits, p, group_size, grid, had_block)
+    base = base_spec(x.dtype, bits, p, group_size, grid, had_block, glu)
     calls = precompile.recorder()
     if calls is not None:  # precompile.recording(): note the call, return the reference, compile nothing
         calls.append(precompile.KernelCall.of(base, x2, n, k, scales, offsets, bias))
-        y = reference_qlinear(x2, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k,
+        y = reference_qlinear(glu_reference(x2) if glu else x2, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k,
                               had_block)
         return y.reshape(*x.shape[:-1], n)
     lut32 = lut.to(device=x.device, dtype=torch.float32).contiguous()
@@ -210,6 +237,9 @@ def triton_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, gr
         split_k = chosen if split_k is None else split_k
     elif spec.had_block and not had_block:
         raise ValueError(f"spec {spec.name()} fuses a Hadamard of {spec.had_block} but x was rotated separately")
+    elif spec.x_glu != glu:
+        raise ValueError(f"spec {spec.name()} has x_glu={spec.x_glu} but this call's x {'is' if glu else 'is not'} "
+                         "[gate | up]")
     y = launch(spec, split_k or 1, *args)
     return y.reshape(*x.shape[:-1], n)
 
@@ -242,15 +272,46 @@ def _qlinear_fake(x, packed, scales, lut, offsets, bias, had_signs, bits, p, gro
     return x.new_empty((*x.shape[:-1], n))
 
 
+@torch.library.custom_op("qcomp::qlinear_glu", mutates_args=())
+def qlinear_glu_op(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    lut: torch.Tensor,
+    offsets: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    had_signs: Optional[torch.Tensor],
+    bits: int,
+    p: int,
+    group_size: int,
+    grid: str,
+    n: int,
+    k: int,
+    had_block: int,
+) -> torch.Tensor:
+    """qlinear of silu(gate) * up for x = [gate | up] [..., 2k]: the MLP activation read inside the gemv kernel."""
+    args = (packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block)
+    if _use_triton(x):
+        return triton_qlinear(x, *args, glu=True)
+    return reference_qlinear(glu_reference(x), *args)
+
+
+@qlinear_glu_op.register_fake
+def _qlinear_glu_fake(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block):
+    return x.new_empty((*x.shape[:-1], n))
+
+
 def qlinear(x, packed, scales, lut, offsets, bias, *, bits, p, group_size, grid, n, k,
-            had_block=0, had_seed=None, had_signs=None):
-    """y = rot(x) @ W_hat^T + bias for x [..., k] -> [..., n] (see the module docstring)."""
-    _check(x, packed, scales, lut, offsets, bits, p, group_size, grid, n, k, had_block)
+            had_block=0, had_seed=None, had_signs=None, glu=False):
+    """y = rot(x) @ W_hat^T + bias for x [..., k] -> [..., n] (see the module docstring); with glu, x [..., 2k] is
+    [gate | up] and the layer reads silu(gate) * up (torch.ops.qcomp.qlinear_glu)."""
+    _check(x, packed, scales, lut, offsets, bits, p, group_size, grid, n, k, had_block, glu)
     if had_block and had_signs is None:
         had_signs = signs_for(had_block, had_seed)
     if had_block:
         had_signs = had_signs.to(device=x.device, dtype=torch.float32)
     if lut is None:
         lut = torch.zeros(2 ** (bits * p), p, device=x.device)
-    return torch.ops.qcomp.qlinear(x, packed, scales, lut, offsets, bias, had_signs if had_block else None,
-                                   bits, p, group_size, grid, n, k, had_block)
+    op = torch.ops.qcomp.qlinear_glu if glu else torch.ops.qcomp.qlinear
+    return op(x, packed, scales, lut, offsets, bias, had_signs if had_block else None, bits, p, group_size, grid, n, k,
+              had_block)

@@ -89,7 +89,7 @@ def compile_jobs(jobs) -> int:
         try:
             dev = "cuda"
             g = k if spec.group_size == -1 else spec.group_size
-            x2 = torch.empty(m, k, dtype=getattr(torch, xd), device=dev)
+            x2 = torch.empty(m, 2 * k if spec.x_glu else k, dtype=getattr(torch, xd), device=dev)
             packed = torch.empty(packed_shape(n, k // spec.p, spec.code_bits), dtype=torch.int32, device=dev)
             scales = torch.empty(n, k // g, dtype=getattr(torch, sd), device=dev)
             offsets = torch.empty_like(scales) if has_off else None

@@ -70,6 +70,8 @@ def _header(s: KernelSpec) -> list[str]:
         f"y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]); {grid}",
         f"code = {pl}",
         f"group size {s.group_size}; {had}",
+        *(["x = silu(x[:, :K]) * x[:, K:] (rows of [gate | up], 2K wide), rounded to x's dtype after each op"]
+          if s.x_glu else []),
         *layout,
         f"rows in groups of {ROW_GROUP}: a (group, plane, tile) is one run of {ROW_GROUP} rows x 4w words.",
         f"A K step covers {s.block_k // s.p // 128} tile(s) = C = {s.cols_per_step} columns per row;",
@@ -333,8 +335,9 @@ def _half2_x_scale(s: KernelSpec, m: int) -> list[str]:
         f"amax{m} = tl.zeros(({xc},), dtype=tl.float32)",
         f"for xo in range(step_lo * BLOCK_K, step_hi * BLOCK_K, {xc}):",
         f"    xi = xo + tl.arange(0, {xc})",
-        f"    amax{m} = tl.maximum(amax{m}, tl.abs(tl.load(x_ptr + row{m} * stride_xm + xi, "
-        f"mask=(xi < step_hi * BLOCK_K) & (xi < klim{m}), other=0.0).to(tl.float32)))",
+        f"    amax{m} = tl.maximum(amax{m}, tl.abs("
+        + _x_expr(s, f"row{m} * stride_xm + xi", f"(xi < step_hi * BLOCK_K) & (xi < klim{m})")
+        + ".to(tl.float32)))",
         f"eb{m} = ((tl.max(amax{m}, axis=0).to(tl.int32, bitcast=True) >> 23) & 0xFF)"
         + (f" + {bump}  # |rotated x| <= 2^{bump} max |x|" if bump else "  # biased exponent of max |x|"),
         f"xsb{m} = tl.minimum(tl.maximum({254 + t} - eb{m}, {lo}), {hi})  # biased exponent of xs{m}",
@@ -436,6 +439,46 @@ def _setup(s: KernelSpec) -> list[str]:
             f"signs = tl.load(sgn_ptr + tl.arange(0, BLOCK_K) % {s.had_block})",
         ]
     return L
+
+
+def _x_expr(s: KernelSpec, offs: str, mask: str | None = None) -> str:
+    """The activations at x_ptr + offs (masked loads give 0): x itself, or with x_glu silu(gate) * up of the
+    [gate | up] row, the up half K columns after the gate half (both 0 where masked: silu(0) * 0 = 0)."""
+    m = f", mask={mask}, other=0.0" if mask else ""
+    if not s.x_glu:
+        return f"tl.load(x_ptr + {offs}{m})"
+    return f"_glu(tl.load(x_ptr + {offs}{m}), tl.load(x_ptr + K + {offs}{m}))"
+
+
+def _x_load(s: KernelSpec, target: str, offs: str, mask: str, tail: str = "") -> list[str]:
+    """`target = <activations at x_ptr + offs>tail` (_x_expr), unmasked when EVEN (as _even_load)."""
+    return ["if EVEN:", f"    {target} = {_x_expr(s, offs)}{tail}",
+            "else:", f"    {target} = {_x_expr(s, offs, mask)}{tail}"]
+
+
+def _glu_helper() -> list[str]:
+    return [
+        "# the CPU interpreter truncates fp32 -> bf16 casts; CUDA (and torch) round to nearest even: done by hand there",
+        'RNE_BY_HAND = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")',
+        "",
+        "",
+        "@triton.jit",
+        "def _rne(v, dt: tl.constexpr):",
+        "    if RNE_BY_HAND and dt == tl.bfloat16:",
+        "        b = v.to(tl.int32, bitcast=True)",
+        "        v = (b + 0x7FFF + ((b >> 16) & 1)).to(tl.float32, bitcast=True)",
+        "    return v.to(dt)",
+        "",
+        "",
+        "@triton.jit",
+        "def _glu(g, u):",
+        "    # silu(g) * u rounded as torch rounds the two ops in x's dtype (silu in fp32, then the product)",
+        "    gf = g.to(tl.float32)",
+        "    a = _rne(gf / (1.0 + tl.exp(-gf)), g.dtype)",
+        "    return _rne(a.to(tl.float32) * u.to(tl.float32), g.dtype)",
+        "",
+        "",
+    ]
 
 
 def _even_load(target: str, ptr: str, mask: str, other: str, tail: str = "") -> list[str]:
@@ -564,8 +607,8 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str) -> list[str]:
     h = s.had_block
     W0, S, P = s.tile_cols, s.col_slots, s.p
     kt = s.block_k // P // 128
-    L = _even_load("xk", f"x_ptr + row{m} * stride_xm + step * BLOCK_K + tl.arange(0, BLOCK_K)",
-                   f"step * BLOCK_K + tl.arange(0, BLOCK_K) < klim{m}", "0.0", ".to(tl.float32) * signs")
+    L = _x_load(s, "xk", f"row{m} * stride_xm + step * BLOCK_K + tl.arange(0, BLOCK_K)",
+                f"step * BLOCK_K + tl.arange(0, BLOCK_K) < klim{m}", ".to(tl.float32) * signs")
     d = 1
     while d < h:
         L += [
@@ -676,8 +719,8 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
             for j in range(S):
                 for e in range(P):
                     idx = _x_index(s, j, e)
-                    loop += _even_load(f"x{m}_{j}_{e}", f"x_ptr + row{m} * stride_xm + {idx}", f"{idx} < klim{m}",
-                                       "0.0", "" if h2 else ".to(tl.float32)")
+                    loop += _x_load(s, f"x{m}_{j}_{e}", f"row{m} * stride_xm + {idx}", f"{idx} < klim{m}",
+                                    "" if h2 else ".to(tl.float32)")
     if mode == "row":
         if prefetch_distance(s):
             loop += [f"{v} = {v}_p0" for v in _row_scale_names(s)]
@@ -925,8 +968,12 @@ def kernel_source(spec: KernelSpec) -> str:
         "):",
     ]
     hdr = _header(s)
+    if use_half2(s) or s.x_glu:
+        hdr = hdr[: hdr.index("import triton")] + ["import os", ""] + hdr[hdr.index("import triton"):]
+    if s.x_glu:
+        hdr += _glu_helper()
     if use_half2(s):
-        hdr = hdr[: hdr.index("import triton")] + ["import os", ""] + hdr[hdr.index("import triton"):] + _half2_helpers(s)
+        hdr += _half2_helpers(s)
     return "\n".join(hdr + sig + ["    " + b for b in body]) + "\n"
 
 

@@ -31,7 +31,8 @@ _PARTS = ("qweight", "scales", "lut", "offsets", "bias")  # qlinear args 1..5
 
 def _key(n: Node) -> tuple:
     a = n.attrs
-    return (n.args[0], a["k"], repr(sorted(a["spec"].items())), repr(a.get("rotate")), repr(a.get("hadamard")))
+    return (n.args[0], a["k"], repr(sorted(a["spec"].items())), repr(a.get("rotate")), repr(a.get("hadamard")),
+            bool(a.get("glu")))
 
 
 def _why_apart(g: Graph, members: list[Node]) -> str | None:

@@ -171,6 +171,10 @@ class Executor(ReferenceRuntime):
         w = reference_weight(packed, scales.to(packed.device), lut.to(packed.device),
                              None if offsets is None else offsets.to(packed.device), spec.bits, spec.p,
                              spec.group_size, spec.grid, a["n"], a["k"]).to(device=x.device, dtype=x.dtype)
+        if a.get("glu"):
+            from qcomp.codegen.ops import glu_reference
+
+            x = glu_reference(x)
         rot = a.get("rotate") or {}
         if rot.get("size"):
             x = rotate_blocks(x, self._had_signs(rot["size"], rot.get("seed"), x.device), rot["size"])
@@ -183,14 +187,14 @@ class Executor(ReferenceRuntime):
         return spec
 
     def kernel_qlinear(self, node: Node, x, packed, scales, lut, offsets=None, bias=None):
-        """The codegen op with this node's attributes (spec, n, k, rotate)."""
+        """The codegen op with this node's attributes (spec, n, k, rotate, glu)."""
         a, spec = node.attrs, self._spec(node)
         rot = a.get("rotate") or {}
         had_block = int(rot.get("size") or 0)
         signs = self._had_signs(had_block, rot.get("seed"), x.device) if had_block else None
         return self._kernel_op()(x, packed, scales, lut, offsets, bias, bits=spec.bits, p=spec.p,
                                  group_size=spec.group(a["k"]), grid=spec.grid, n=a["n"], k=a["k"],
-                                 had_block=had_block, had_signs=signs)
+                                 had_block=had_block, had_signs=signs, glu=bool(a.get("glu")))
 
     def _had_signs(self, size: int, seed, device) -> torch.Tensor:
         key = (size, seed, str(device))

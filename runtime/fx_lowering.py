@@ -40,12 +40,13 @@ def _attr_name(target: str, taken: set[str]) -> str:
 
 
 def qlinear_call(x, packed, scales, lut, offsets, bias, had_signs, bits: int, p: int, group_size: int, grid: str,
-                 n: int, k: int, had_block: int):
-    """torch.ops.qcomp.qlinear with a bias cast to x's dtype (as the Executor does)."""
+                 n: int, k: int, had_block: int, glu: bool = False):
+    """torch.ops.qcomp.qlinear (qlinear_glu for x = [gate | up]) with a bias cast to x's dtype (as the Executor
+    does)."""
     if bias is not None and bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
-    return torch.ops.qcomp.qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k,
-                                   had_block)
+    op = torch.ops.qcomp.qlinear_glu if glu else torch.ops.qcomp.qlinear
+    return op(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block)
 
 
 def to_graph_module(graph: Graph, device=None) -> fx.GraphModule:
@@ -93,7 +94,8 @@ def to_graph_module(graph: Graph, device=None) -> fx.GraphModule:
                 lut = buffer(("lut0", spec.bits * spec.p, spec.p), torch.zeros(2 ** (spec.bits * spec.p), spec.p),
                              f"lut_zeros_{spec.bits * spec.p}_{spec.p}")
             out = fxg.call_function(qlinear_call, (x, packed, scales, lut, offsets, bias, signs, spec.bits, spec.p,
-                                                   spec.group(a["k"]), spec.grid, a["n"], a["k"], had))
+                                                   spec.group(a["k"]), spec.grid, a["n"], a["k"], had,
+                                                   bool(a.get("glu"))))
         elif op == "rotate":
             out = fxg.call_function(rotate, (args[0], a["size"], a.get("seed"), a.get("inverse", False)))
         elif op == "norm":

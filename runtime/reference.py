@@ -170,6 +170,10 @@ class ReferenceRuntime:
     def qlinear(self, node: Node, x, packed, scales, lut, offsets=None, bias=None):
         a = node.attrs
         spec = QuantSpec.from_dict(a["spec"])
+        if a.get("glu"):  # x = [gate | up] (passes/fuse_glu.py): the layer reads silu(gate) * up
+            from qcomp.codegen.ops import glu_reference
+
+            x = glu_reference(x)
         if a.get("rotate"):
             x = rotate(x, a["rotate"]["size"], a["rotate"].get("seed"))
         w = self._dequantized.get(node.name)

@@ -9,6 +9,8 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import dataclasses  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -376,3 +378,57 @@ def test_had_scratch_needs_a_fused_rotation():
         KernelSpec(had_scratch=True, block_k=128)
     with pytest.raises(KernelSpecError, match="had_scratch"):
         KernelSpec(variant="gemm", had_scratch=True, block_m=16, block_k=128)
+
+
+@pytest.mark.parametrize("bits,grid,p,act,had,scratch,m,split,k", [
+    (3, "uniform", 1, "bf16", 128, False, 1, 2, 512),  # the decode case: half2 path, fused rotation
+    (4, "uniform", 1, "bf16", 128, True, 2, 1, 384),
+    (2, "uniform", 1, "fp16", 0, False, 3, 3, 640),  # fp16 pairs scaled in half2, ragged rows
+    (5, "uniform", 1, "fp16", 128, False, 4, 4, 512),
+    (8, "uniform", 1, "bf16", 0, False, 1, 1, 256),  # fp32 arithmetic (no half2)
+    (4, "lut", 1, "fp16", 0, False, 2, 2, 384),
+    (2, "lut", 2, "bf16", 128, False, 1, 1, 256),
+    (6, "uniform_asym", 1, "bf16", 128, False, 2, 2, 384),
+])
+def test_gemv_glu_reads_silu_gate_times_up(bits, grid, p, act, had, scratch, m, split, k):
+    """x_glu: x rows are [gate | up] (2k wide) and the kernel applies silu(gate) * up while loading x, rounded like
+    torch's two ops in x's dtype; it matches the reference on silu(gate) * up computed by torch, for every path that
+    loads x (fused rotation, scratch row, half2 pairs, fp32, lut, split-K, ragged N and M)."""
+    n = 40
+    dt = torch.float16 if act == "fp16" else torch.bfloat16
+    d = make_case(bits, grid, p, 128, had, m, n, k, seed=bits * 11 + m + k)
+    gen = torch.Generator().manual_seed(k + m)
+    d["x"] = (torch.randn(m, 2 * k, generator=gen) * 2).to(dt)  # fresh [gate | up] rows, gates on both sides of 0
+    spec = KernelSpec(bits=bits, grid=grid, p=p, group_size=128, act_dtype=act, had_block=had, variant="gemv",
+                      block_m=1 << (m - 1).bit_length(), block_n=16, block_k=128 * p, x_glu=True,
+                      had_scratch=scratch)
+    src = kernel_source(spec)
+    assert "def _glu(" in src and "x_ptr + K + " in src and spec.name().endswith(spec.name().split("_glu")[1])
+    out = torch.full((m, n), float("nan"), dtype=dt)
+    y = launch(spec, split, d["x"], d["packed"], d["scales"], d["lut"].float().contiguous(), d["offsets"], d["bias"],
+               d["signs"], n, k, out=out)
+    h = torch.nn.functional.silu(d["x"][:, :k]) * d["x"][:, k:]
+    ref = reference_qlinear(h, d["packed"], d["scales"], d["lut"], d["offsets"], d["bias"], d["signs"], bits, p, 128,
+                            grid, n, k, had)
+    check(y, ref, tol=2e-3 if act == "fp16" else 8e-3)
+    plain = dataclasses.replace(spec, x_glu=False)
+    assert torch.allclose(y.float(), run_kernel({**d, "x": h}, plain, split, n, k).float(), rtol=0, atol=1e-2)
+
+
+def test_glu_op_and_its_fallbacks(monkeypatch):
+    """The qlinear_glu op: the forced kernel (M <= 4, fused) and the paths where torch computes silu(gate) * up
+    first (M > 4; a rotation above the fused limit) match the CPU reference; a wrong width names the fix."""
+    n, k = 32, 512
+    for m, had in ((2, 128), (6, 128), (3, 512)):
+        d = make_case(4, "uniform", 1, 128, had, m, n, k, seed=m * 5 + had)
+        x = torch.randn(m, 2 * k, generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
+        kw = dict(bits=4, p=1, group_size=128, grid="uniform", n=n, k=k, had_block=had, had_signs=d["signs"], glu=True)
+        monkeypatch.delenv("QCOMP_FORCE_TRITON", raising=False)
+        ref = qlinear(x, d["packed"], d["scales"], None, None, d["bias"].bfloat16(), **kw)
+        monkeypatch.setenv("QCOMP_FORCE_TRITON", "1")
+        y = qlinear(x, d["packed"], d["scales"], None, None, d["bias"].bfloat16(), **kw)
+        check(y, ref, tol=8e-3)
+    with pytest.raises(ValueError, match=r"\[gate \| up\], 2 \* k"):
+        qlinear(x[:, :k], d["packed"], d["scales"], None, None, None, **kw)
+    with pytest.raises(KernelSpecError, match="x_glu needs the gemv"):
+        KernelSpec(variant="gemm", x_glu=True, block_m=16, block_k=128)

@@ -140,3 +140,19 @@ def test_ab_kernels_loads_another_render_and_packing():
     assert torch.equal(old_pack(codes, 3), packing.pack_codes(codes, 3))
     spec = KernelSpec(bits=3, block_m=1, block_n=32, block_k=128, num_warps=2, num_stages=2)
     assert ab_kernels._module(render.__file__, "render_ab_test").kernel_source(spec) == render.kernel_source(spec)
+
+
+def test_inductor_variants_are_checked_before_any_work(capsys):
+    """--inductor-variants names settings that exist in torch's inductor config, and needs --torch-compile."""
+    import torch._inductor.config as inductor_config
+
+    for patch in gpu_decode.INDUCTOR_VARIANTS.values():
+        with inductor_config.patch(patch):  # every key is a real setting of this torch
+            pass
+    for argv in (["--inductor-variants", "combo,nope", "--torch-compile"], ["--inductor-variants", "combo"]):
+        with pytest.raises(SystemExit):
+            gpu_decode.main(argv)
+        assert "--inductor-variants takes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        profile_decode.main(["--inductor-variant", "combo"])
+    assert "needs --torch-compile" in capsys.readouterr().err

@@ -145,4 +145,6 @@ def _check_qlinear(g: Graph, n: Node) -> None:
     rot = a.get("rotate")
     if rot is not None and (not isinstance(rot, dict) or not isinstance(rot.get("size"), int) or k % rot["size"]):
         raise _Bad(f"rotate attr must be {{size, seed}} with size dividing k = {k}, got {rot!r}")
-    _check_io(g, n, k=k, nout=nn_)
+    if a.get("glu") not in (None, False, True):
+        raise _Bad(f"glu attr must be a bool, got {a.get('glu')!r}")
+    _check_io(g, n, k=2 * k if a.get("glu") else k, nout=nn_)  # glu: x = [gate | up], 2k features
