@@ -30,7 +30,7 @@ from qcomp.codegen.tune import candidates
 from qcomp.pass_manager import PassContext, register_pass
 from qcomp.qir import Graph, Ref
 
-_ACT = {"float16": "fp16", "bfloat16": "bf16"}
+_ACT = {"float16": "fp16", "bfloat16": "bf16", "f16": "fp16", "bf16": "bf16"}  # torch names and QIR's short ones
 
 
 def _act_dtype(g: Graph, ref) -> str:

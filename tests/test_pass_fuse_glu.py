@@ -63,6 +63,8 @@ def test_down_projection_reads_gate_up(tiny, capture):
     downs = [n for n in fused.graph.nodes if n.op == "qlinear" and n.attrs.get("glu")]
     assert [n.attrs["layer"] for n in downs] == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
     assert all("_glu_" in n.attrs["kernel"]["gemv"] and "_glu" not in n.attrs["kernel"]["gemm"] for n in downs)
+    # lower names the kernels of the graph's activation dtype (bf16 here), as the runtime will pick them
+    assert all("_bf16_" in n.attrs["kernel"]["gemv"] for n in fused.graph.nodes if n.op == "qlinear")
     assert not any(n.op == "elementwise" and "silu" in str(n.attrs.get("target")) for n in fused.graph.nodes)
     x = _fresh(inputs, 7)
     with torch.no_grad():
