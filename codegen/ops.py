@@ -203,10 +203,17 @@ def base_spec(x_dtype, bits, p, group_size, grid, had_block, glu: bool = False) 
                       had_block=fused, block_m=1, block_k=max(128 * p, fused), x_glu=glu)
 
 
+def rotates_apart(m: int, had_block: int) -> bool:
+    """x of M rows is rotated by a separate pass, not in the kernel: a block beyond the fused limit, or a batch above
+    FUSED_HADAMARD_MAX_M rows (the gemm variant has no fused rotation: rotating M x k activations once costs far less
+    than redoing it for every output tile)."""
+    return bool(had_block) and (had_block > MAX_FUSED_HADAMARD or m > FUSED_HADAMARD_MAX_M)
+
+
 def fuses_glu(m: int, had_block: int) -> bool:
-    """Whether a glu call of M rows reads silu(gate) * up inside the kernel: the gemv variant with the rotation (if
-    any) fused, i.e. M <= FUSED_HADAMARD_MAX_M and a block <= MAX_FUSED_HADAMARD; otherwise torch computes it first."""
-    return m <= FUSED_HADAMARD_MAX_M and had_block <= MAX_FUSED_HADAMARD
+    """Whether a glu call of M rows reads silu(gate) * up inside the kernel: the gemv variant (M <=
+    FUSED_HADAMARD_MAX_M) with its rotation, if any, fused; otherwise torch computes silu(gate) * up first."""
+    return m <= FUSED_HADAMARD_MAX_M and not rotates_apart(m, had_block)
 
 
 def triton_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block,
@@ -218,17 +225,15 @@ def triton_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, gr
         x2 = x2.contiguous()
     if glu and not fuses_glu(x2.shape[0], had_block):
         x2, glu = glu_reference(x2), False
-    if had_block and (had_block > MAX_FUSED_HADAMARD or x2.shape[0] > FUSED_HADAMARD_MAX_M):
-        # beyond the fused limit, or a batch above 4 rows (the gemm variant has no fused rotation: rotating
-        # M x k activations once costs far less than redoing it for every output tile): one separate pass
+    if rotates_apart(x2.shape[0], had_block):
         x2 = rotate_blocks(x2, had_signs, had_block)
         had_block = 0
     base = base_spec(x.dtype, bits, p, group_size, grid, had_block, glu)
     calls = precompile.recorder()
     if calls is not None:  # precompile.recording(): note the call, return the reference, compile nothing
         calls.append(precompile.KernelCall.of(base, x2, n, k, scales, offsets, bias))
-        y = reference_qlinear(glu_reference(x2) if glu else x2, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k,
-                              had_block)
+        y = reference_qlinear(glu_reference(x2) if glu else x2, packed, scales, lut, offsets, bias, had_signs, bits,
+                              p, group_size, grid, n, k, had_block)
         return y.reshape(*x.shape[:-1], n)
     lut32 = lut.to(device=x.device, dtype=torch.float32).contiguous()
     args = (x2, packed, scales, lut32, offsets, bias, had_signs, n, k)
@@ -261,10 +266,15 @@ def qlinear_op(
     k: int,
     had_block: int,
 ) -> torch.Tensor:
-    args = (x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block)
+    return _dispatch(x, (packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block),
+                     glu=False)
+
+
+def _dispatch(x, args: tuple, glu: bool) -> torch.Tensor:
+    """Both ops' body: the kernel path where _use_triton(x), else the reference (on silu(gate) * up for glu)."""
     if _use_triton(x):
-        return triton_qlinear(*args)
-    return reference_qlinear(*args)
+        return triton_qlinear(x, *args, glu=glu)
+    return reference_qlinear(glu_reference(x) if glu else x, *args)
 
 
 @qlinear_op.register_fake
@@ -290,15 +300,11 @@ def qlinear_glu_op(
     had_block: int,
 ) -> torch.Tensor:
     """qlinear of silu(gate) * up for x = [gate | up] [..., 2k]: the MLP activation read inside the gemv kernel."""
-    args = (packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block)
-    if _use_triton(x):
-        return triton_qlinear(x, *args, glu=True)
-    return reference_qlinear(glu_reference(x), *args)
+    return _dispatch(x, (packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block),
+                     glu=True)
 
 
-@qlinear_glu_op.register_fake
-def _qlinear_glu_fake(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block):
-    return x.new_empty((*x.shape[:-1], n))
+qlinear_glu_op.register_fake(_qlinear_fake)  # the same output shape: [..., n]
 
 
 def qlinear(x, packed, scales, lut, offsets, bias, *, bits, p, group_size, grid, n, k,

@@ -24,7 +24,7 @@ from qcomp.pass_manager import PassContext, register_pass
 from qcomp.qir import Graph, Node, Ref
 from qcomp.qir.types import TensorType
 
-from .lower import _act_dtype, kernel_specs
+from .lower import act_dtype, kernel_specs
 
 _MUL = ("operator.mul", "torch.mul", "aten.mul.Tensor")
 _SILU = ("torch.nn.functional.silu", "aten.silu.default", "torch.silu")
@@ -43,15 +43,15 @@ def _narrow(g: Graph, ref) -> tuple | None:
     return src, start, length
 
 
-def _why_not(g: Graph, down: Node, users: dict) -> tuple[str | None, Ref | None]:
-    """(None, the [gate | up] value) if `down` can read silu(gate) * up in its kernel, else (reason, None)."""
-    mul = g.node(down.args[0])
+def _why_not(g: Graph, down: Node, mul: Node, users: dict) -> tuple[str | None, tuple[Node, Ref] | None]:
+    """(None, (the silu node, the [gate | up] value)) if `down`, reading the product `mul`, can read silu(gate) * up
+    in its kernel, else (reason, None)."""
     if len(mul.args) != 2 or mul.kwargs:
         return "the product takes other arguments", None
     for silu_ref, up_ref in (mul.args, mul.args[::-1]):
-        if not isinstance(silu_ref, Ref) or g.node(silu_ref).op != "elementwise" or g.node(silu_ref).target not in _SILU:
+        silu = g.node(silu_ref) if isinstance(silu_ref, Ref) else None
+        if silu is None or silu.op != "elementwise" or silu.target not in _SILU:
             continue
-        silu = g.node(silu_ref)
         if len(silu.args) != 1 or silu.kwargs.get("inplace", False) or set(silu.kwargs) - {"inplace"}:
             return "silu is in place or takes other arguments", None
         gate, up = _narrow(g, silu.args[0]), _narrow(g, up_ref)
@@ -65,7 +65,7 @@ def _why_not(g: Graph, down: Node, users: dict) -> tuple[str | None, Ref | None]
             return f"%{src.name} is not a {2 * k}-wide value of the product's dtype", None
         if any(u is not mul for u in users[silu.name]) or any(u is not down for u in users[mul.name]):
             return "the silu or the product has other users", None
-        return None, gate[0]
+        return None, (silu, gate[0])
     return "no factor is a silu", None
 
 
@@ -76,19 +76,18 @@ def fuse_glu(graph: Graph, ctx: PassContext):
     fused, apart = 0, {}
     users = g.users()
     for down in [n for n in g.nodes if n.op == "qlinear" and not n.attrs.get("glu")]:
-        x = g.node(down.args[0])
-        if x.op != "elementwise" or x.target not in _MUL:
+        mul = g.node(down.args[0])
+        if mul.op != "elementwise" or mul.target not in _MUL:
             continue
-        why, src = _why_not(g, down, users)
+        why, parts = _why_not(g, down, mul, users)
         if why:
             apart[down.name] = why
             continue
-        mul = x
-        silu = next(g.node(r) for r in mul.args if g.node(r).target in _SILU)
+        silu, src = parts
         down.args = (src,) + tuple(down.args[1:])
         down.attrs["glu"] = True
         if "kernel" in down.attrs:
-            down.attrs["kernel"] = {v: s.name() for v, s in kernel_specs(down.attrs, _act_dtype(g, src)).items()}
+            down.attrs["kernel"] = {v: s.name() for v, s in kernel_specs(down.attrs, act_dtype(g, src)).items()}
         g.erase(mul)
         g.erase(silu)
         users = g.users()

@@ -33,7 +33,7 @@ from qcomp.qir import Graph, Ref
 _ACT = {"float16": "fp16", "bfloat16": "bf16", "f16": "fp16", "bf16": "bf16"}  # torch names and QIR's short ones
 
 
-def _act_dtype(g: Graph, ref) -> str:
+def act_dtype(g: Graph, ref) -> str:
     t = getattr(g.node(ref), "type", None)
     dt = str(getattr(t, "dtype", "") or "").replace("torch.", "")
     return _ACT.get(dt, "fp16")  # float32 graphs run the kernels on their fp16 cast
@@ -96,7 +96,7 @@ def lower(graph: Graph, ctx: PassContext):
     specs: dict[str, KernelSpec] = {}
     lowered = 0
     for node in [n for n in g.nodes if n.op == "qlinear"]:
-        chosen = kernel_specs(node.attrs, _act_dtype(g, node.args[0]))
+        chosen = kernel_specs(node.attrs, act_dtype(g, node.args[0]))
         node.attrs["kernel"] = {v: s.name() for v, s in chosen.items()}
         for s in chosen.values():
             specs[s.name()] = s
