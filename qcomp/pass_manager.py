@@ -105,6 +105,20 @@ def set_pass_options(pipeline: str, name: str, **options) -> str:
     return format_pipeline([(n, {**o, **options} if n == name else o) for n, o in steps])
 
 
+LM_HEAD_PASSES = ("insert-hadamard", "allocate-bits", "quantize")  # the passes whose default skip is "lm_head"
+
+
+def with_lm_head_quantized(pipeline: str) -> str:
+    """`pipeline` with the lm_head rotated, allocated (its bits chosen by the DP and counted in the budget) and
+    quantized like every other linear: skip="" on the LM_HEAD_PASSES. PipelineError if one of them is missing."""
+    missing = sorted(set(LM_HEAD_PASSES) - {n for n, _ in parse_pipeline(pipeline)})
+    if missing:
+        raise PipelineError(f"quantizing the lm_head needs {missing} steps in the pipeline {pipeline!r}")
+    for name in LM_HEAD_PASSES:
+        pipeline = set_pass_options(pipeline, name, skip="")
+    return pipeline
+
+
 @dataclass
 class PassContext:
     """What passes may read besides the graph: compile options, the source model, example inputs."""

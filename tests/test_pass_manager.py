@@ -10,8 +10,9 @@ import torch
 import qcomp
 from qcomp.capture import capture_model
 from qcomp.models.tiny import builtin_model
+from qcomp.config import DEFAULT_PIPELINE
 from qcomp.pass_manager import (PassContext, PassError, PassManager, PipelineError, parse_pipeline, register_pass,
-                                 set_pass_options)
+                                 set_pass_options, with_lm_head_quantized)
 from qcomp.qir import print_graph
 
 
@@ -35,6 +36,25 @@ def test_set_pass_options_adds_or_replaces_and_names_a_missing_step():
     assert dict(parse_pipeline(set_pass_options(p, "allocate-bits", bits=[8])))["allocate-bits"]["bits"] == [8]
     with pytest.raises(PipelineError, match="no 'allocate-bits' step"):
         set_pass_options("canonicalize,quantize", "allocate-bits", sensitivity_file="x.json")
+
+
+def test_with_lm_head_quantized_puts_the_lm_head_in_the_budget():
+    model, inputs = builtin_model("tiny-llama")
+    plain = qcomp.compile(model, budget=4.0, example_inputs=inputs)
+    assert "lm_head" in plain.report["kept_float"]
+    assert "lm_head" not in {r["layer"] for r in plain.layer_table()}
+    pipe = with_lm_head_quantized(DEFAULT_PIPELINE)
+    assert all(dict(parse_pipeline(pipe))[n]["skip"] == "" for n in ("insert-hadamard", "allocate-bits", "quantize"))
+    c = qcomp.compile(model, budget=4.0, example_inputs=inputs, pipeline=pipe)
+    rows = {r["layer"]: r for r in c.layer_table()}
+    assert "lm_head" in rows and "lm_head" not in c.report.get("kept_float", [])
+    numel = sum(r["numel"] for r in rows.values())
+    avg = sum(r["numel"] * r["bits_per_weight"] for r in rows.values()) / numel
+    assert avg <= 4.0 + 1e-9 and avg == pytest.approx(c.report["allocation"]["avg_bits"])
+    with torch.no_grad():
+        assert torch.isfinite(c(*inputs)).all()
+    with pytest.raises(PipelineError, match=r"needs \['allocate-bits', 'insert-hadamard'\] steps"):
+        with_lm_head_quantized("canonicalize,quantize,lower")
 
 
 def test_dump_dir_and_print_after_change(tmp_path):
