@@ -189,6 +189,7 @@ def main(argv=None) -> int:
     import qcomp
     from qcomp.config import DEFAULT_PIPELINE
     from qcomp.pass_manager import PipelineError, with_lm_head_quantized
+    from qcomp.passes.quantize_weights import matches
     from qcomp.runtime.executor import Executor
     from qcomp.static_decode import StaticDecodeStep
 
@@ -323,7 +324,7 @@ def main(argv=None) -> int:
             replay = graph_of(ex_rt.run, inp)
             sec = time_graph(replay)
             label = f"qcomp budget {budget}" + (", lm_head quantized" if args.quantize_lm_head else "")
-            head = [r["spec"] for r in compiled.layer_table() if r["layer"].split(".")[-1] == "lm_head"]
+            head = [r["spec"] for r in compiled.layer_table() if matches(r["layer"], "lm_head")]  # as the passes' skip
             lm_head = f"quantized {head[0]}" if head else "bf16"  # the DP may still keep it at 16 bits
             rows.append({"config": label, "batch": b, "ms_per_step": sec * 1e3, "tok_s": b / sec,
                          "speedup": base[b] / sec, "compile_s": csec, "avg_bits": avg, "rel_err_logits": rel,

@@ -223,7 +223,6 @@ class Bench:
         self.results["budgets_gptq"] = rows
         return rows
 
-
     def lm_head(self, budgets=(4.0, 3.5)) -> list[dict]:
         """What quantizing the lm_head costs (its bits chosen by the DP and counted in the budget; SmolLM2's is tied
         to the embedding, which stays float): the default pipeline, data-free α, with the lm_head float (not
@@ -238,7 +237,6 @@ class Bench:
                                          budget=budget, cache_dir=str(self.cache_dir)))
         self.results["lm_head"] = rows
         return rows
-
 
     def ties(self, budgets=(4.0, 3.5)) -> list[dict]:
         """What allocate-bits(tie_siblings=True) costs in perplexity: the budgets_gptq rows with q/k/v and gate/up

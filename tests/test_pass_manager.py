@@ -9,8 +9,8 @@ import torch
 
 import qcomp
 from qcomp.capture import capture_model
-from qcomp.models.tiny import builtin_model
 from qcomp.config import DEFAULT_PIPELINE
+from qcomp.models.tiny import builtin_model
 from qcomp.pass_manager import (PassContext, PassError, PassManager, PipelineError, parse_pipeline, register_pass,
                                  set_pass_options, with_lm_head_quantized)
 from qcomp.qir import print_graph
