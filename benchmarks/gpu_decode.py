@@ -13,6 +13,7 @@ Compile time is reported per budget (capture + passes; the sensitivity is measur
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -42,12 +43,18 @@ CONFIGS = {
 # launches per layer). Not in it: fuse-glu (the down projection's kernel applies silu(gate) * up as it loads x, one
 # launch less per layer): H200, session 16, the glu kernels ran 0.5-1.3 µs slower per call and the step did not get
 # faster (3.146 ms against 3.114 without it, different runs; add ",fuse-glu" to --pipeline to try it).
+# fuse-residual and fuse-norm (session 18): the residual add after the o and down projections moves into their
+# kernels' epilogue and each RMSNorm into the next qkv / gate_up GEMV, which reads the whole row for its mean square:
+# two glue launches fewer per layer (the same function; see passes/fuse_norm.py). "speed-s17" is the pipeline of
+# sessions 13-17 without them.
 # UNFUSED_PIPELINE is the pipeline of the session-11/12 tables.
 UNFUSED_PIPELINE = ('canonicalize,insert-hadamard(max_block=128),fuse-hadamard(residual=False),'
                     'allocate-bits(family="uniform", group_sizes=[128], bits=[2,3,4,5,6,8]),quantize(gptq=False),lower')
-SPEED_PIPELINE = ('canonicalize,fuse-cache-attention,insert-hadamard(max_block=128),fuse-hadamard(residual=False),'
-                  'allocate-bits(family="uniform", group_sizes=[128], bits=[2,3,4,5,6,8], tie_siblings=True),'
-                  'quantize(gptq=False),fuse-siblings,lower')
+SPEED_S17_PIPELINE = ('canonicalize,fuse-cache-attention,insert-hadamard(max_block=128),fuse-hadamard(residual=False),'
+                      'allocate-bits(family="uniform", group_sizes=[128], bits=[2,3,4,5,6,8], tie_siblings=True),'
+                      'quantize(gptq=False),fuse-siblings,lower')
+SPEED_PIPELINE = SPEED_S17_PIPELINE + ",fuse-residual,fuse-norm"
+PIPELINES = {"speed": SPEED_PIPELINE, "speed-s17": SPEED_S17_PIPELINE, "unfused": UNFUSED_PIPELINE}
 
 
 def with_sensitivity_file(pipeline: str, path: str | None) -> str:
@@ -199,10 +206,13 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--max-len", type=int, default=256)
     ap.add_argument("--pos", type=int, default=128, help="decode position timed (tokens already in the cache)")
-    ap.add_argument("--pipeline", default=SPEED_PIPELINE,
-                    help="default: the default pipeline with 128-wide Hadamard blocks (fused into the kernels) and "
-                         "rotated uniform grids (arithmetic dequant), siblings fused; 'unfused' = the same without "
-                         "fuse-siblings (the session-11/12 tables); 'default' = qcomp's DEFAULT_PIPELINE")
+    ap.add_argument("--pipeline", default="speed",
+                    help="'speed' (default): the default pipeline with 128-wide Hadamard blocks (fused into the "
+                         "kernels) and rotated uniform grids (arithmetic dequant), siblings, residual adds and norms "
+                         "fused; 'speed-s17': without the residual and norm fusions (sessions 13-17); 'unfused': "
+                         "without fuse-siblings either (the session-11/12 tables); 'default': qcomp's "
+                         "DEFAULT_PIPELINE; or a pipeline's text. Several, separated by '|', are timed one after "
+                         "another against the same bf16 rows (an A/B in one run)")
     ap.add_argument("--sensitivity-file", default=None,
                     help="α measured earlier (a sensitivity-*.json) for allocate-bits instead of measuring it, e.g. "
                          "benchmarks/results/sensitivity_llama3_8b_random_decode_h100.json (batch 1, same seed)")
@@ -226,13 +236,16 @@ def main(argv=None) -> int:
     if unknown or (args.inductor_variants and not args.torch_compile):
         ap.error(f"--inductor-variants takes {sorted(INDUCTOR_VARIANTS)} (got {unknown or args.inductor_variants!r}) "
                  "and needs --torch-compile")
-    args.pipeline = UNFUSED_PIPELINE if args.pipeline == "unfused" else args.pipeline
-    if args.quantize_lm_head:
-        try:
-            args.pipeline = with_lm_head_quantized(DEFAULT_PIPELINE if args.pipeline == "default" else args.pipeline)
-        except PipelineError as e:
-            ap.error(f"--quantize-lm-head: {e}")
-    args.pipeline = with_sensitivity_file(args.pipeline, args.sensitivity_file)
+    pipelines = []
+    for name in args.pipeline.split("|"):
+        text = PIPELINES.get(name.strip(), name.strip())
+        if args.quantize_lm_head:
+            try:
+                text = with_lm_head_quantized(DEFAULT_PIPELINE if text == "default" else text)
+            except PipelineError as e:
+                ap.error(f"--quantize-lm-head: {e}")
+        pipelines.append((name.strip() if name.strip() in PIPELINES or name.strip() == "default" else "custom",
+                          with_sensitivity_file(text, args.sensitivity_file)))
     args.out.mkdir(parents=True, exist_ok=True)
     dev = "cuda"
     t0 = time.perf_counter()
@@ -297,73 +310,74 @@ def main(argv=None) -> int:
                 torch.cuda.empty_cache()
 
     cache_dir = str(args.out / "sens_cache")
-    pipeline = None if args.pipeline == "default" else args.pipeline
-    for budget in [float(x) for x in args.budgets.split(",")]:
-        for b in batches:
-            # the static step's graph is specialized to its batch size (torch.export pins B in the views), so
-            # each batch size is compiled on its own; the sensitivity cache is keyed by the graph, so each pays it
-            inp = fixed[b]
-            t = time.perf_counter()
-            compiled = qcomp.compile(step, budget=budget, example_inputs=inp, pipeline=pipeline,
-                                     calibration=[inp], cache_dir=cache_dir, device=dev)
-            csec = time.perf_counter() - t
-            rep = compiled.report
-            avg = rep.get("allocation", {}).get("avg_bits", float("nan"))
-            print(f"compiled budget {budget} batch {b} in {csec:.1f}s (avg bits {avg:.3f}); passes: "
-                  + ", ".join(f"{p['name']} {p['seconds']:.1f}s" for p in rep["passes"]), flush=True)
-            ex_rt = Executor(compiled.graph, device=dev)
-            if os.environ.get("QCOMP_AUTOTUNE", "1") != "0" and not args.no_precompile:
-                with torch.no_grad():
-                    pre = ex_rt.precompile(*inp)
-                print(f"precompiled {pre['compiled']}/{pre['jobs']} tuning candidates of {pre['calls']} kernel calls "
-                      f"with {pre['workers']} processes in {pre['seconds']:.0f}s", flush=True)
+    for (pname, ptext), budget, b in itertools.product(pipelines, [float(x) for x in args.budgets.split(",")],
+                                                       batches):
+        pipeline = None if ptext == "default" else ptext
+        # the static step's graph is specialized to its batch size (torch.export pins B in the views), so
+        # each batch size is compiled on its own; the sensitivity cache is keyed by the graph, so each pays it
+        inp = fixed[b]
+        t = time.perf_counter()
+        compiled = qcomp.compile(step, budget=budget, example_inputs=inp, pipeline=pipeline,
+                                 calibration=[inp], cache_dir=cache_dir, device=dev)
+        csec = time.perf_counter() - t
+        rep = compiled.report
+        avg = rep.get("allocation", {}).get("avg_bits", float("nan"))
+        print(f"compiled budget {budget} batch {b} in {csec:.1f}s (avg bits {avg:.3f}); passes: "
+              + ", ".join(f"{p['name']} {p['seconds']:.1f}s" for p in rep["passes"]), flush=True)
+        ex_rt = Executor(compiled.graph, device=dev)
+        if os.environ.get("QCOMP_AUTOTUNE", "1") != "0" and not args.no_precompile:
             with torch.no_grad():
-                out_q = ex_rt.run(*inp)[0]
-                out_f = step(*inp)[0]
-            rel = rel_err(out_q, out_f)
-            replay = graph_of(ex_rt.run, inp)
-            sec = time_graph(replay)
-            label = f"qcomp budget {budget}" + (", lm_head quantized" if args.quantize_lm_head else "")
-            head = [r["spec"] for r in compiled.layer_table() if matches(r["layer"], "lm_head")]  # as the passes' skip
-            lm_head = f"quantized {head[0]}" if head else "bf16"  # the DP may still keep it at 16 bits
-            rows.append({"config": label, "batch": b, "ms_per_step": sec * 1e3, "tok_s": b / sec,
-                         "speedup": base[b] / sec, "compile_s": csec, "avg_bits": avg, "rel_err_logits": rel,
-                         "fallbacks": sorted(ex_rt.fallbacks), "lm_head": lm_head})
-            print(f"{label} batch {b} (lm_head {lm_head}): {sec * 1e3:.3f} ms/step, {b / sec:.1f} tok/s, {base[b] / sec:.2f}x bf16, "
-                  f"logit rel err vs bf16 {rel:.3f}, fallbacks {sorted(ex_rt.fallbacks)}", flush=True)
-            del replay
-            if args.torch_compile:
-                from qcomp.runtime.fx_lowering import to_graph_module
+                pre = ex_rt.precompile(*inp)
+            print(f"precompiled {pre['compiled']}/{pre['jobs']} tuning candidates of {pre['calls']} kernel calls "
+                  f"with {pre['workers']} processes in {pre['seconds']:.0f}s", flush=True)
+        with torch.no_grad():
+            out_q = ex_rt.run(*inp)[0]
+            out_f = step(*inp)[0]
+        rel = rel_err(out_q, out_f)
+        replay = graph_of(ex_rt.run, inp)
+        sec = time_graph(replay)
+        label = f"qcomp budget {budget}" + (", lm_head quantized" if args.quantize_lm_head else "") + (
+            f" [{pname}]" if len(pipelines) > 1 else "")
+        head = [r["spec"] for r in compiled.layer_table() if matches(r["layer"], "lm_head")]  # as the passes' skip
+        lm_head = f"quantized {head[0]}" if head else "bf16"  # the DP may still keep it at 16 bits
+        rows.append({"config": label, "batch": b, "ms_per_step": sec * 1e3, "tok_s": b / sec,
+                     "speedup": base[b] / sec, "compile_s": csec, "avg_bits": avg, "rel_err_logits": rel,
+                     "fallbacks": sorted(ex_rt.fallbacks), "lm_head": lm_head})
+        print(f"{label} batch {b} (lm_head {lm_head}): {sec * 1e3:.3f} ms/step, {b / sec:.1f} tok/s, {base[b] / sec:.2f}x bf16, "
+              f"logit rel err vs bf16 {rel:.3f}, fallbacks {sorted(ex_rt.fallbacks)}", flush=True)
+        del replay
+        if args.torch_compile:
+            from qcomp.runtime.fx_lowering import to_graph_module
 
-                t = time.perf_counter()
-                fn = torch.compile(to_graph_module(compiled.graph, device=dev))
-                with torch.no_grad():
-                    out_c = fn(*inp)[0]
-                tsec = time.perf_counter() - t
-                rel_c = rel_err(out_c, out_q)
-                replay, out_r = graph_and_output(fn, inp)
-                replay()
-                torch.cuda.synchronize()
-                out_r = out_r[0].clone()
-                replay_equal = torch.equal(out_r, out_c)  # the graph of the plain compile against its direct call
-                sec = time_graph(replay)
-                bc = base.get((b, "compile"), base[b])
-                rows.append({"config": f"{label} (torch.compile glue)", "batch": b,
-                             "ms_per_step": sec * 1e3, "tok_s": b / sec, "speedup": base[b] / sec,
-                             "speedup_vs_bf16_compiled": bc / sec, "compile_s": csec + tsec, "avg_bits": avg,
-                             "rel_err_vs_executor": rel_c, "replay_equals_direct_call": replay_equal,
-                             "lm_head": lm_head})
-                print(f"{label} batch {b} torch.compile: {sec * 1e3:.3f} ms/step, {base[b] / sec:.2f}x bf16 "
-                      f"eager-graph, {bc / sec:.2f}x bf16 compiled ({tsec:.0f}s to compile; rel err vs executor "
-                      f"{rel_c:.2e}; its graph replay {'equals' if replay_equal else 'DIFFERS FROM'} its direct "
-                      "call)", flush=True)
-                del replay, fn
-                for name in filter(None, args.inductor_variants.split(",")):
-                    rows.extend(inductor_variant_rows(name, compiled, inp, out_r, base[b], bc, b, label, avg,
-                                                      csec + tsec, dev))
-            del compiled, ex_rt
-            torch.cuda.empty_cache()
-            (args.out / "decode.json").write_text(json.dumps(rows, indent=1))
+            t = time.perf_counter()
+            fn = torch.compile(to_graph_module(compiled.graph, device=dev))
+            with torch.no_grad():
+                out_c = fn(*inp)[0]
+            tsec = time.perf_counter() - t
+            rel_c = rel_err(out_c, out_q)
+            replay, out_r = graph_and_output(fn, inp)
+            replay()
+            torch.cuda.synchronize()
+            out_r = out_r[0].clone()
+            replay_equal = torch.equal(out_r, out_c)  # the graph of the plain compile against its direct call
+            sec = time_graph(replay)
+            bc = base.get((b, "compile"), base[b])
+            rows.append({"config": f"{label} (torch.compile glue)", "batch": b,
+                         "ms_per_step": sec * 1e3, "tok_s": b / sec, "speedup": base[b] / sec,
+                         "speedup_vs_bf16_compiled": bc / sec, "compile_s": csec + tsec, "avg_bits": avg,
+                         "rel_err_vs_executor": rel_c, "replay_equals_direct_call": replay_equal,
+                         "lm_head": lm_head})
+            print(f"{label} batch {b} torch.compile: {sec * 1e3:.3f} ms/step, {base[b] / sec:.2f}x bf16 "
+                  f"eager-graph, {bc / sec:.2f}x bf16 compiled ({tsec:.0f}s to compile; rel err vs executor "
+                  f"{rel_c:.2e}; its graph replay {'equals' if replay_equal else 'DIFFERS FROM'} its direct "
+                  "call)", flush=True)
+            del replay, fn
+            for name in filter(None, args.inductor_variants.split(",")):
+                rows.extend(inductor_variant_rows(name, compiled, inp, out_r, base[b], bc, b, label, avg,
+                                                  csec + tsec, dev))
+        del compiled, ex_rt
+        torch.cuda.empty_cache()
+        (args.out / "decode.json").write_text(json.dumps(rows, indent=1))
     (args.out / "decode.json").write_text(json.dumps(rows, indent=1))
     print(f"\n{torch.cuda.get_device_name()} | {args.config} | max_len {args.max_len}, pos {args.pos}")
     print("| config | batch | ms/step | tok/s | × bf16 | avg bits | compile s |")

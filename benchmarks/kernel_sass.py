@@ -42,13 +42,14 @@ def compile_spec(spec, arch: int, even: bool = True, pdl: bool | None = None):
     act = "*fp16" if spec.act_dtype == "fp16" else "*bf16"
     sig = {"x_ptr": act, "w_ptr": "*i32", "s_ptr": act, "o_ptr": act, "lut_ptr": "*fp32",
            "sgn_ptr": "*fp32" if spec.had_block else act, "bias_ptr": act, "y_ptr": act,
-           "ws_ptr": "*fp32", "cnt_ptr": "*i32",
+           "ws_ptr": "*fp32", "cnt_ptr": "*i32", "nw_ptr": act, "res_ptr": act,
            "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_ym": "i32", "stride_w": "i32",
-           "plane_words": "i32", "stride_s": "i32", "SPLIT_K": "i32", "HAS_BIAS": "constexpr",
-           "EVEN": "constexpr", "PDL": "constexpr"}
-    aligned = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 14, 15, 16, 17]  # pointers and the K-like sizes: multiples of 16
+           "plane_words": "i32", "stride_s": "i32", "stride_rm": "i32", "norm_eps": "fp32", "SPLIT_K": "i32",
+           "HAS_BIAS": "constexpr", "HAS_RES": "constexpr", "EVEN": "constexpr", "PDL": "constexpr"}
+    aligned = [*range(12), 14, 15, 16, 17, 18, 19]  # pointers and the K-like sizes: multiples of 16
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
-    src = ASTSource(load_kernel(spec), sig, constexprs={"HAS_BIAS": False, "EVEN": even, "PDL": pdl}, attrs=attrs)
+    src = ASTSource(load_kernel(spec), sig, constexprs={"HAS_BIAS": False, "HAS_RES": False, "EVEN": even, "PDL": pdl},
+                    attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),
                           options={"num_warps": spec.num_warps, "num_stages": spec.num_stages, "launch_pdl": pdl})
 

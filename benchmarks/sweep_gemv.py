@@ -46,9 +46,9 @@ def specs_for(bits: int, had: int, m: int, stages=None, act: str = "fp16", block
 
 def compile_jobs_for(specs, m: int, n: int, k: int, act: str) -> list[tuple]:
     """codegen.precompile.compile_jobs tuples for every spec, with and without split-K (a split of 1 is its own
-    specialization): the sweep's fp16 scales (bench_kernels.make_qweight), no offsets, no bias."""
+    specialization): the sweep's fp16 scales (bench_kernels.make_qweight), no offsets, no bias, no residual."""
     x_dtype = "bfloat16" if act == "bf16" else "float16"
-    return [(s.to_json(), sk, m, n, k, x_dtype, "float16", False, None) for s in specs for sk in (1, 2)]
+    return [(s.to_json(), sk, m, n, k, x_dtype, "float16", False, None, False) for s in specs for sk in (1, 2)]
 
 
 def main():

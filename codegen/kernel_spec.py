@@ -5,8 +5,8 @@ Two spec families come from one renderer (render.py):
   block_n output rows x a K range (split-K: the last split sums the fp32 partials in order, render._split_k_fixup;
   the split count is a launch argument), keeps elementwise fp32 accumulators [block_n, words] per activation row
   and reduces once at the end; every dequantized weight is reused for all block_m rows. The only variant with a
-  fused Hadamard, and with x_glu (x rows hold [gate | up] and the kernel reads silu(gate) * up: the MLP's
-  activation in the down projection).
+  fused Hadamard, with x_glu (x rows hold [gate | up] and the kernel reads silu(gate) * up: the MLP's
+  activation in the down projection) and with x_norm (the kernel applies the RMSNorm before the layer to x rows).
 * variant "gemm": tensor-core tiles, acc^T[block_n, block_m] += dot(W tile, x^T tile): the [block_n, block_k]
   weight tile is dequantized once per K step in registers in natural K order and meets the x^T tile in ONE
   tl.dot per K step (pipelined loads, num_stages); grouped program order for L2 reuse; split-K as above.
@@ -51,6 +51,7 @@ class KernelSpec:
     group_m: int = 8  # gemm: programs grouped along M for L2 reuse
     had_scratch: bool = False  # gemv + fused Hadamard: rotated x goes through a scratch row (see render._hadamard_x)
     x_glu: bool = False  # gemv: x rows hold [gate | up] (2K wide); the kernel reads silu(gate) * up (render._x_expr)
+    x_norm: bool = False  # gemv: the kernel reads rms_norm(x) * weight (render._norm_scan, render._x_expr)
 
     def __post_init__(self):
         self.validate()
@@ -92,6 +93,8 @@ class KernelSpec:
             bad("had_scratch needs the gemv variant with a fused Hadamard")
         if self.x_glu and self.variant != "gemv":
             bad("x_glu needs the gemv variant (ops.py applies silu(gate) * up in torch before a gemm)")
+        if self.x_norm and (self.variant != "gemv" or self.x_glu):
+            bad("x_norm needs the gemv variant without x_glu (ops.py applies the norm in torch before a gemm)")
         if self.block_k % (128 * self.p):
             bad(f"block_k must cover whole 128-code pack tiles: a multiple of {128 * self.p}")
         if h and self.block_k % h:
@@ -147,6 +150,7 @@ class KernelSpec:
         had = (f"_h{self.had_block}" + ("x" if self.had_scratch else "")) if self.had_block else ""
         return (
             f"qlinear_{self.variant}_w{self.bits}_{grid}_g{g}_{self.act_dtype}{had}{'_glu' if self.x_glu else ''}"
+            f"{'_rms' if self.x_norm else ''}"
             f"_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
         )
 

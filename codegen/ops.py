@@ -14,6 +14,12 @@ separate pass (rotate_blocks) before a kernel without rotation.
 kernels read the two halves and apply the activation while loading x (KernelSpec.x_glu); above
 FUSED_HADAMARD_MAX_M rows, torch computes silu(gate) * up first.
 
+`torch.ops.qcomp.qlinear_fused` adds two more fusions to those (passes/fuse_norm.py, passes/fuse_residual.py):
+    y = residual + qlinear(rms_norm(x) * norm_weight)       (either part optional; glu in place of the norm)
+with every intermediate rounded to x's dtype as the unfused graph rounds it. The gemv kernels compute the row's
+RMS themselves (KernelSpec.x_norm) and every kernel adds the residual in its epilogue (the HAS_RES constexpr);
+above FUSED_HADAMARD_MAX_M rows torch applies the norm first.
+
 The ops are registered with torch.library.custom_op and a fake implementation, so torch.compile,
 torch.export and CUDA graphs see one opaque node. Before capturing a CUDA graph, call the op once with the
 same shapes so that autotuning (tune.py) has run.
@@ -26,6 +32,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from qcomp.capture.norms import rms_norm_reference
 
 from .hadamard_util import rotate_blocks, signs_for
 from .kernel_spec import MAX_FUSED_HADAMARD, KernelSpec
@@ -104,12 +112,16 @@ def reference_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p,
 
 
 def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bias, signs, n, k,
-           out: Optional[torch.Tensor] = None, warmup: bool = False) -> torch.Tensor:
+           out: Optional[torch.Tensor] = None, warmup: bool = False, norm: Optional[tuple] = None,
+           residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Run one generated kernel on a 2-D activation x2 [M, k] ([M, 2k] for spec.x_glu); returns [M, n] in x2.dtype.
 
-    `out` (tests poison it with NaN) receives the result. warmup=True compiles the kernel for these arguments
-    (Triton's on-disk cache) without running it."""
+    norm = (weight [k], eps) for spec.x_norm; residual [M, n] (unit stride) is added to the result. `out` (tests
+    poison it with NaN) receives the result. warmup=True compiles the kernel for these arguments (Triton's on-disk
+    cache) without running it."""
     m = x2.shape[0]
+    if spec.x_norm and norm is None:
+        raise ValueError(f"spec {spec.name()} applies an RMSNorm: pass norm=(weight, eps)")
     kern = load_kernel(spec)
     dev = x2.device
     y = out if out is not None else torch.empty(m, n, device=dev, dtype=x2.dtype)
@@ -128,11 +140,13 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
         cnt = scales  # unused
     run = functools.partial(kern.warmup, grid=grid) if warmup else kern[grid]
     pdl = use_pdl(spec, dev)
+    nw, eps = norm if spec.x_norm else (scales, 0.0)
     run(
         x2, packed, scales, offsets if offsets is not None else scales, lut, sg,
-        bias if bias is not None else scales, y, ws, cnt,
+        bias if bias is not None else scales, y, ws, cnt, nw, residual if residual is not None else y,
         m, n, k, x2.stride(0), y.stride(0), packed.stride(0), padded_codes(k // spec.p) // 32, scales.stride(0),
-        split_k, HAS_BIAS=bias is not None, EVEN=even_tiles(spec, m, n, k), PDL=pdl,
+        residual.stride(0) if residual is not None else 0, float(eps),
+        split_k, HAS_BIAS=bias is not None, HAS_RES=residual is not None, EVEN=even_tiles(spec, m, n, k), PDL=pdl,
         num_warps=spec.num_warps, num_stages=spec.num_stages, **({"launch_pdl": True} if pdl else {}),
     )
     return y
@@ -197,10 +211,10 @@ def _use_triton(x: torch.Tensor) -> bool:
     return os.environ.get("QCOMP_FORCE_TRITON") == "1"
 
 
-def base_spec(x_dtype, bits, p, group_size, grid, had_block, glu: bool = False) -> KernelSpec:
+def base_spec(x_dtype, bits, p, group_size, grid, had_block, glu: bool = False, norm: bool = False) -> KernelSpec:
     fused = had_block if had_block and had_block <= MAX_FUSED_HADAMARD else 0
     return KernelSpec(bits=bits, grid=_grid_kind(grid), p=p, group_size=group_size, act_dtype=_ACT[x_dtype],
-                      had_block=fused, block_m=1, block_k=max(128 * p, fused), x_glu=glu)
+                      had_block=fused, block_m=1, block_k=max(128 * p, fused), x_glu=glu, x_norm=norm)
 
 
 def rotates_apart(m: int, had_block: int) -> bool:
@@ -211,41 +225,51 @@ def rotates_apart(m: int, had_block: int) -> bool:
 
 
 def fuses_glu(m: int, had_block: int) -> bool:
-    """Whether a glu call of M rows reads silu(gate) * up inside the kernel: the gemv variant (M <=
-    FUSED_HADAMARD_MAX_M) with its rotation, if any, fused; otherwise torch computes silu(gate) * up first."""
+    """Whether a glu (or norm) call of M rows reads silu(gate) * up (rms_norm(x) * weight) inside the kernel: the gemv
+    variant (M <= FUSED_HADAMARD_MAX_M) with its rotation, if any, fused; otherwise torch computes it first."""
     return m <= FUSED_HADAMARD_MAX_M and not rotates_apart(m, had_block)
 
 
 def triton_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block,
-                   spec: Optional[KernelSpec] = None, split_k: Optional[int] = None, glu: bool = False):
+                   spec: Optional[KernelSpec] = None, split_k: Optional[int] = None, glu: bool = False,
+                   norm: Optional[tuple] = None, residual: Optional[torch.Tensor] = None):
     """The kernel path; `spec`/`split_k` override the autotuned choice (tests, benchmarks). glu: x holds
-    [gate | up] (2k features) and the layer reads silu(gate) * up."""
+    [gate | up] (2k features) and the layer reads silu(gate) * up; norm = (weight, eps): the layer reads
+    rms_norm(x) * weight; residual [..., n]: added to the output (see the module docstring)."""
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     if glu and not fuses_glu(x2.shape[0], had_block):
         x2, glu = glu_reference(x2), False
+    if norm is not None and not fuses_glu(x2.shape[0], had_block):
+        x2, norm = rms_norm_reference(x2, norm[0], norm[1]), None
     if rotates_apart(x2.shape[0], had_block):
         x2 = rotate_blocks(x2, had_signs, had_block)
         had_block = 0
-    base = base_spec(x.dtype, bits, p, group_size, grid, had_block, glu)
+    res2 = None
+    if residual is not None:
+        res2 = residual.reshape(-1, n)
+        if res2.stride(-1) != 1:
+            res2 = res2.contiguous()
+    base = base_spec(x.dtype, bits, p, group_size, grid, had_block, glu, norm is not None)
     calls = precompile.recorder()
     if calls is not None:  # precompile.recording(): note the call, return the reference, compile nothing
-        calls.append(precompile.KernelCall.of(base, x2, n, k, scales, offsets, bias))
-        y = reference_qlinear(glu_reference(x2) if glu else x2, packed, scales, lut, offsets, bias, had_signs, bits,
-                              p, group_size, grid, n, k, had_block)
+        calls.append(precompile.KernelCall.of(base, x2, n, k, scales, offsets, bias, res2 is not None))
+        y = _reference(x2, (packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block),
+                       glu, norm, res2)
         return y.reshape(*x.shape[:-1], n)
     lut32 = lut.to(device=x.device, dtype=torch.float32).contiguous()
     args = (x2, packed, scales, lut32, offsets, bias, had_signs, n, k)
+    extra = {"norm": norm, "residual": res2}
     if spec is None:
-        spec, chosen = tune.choose(base, x2.shape[0], n, k, x.device, lambda s, sk: launch(s, sk, *args))
+        spec, chosen = tune.choose(base, x2.shape[0], n, k, x.device, lambda s, sk: launch(s, sk, *args, **extra))
         split_k = chosen if split_k is None else split_k
     elif spec.had_block and not had_block:
         raise ValueError(f"spec {spec.name()} fuses a Hadamard of {spec.had_block} but x was rotated separately")
-    elif spec.x_glu != glu:
-        raise ValueError(f"spec {spec.name()} has x_glu={spec.x_glu} but this call's x {'is' if glu else 'is not'} "
-                         "[gate | up]")
-    y = launch(spec, split_k or 1, *args)
+    elif spec.x_glu != glu or spec.x_norm != (norm is not None):
+        raise ValueError(f"spec {spec.name()} has x_glu={spec.x_glu}, x_norm={spec.x_norm} but this call has "
+                         f"glu={glu}, norm={norm is not None}")
+    y = launch(spec, split_k or 1, *args, **extra)
     return y.reshape(*x.shape[:-1], n)
 
 
@@ -270,11 +294,22 @@ def qlinear_op(
                      glu=False)
 
 
-def _dispatch(x, args: tuple, glu: bool) -> torch.Tensor:
-    """Both ops' body: the kernel path where _use_triton(x), else the reference (on silu(gate) * up for glu)."""
+def _dispatch(x, args: tuple, glu: bool, norm: Optional[tuple] = None,
+              residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The ops' body: the kernel path where _use_triton(x), else the reference."""
     if _use_triton(x):
-        return triton_qlinear(x, *args, glu=glu)
-    return reference_qlinear(glu_reference(x) if glu else x, *args)
+        return triton_qlinear(x, *args, glu=glu, norm=norm, residual=residual)
+    return _reference(x, args, glu, norm, residual)
+
+
+def _reference(x, args: tuple, glu: bool, norm: Optional[tuple], residual: Optional[torch.Tensor]) -> torch.Tensor:
+    """The unfused function: silu(gate) * up or the RMSNorm first, the qlinear, then residual + y (each in x's dtype)."""
+    if glu:
+        x = glu_reference(x)
+    if norm is not None:
+        x = rms_norm_reference(x, norm[0], norm[1])
+    y = reference_qlinear(x, *args)
+    return y if residual is None else residual + y
 
 
 @qlinear_op.register_fake
@@ -307,17 +342,71 @@ def qlinear_glu_op(
 qlinear_glu_op.register_fake(_qlinear_fake)  # the same output shape: [..., n]
 
 
+@torch.library.custom_op("qcomp::qlinear_fused", mutates_args=())
+def qlinear_fused_op(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    lut: torch.Tensor,
+    offsets: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    had_signs: Optional[torch.Tensor],
+    norm_weight: Optional[torch.Tensor],
+    residual: Optional[torch.Tensor],
+    bits: int,
+    p: int,
+    group_size: int,
+    grid: str,
+    n: int,
+    k: int,
+    had_block: int,
+    glu: bool,
+    norm_eps: float,
+) -> torch.Tensor:
+    """residual + qlinear(rms_norm(x) * norm_weight) (or of silu(gate) * up with glu); each part optional."""
+    norm = (norm_weight, norm_eps) if norm_weight is not None else None
+    return _dispatch(x, (packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block),
+                     glu=glu, norm=norm, residual=residual)
+
+
+@qlinear_fused_op.register_fake
+def _qlinear_fused_fake(x, packed, scales, lut, offsets, bias, had_signs, norm_weight, residual, bits, p, group_size,
+                        grid, n, k, had_block, glu, norm_eps):
+    return x.new_empty((*x.shape[:-1], n))
+
+
 def qlinear(x, packed, scales, lut, offsets, bias, *, bits, p, group_size, grid, n, k,
-            had_block=0, had_seed=None, had_signs=None, glu=False):
+            had_block=0, had_seed=None, had_signs=None, glu=False, norm_weight=None, norm_eps=None, residual=None):
     """y = rot(x) @ W_hat^T + bias for x [..., k] -> [..., n] (see the module docstring); with glu, x [..., 2k] is
-    [gate | up] and the layer reads silu(gate) * up (torch.ops.qcomp.qlinear_glu)."""
+    [gate | up] and the layer reads silu(gate) * up (torch.ops.qcomp.qlinear_glu); with norm_weight (and norm_eps)
+    it reads rms_norm(x) * norm_weight, and with residual [..., n] returns residual + y
+    (torch.ops.qcomp.qlinear_fused)."""
     _check(x, packed, scales, lut, offsets, bits, p, group_size, grid, n, k, had_block, glu)
+    _check_fusions(x, n, k, glu, norm_weight, norm_eps, residual)
     if had_block and had_signs is None:
         had_signs = signs_for(had_block, had_seed)
     if had_block:
         had_signs = had_signs.to(device=x.device, dtype=torch.float32)
     if lut is None:
         lut = torch.zeros(2 ** (bits * p), p, device=x.device)
+    signs = had_signs if had_block else None
+    if norm_weight is not None or residual is not None:
+        return torch.ops.qcomp.qlinear_fused(x, packed, scales, lut, offsets, bias, signs, norm_weight, residual, bits,
+                                             p, group_size, grid, n, k, had_block, bool(glu),
+                                             float(norm_eps or 0.0))
     op = torch.ops.qcomp.qlinear_glu if glu else torch.ops.qcomp.qlinear
-    return op(x, packed, scales, lut, offsets, bias, had_signs if had_block else None, bits, p, group_size, grid, n, k,
-              had_block)
+    return op(x, packed, scales, lut, offsets, bias, signs, bits, p, group_size, grid, n, k, had_block)
+
+
+def _check_fusions(x, n, k, glu, norm_weight, norm_eps, residual) -> None:
+    if norm_weight is not None:
+        if glu:
+            raise ValueError("a qlinear reads either silu(gate) * up (glu) or an RMSNorm of x (norm_weight), not both")
+        if tuple(norm_weight.shape) != (k,) or norm_weight.dtype != x.dtype:
+            raise ValueError(f"norm_weight is {norm_weight.dtype} {tuple(norm_weight.shape)}; the RMSNorm of x needs "
+                             f"{x.dtype} [{k}] (x's dtype and features)")
+        if not isinstance(norm_eps, float) or norm_eps < 0:
+            raise ValueError(f"norm_eps must be a float >= 0 with norm_weight, got {norm_eps!r}")
+    if residual is not None and (tuple(residual.shape) != (*x.shape[:-1], n) or residual.dtype != x.dtype):
+        raise ValueError(f"residual is {residual.dtype} {tuple(residual.shape)}; it must match the output, {x.dtype} "
+                         f"{(*x.shape[:-1], n)}")

@@ -38,13 +38,15 @@ class KernelCall:
     scales_dtype: str
     has_offsets: bool
     bias_dtype: str | None
+    has_residual: bool = False  # the epilogue adds a residual (HAS_RES): a kernel compiled of its own
 
     @classmethod
-    def of(cls, base: KernelSpec, x2: torch.Tensor, n: int, k: int, scales, offsets, bias) -> "KernelCall":
+    def of(cls, base: KernelSpec, x2: torch.Tensor, n: int, k: int, scales, offsets, bias,
+           has_residual: bool = False) -> "KernelCall":
         def name(t):
             return None if t is None else str(t.dtype).removeprefix("torch.")
 
-        return cls(base, x2.shape[0], n, k, name(x2), name(scales), offsets is not None, name(bias))
+        return cls(base, x2.shape[0], n, k, name(x2), name(scales), offsets is not None, name(bias), has_residual)
 
 
 @contextlib.contextmanager
@@ -70,11 +72,12 @@ def jobs_for(calls, device) -> list[tuple]:
     jobs, seen = [], set()
     for c in dict.fromkeys(calls):
         for spec, split in tune.candidates(c.base, c.m, c.n, c.k, device):
-            key = (spec, split > 1, c.m, c.n, c.k, c.x_dtype, c.scales_dtype, c.has_offsets, c.bias_dtype)
+            key = (spec, split > 1, c.m, c.n, c.k, c.x_dtype, c.scales_dtype, c.has_offsets, c.bias_dtype,
+                   c.has_residual)
             if key not in seen:
                 seen.add(key)
                 jobs.append((spec.to_json(), split, c.m, c.n, c.k, c.x_dtype, c.scales_dtype, c.has_offsets,
-                             c.bias_dtype))
+                             c.bias_dtype, c.has_residual))
     return jobs
 
 
@@ -84,7 +87,7 @@ def compile_jobs(jobs) -> int:
     from .packing import packed_shape
 
     done = 0
-    for sj, split, m, n, k, xd, sd, has_off, bd in jobs:
+    for sj, split, m, n, k, xd, sd, has_off, bd, has_res in jobs:
         spec = KernelSpec.from_json(sj)
         try:
             dev = "cuda"
@@ -96,7 +99,10 @@ def compile_jobs(jobs) -> int:
             lut = torch.empty(2 ** spec.code_bits, spec.p, device=dev)
             bias = torch.empty(n, dtype=getattr(torch, bd), device=dev) if bd else None
             signs = torch.ones(spec.had_block or 1, device=dev)
-            launch(spec, split, x2, packed, scales, lut, offsets, bias, signs, n, k, warmup=True)
+            norm = (torch.ones(k, dtype=x2.dtype, device=dev), 1e-6) if spec.x_norm else None
+            res = torch.empty(m, n, dtype=x2.dtype, device=dev) if has_res else None
+            launch(spec, split, x2, packed, scales, lut, offsets, bias, signs, n, k, warmup=True, norm=norm,
+                   residual=res)
             done += 1
         except Exception as e:  # a candidate that cannot compile is skipped again (and said) at tuning time
             print(f"qcomp precompile {spec.name()}: {type(e).__name__}: {str(e)[:160]}", flush=True)

@@ -72,6 +72,9 @@ def _header(s: KernelSpec) -> list[str]:
         f"group size {s.group_size}; {had}",
         *(["x = silu(x[:, :K]) * x[:, K:] (rows of [gate | up], 2K wide), rounded to x's dtype after each op"]
           if s.x_glu else []),
+        *(["x = norm_w * (x / sqrt(mean(x^2) + norm_eps)) per row (RMSNorm), rounded to x's dtype after each op"]
+          if s.x_norm else []),
+        "HAS_RES: y = res + y (y rounded to its dtype first, as torch adds a layer's output to the residual stream)",
         *layout,
         f"rows in groups of {ROW_GROUP}: a (group, plane, tile) is one run of {ROW_GROUP} rows x 4w words.",
         f"A K step covers {s.block_k // s.p // 128} tile(s) = C = {s.cols_per_step} columns per row;",
@@ -336,7 +339,7 @@ def _half2_x_scale(s: KernelSpec, m: int) -> list[str]:
         f"for xo in range(step_lo * BLOCK_K, step_hi * BLOCK_K, {xc}):",
         f"    xi = xo + tl.arange(0, {xc})",
         f"    amax{m} = tl.maximum(amax{m}, tl.abs("
-        + _x_expr(s, f"row{m} * stride_xm + xi", f"(xi < step_hi * BLOCK_K) & (xi < klim{m})")
+        + _x_expr(s, m, "xi", f"(xi < step_hi * BLOCK_K) & (xi < klim{m})")
         + ".to(tl.float32)))",
         f"eb{m} = ((tl.max(amax{m}, axis=0).to(tl.int32, bitcast=True) >> 23) & 0xFF)"
         + (f" + {bump}  # |rotated x| <= 2^{bump} max |x|" if bump else "  # biased exponent of max |x|"),
@@ -441,22 +444,43 @@ def _setup(s: KernelSpec) -> list[str]:
     return L
 
 
-def _x_expr(s: KernelSpec, offs: str, mask: str | None = None) -> str:
-    """The activations at x_ptr + offs (masked loads give 0): x itself, or with x_glu silu(gate) * up of the
-    [gate | up] row, the up half K columns after the gate half (both 0 where masked: silu(0) * 0 = 0)."""
-    m = f", mask={mask}, other=0.0" if mask else ""
-    if not s.x_glu:
-        return f"tl.load(x_ptr + {offs}{m})"
-    return f"_glu(tl.load(x_ptr + {offs}{m}), tl.load(x_ptr + K + {offs}{m}))"
+def _x_expr(s: KernelSpec, m: int, col: str, mask: str | None = None) -> str:
+    """The activations of row m at columns `col` (masked loads give 0): x itself; with x_glu silu(gate) * up of the
+    [gate | up] row, the up half K columns after the gate half (both 0 where masked: silu(0) * 0 = 0); with x_norm
+    rms_norm(x) * weight, rn{m} the row's 1 / rms (_norm_scan; x = 0 gives 0)."""
+    mk = f", mask={mask}, other=0.0" if mask else ""
+    x = f"tl.load(x_ptr + row{m} * stride_xm + {col}{mk})"
+    if s.x_glu:
+        return f"_glu({x}, tl.load(x_ptr + row{m} * stride_xm + K + {col}{mk}))"
+    if s.x_norm:
+        return f"_rmsn({x}, tl.load(nw_ptr + {col}{mk}), rn{m})"
+    return x
 
 
-def _x_load(s: KernelSpec, target: str, offs: str, mask: str, tail: str = "") -> list[str]:
-    """`target = <activations at x_ptr + offs>tail` (_x_expr), unmasked when EVEN (as _even_load)."""
-    return ["if EVEN:", f"    {target} = {_x_expr(s, offs)}{tail}",
-            "else:", f"    {target} = {_x_expr(s, offs, mask)}{tail}"]
+def _x_load(s: KernelSpec, m: int, target: str, col: str, mask: str, tail: str = "") -> list[str]:
+    """`target = <activations of row m at columns col>tail` (_x_expr), unmasked when EVEN (as _even_load)."""
+    return ["if EVEN:", f"    {target} = {_x_expr(s, m, col)}{tail}",
+            "else:", f"    {target} = {_x_expr(s, m, col, mask)}{tail}"]
 
 
-def _glu_helper() -> list[str]:
+NORM_SCAN = 4096  # activations per load of the x_norm mean-square scan: a 4096-wide hidden row in one L2 round trip
+
+
+def _norm_scan(m: int) -> list[str]:
+    """x_norm, before the K loop: rn{m} = 1 / sqrt(mean(x^2) + eps) over row m's K columns (every program reads the
+    whole row, one L2 round trip per NORM_SCAN columns), as rms_norm_reference computes it in float32."""
+    return [
+        f"# RMSNorm of row {m} (fuse-norm): the whole row's mean square, {NORM_SCAN} columns per load",
+        f"ssq{m} = tl.zeros(({NORM_SCAN},), dtype=tl.float32)",
+        f"for xo in range(0, K, {NORM_SCAN}):",
+        f"    xi = xo + tl.arange(0, {NORM_SCAN})",
+        f"    xv = tl.load(x_ptr + row{m} * stride_xm + xi, mask=xi < klim{m}, other=0.0).to(tl.float32)",
+        f"    ssq{m} += xv * xv",
+        f"rn{m} = 1.0 / tl.sqrt_rn(tl.sum(ssq{m}, axis=0) / K + norm_eps)",
+    ]
+
+
+def _rne_helper() -> list[str]:
     return [
         "# the CPU interpreter truncates fp32 -> bf16 casts; CUDA (and torch) round to nearest even: done by hand there",
         'RNE_BY_HAND = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")',
@@ -470,12 +494,29 @@ def _glu_helper() -> list[str]:
         "    return v.to(dt)",
         "",
         "",
+    ]
+
+
+def _glu_helper() -> list[str]:
+    return [
         "@triton.jit",
         "def _glu(g, u):",
         "    # silu(g) * u rounded as torch rounds the two ops in x's dtype (silu in fp32, then the product)",
         "    gf = g.to(tl.float32)",
         "    a = _rne(gf / (1.0 + tl.exp(-gf)), g.dtype)",
         "    return _rne(a.to(tl.float32) * u.to(tl.float32), g.dtype)",
+        "",
+        "",
+    ]
+
+
+def _rmsn_helper() -> list[str]:
+    return [
+        "@triton.jit",
+        "def _rmsn(x, w, rn):",
+        "    # weight * (x * rn rounded to x's dtype), rounded: rms_norm_reference's two roundings",
+        "    y = _rne(x.to(tl.float32) * rn, x.dtype)",
+        "    return _rne(w.to(tl.float32) * y.to(tl.float32), x.dtype)",
         "",
         "",
     ]
@@ -607,7 +648,7 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str) -> list[str]:
     h = s.had_block
     W0, S, P = s.tile_cols, s.col_slots, s.p
     kt = s.block_k // P // 128
-    L = _x_load(s, "xk", f"row{m} * stride_xm + step * BLOCK_K + tl.arange(0, BLOCK_K)",
+    L = _x_load(s, m, "xk", "step * BLOCK_K + tl.arange(0, BLOCK_K)",
                 f"step * BLOCK_K + tl.arange(0, BLOCK_K) < klim{m}", ".to(tl.float32) * signs")
     d = 1
     while d < h:
@@ -705,6 +746,8 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
     for m in ms:
         L += [f"row{m} = pid_m * BLOCK_M + {m}", f"rmask{m} = row{m} < M",
               f"klim{m} = rmask{m}.to(tl.int32) * K  # x columns of row {m} to read: none past M"]
+        if s.x_norm:
+            L += _norm_scan(m)
         L.append(f"acc{m} = tl.zeros((BLOCK_N, C), dtype=tl.float32)")
         if h2:
             L += _half2_x_scale(s, m)
@@ -719,7 +762,7 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
             for j in range(S):
                 for e in range(P):
                     idx = _x_index(s, j, e)
-                    loop += _x_load(s, f"x{m}_{j}_{e}", f"row{m} * stride_xm + {idx}", f"{idx} < klim{m}",
+                    loop += _x_load(s, m, f"x{m}_{j}_{e}", idx, f"{idx} < klim{m}",
                                     "" if h2 else ".to(tl.float32)")
     if mode == "row":
         if prefetch_distance(s):
@@ -784,13 +827,22 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
             red = f"{red} * sc" + (f" + tl.sum(xsum{m}) * of" if s.grid == "uniform_asym" else "")
         L += [f"y{m} = {red} + bias", f"ymask{m} = offs_n < rmask{m}.to(tl.int32) * N"]
     L.append("if SPLIT_K == 1:")
-    L += [f"    tl.store(y_ptr + row{m} * stride_ym + offs_n, y{m}.to(y_ptr.dtype.element_ty), mask=ymask{m})"
-          for m in ms]
+    for m in ms:
+        L += ["    " + x for x in _add_residual(f"y{m}", f"row{m} * stride_rm + offs_n", f"ymask{m}")]
+        L.append(f"    tl.store(y_ptr + row{m} * stride_ym + offs_n, y{m}.to(y_ptr.dtype.element_ty), mask=ymask{m})")
     parts = [(f"(pid_k * M + row{m}) * N + offs_n", f"y{m}", f"ymask{m}") for m in ms]
-    final = [(f"(sk * M + row{m}) * N + offs_n", f"y_ptr + row{m} * stride_ym + offs_n", f"ymask{m}", "(BLOCK_N,)")
-             for m in ms]
+    final = [(f"(sk * M + row{m}) * N + offs_n", f"y_ptr + row{m} * stride_ym + offs_n", f"ymask{m}", "(BLOCK_N,)",
+              f"row{m} * stride_rm + offs_n") for m in ms]
     L += _split_k_fixup("pid_m * tl.num_programs(0) + pid_n", parts, final, SPLIT_K_UNROLL)
     return L
+
+
+def _add_residual(v: str, offs: str, mask: str) -> list[str]:
+    """HAS_RES (fuse-residual): v becomes residual + v rounded to y's dtype, as torch adds the layer's rounded output
+    to the residual stream (one fp32 sum, rounded once by the store's cast)."""
+    return ["if HAS_RES:",
+            f"    {v} = {v}.to(y_ptr.dtype.element_ty).to(tl.float32) + tl.load(res_ptr + {offs}, mask={mask}, "
+            "other=0.0).to(tl.float32)"]
 
 
 SPLIT_K_UNROLL = 16  # GEMV: partials of this many splits loaded at once by the last split (one L2 round trip)
@@ -801,7 +853,7 @@ def _split_k_fixup(tile: str, parts, final, unroll: int = 1) -> list[str]:
     order): each split stores its fp32 partial to the workspace ws [SPLIT_K, M, N]; the last split of an output
     tile to finish (a counter per tile, counted with release/acquire) sums the SPLIT_K partials in order, writes
     y and sets the counter back to 0 for the next launch. parts: [(ws offset, value, mask)]; final: [(ws offset
-    of split sk, y pointer, mask, shape)]. unroll > 1: the partials are read `unroll` splits at a time (masked
+    of split sk, y pointer, mask, shape, residual offset (HAS_RES: _add_residual))]. unroll > 1: the partials are read `unroll` splits at a time (masked
     past SPLIT_K; same order of the sum), so that their loads are in flight together: the compiler's own unroll
     by 4 left the last split of a 16-way GEMV 4 dependent L2 round trips, on the critical path of every launch.
     (GEMV only: the guard is written over offs_n.)"""
@@ -813,7 +865,7 @@ def _split_k_fixup(tile: str, parts, final, unroll: int = 1) -> list[str]:
         "    if done == SPLIT_K - 1:",
         f"        tl.store(cnt_ptr + {tile}, 0)  # zero again for the next launch",
     ]
-    for i, (off, yp, mask, shape) in enumerate(final):
+    for i, (off, yp, mask, shape, res) in enumerate(final):
         L.append(f"        tot{i} = tl.zeros({shape}, dtype=tl.float32)")
         if unroll > 1:
             L += [
@@ -828,6 +880,7 @@ def _split_k_fixup(tile: str, parts, final, unroll: int = 1) -> list[str]:
                 "        for sk in range(0, SPLIT_K):",
                 f"            tot{i} += tl.load(ws_ptr + {off}, mask={mask}, other=0.0, cache_modifier=\".cg\")",
             ]
+        L += ["        " + x for x in _add_residual(f"tot{i}", res, mask)]
         L.append(f"        tl.store({yp}, tot{i}.to(y_ptr.dtype.element_ty), mask={mask})")
     return L
 
@@ -946,11 +999,13 @@ def _gemm_body(s: KernelSpec, dt: str) -> list[str]:
         "y_ptrs = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]",
         "mask_mn = mask_m[None, :] & mask_n[:, None]",
         "if SPLIT_K == 1:",
-        "    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_mn)",
     ]
+    res = "offs_m[None, :] * stride_rm + offs_n[:, None]"
+    L += ["    " + x for x in _add_residual("acc", res, "mask_mn")]
+    L.append("    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_mn)")
     L += _split_k_fixup("pid", [("(pid_k * M + offs_m[None, :]) * N + offs_n[:, None]", "acc", "mask_mn")],
                         [("(sk * M + offs_m[None, :]) * N + offs_n[:, None]", "y_ptrs", "mask_mn",
-                          "(BLOCK_N, BLOCK_M)")])
+                          "(BLOCK_N, BLOCK_M)", res)])
     return L
 
 
@@ -962,16 +1017,16 @@ def kernel_source(spec: KernelSpec) -> str:
     sig = [
         "@triton.jit",
         f"def {s.name()}(",
-        "    x_ptr, w_ptr, s_ptr, o_ptr, lut_ptr, sgn_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,",
-        "    M, N, K, stride_xm, stride_ym, stride_w, plane_words, stride_s, SPLIT_K,",
-        "    HAS_BIAS: tl.constexpr, EVEN: tl.constexpr, PDL: tl.constexpr,",
+        "    x_ptr, w_ptr, s_ptr, o_ptr, lut_ptr, sgn_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr, nw_ptr, res_ptr,",
+        "    M, N, K, stride_xm, stride_ym, stride_w, plane_words, stride_s, stride_rm, norm_eps, SPLIT_K,",
+        "    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, EVEN: tl.constexpr, PDL: tl.constexpr,",
         "):",
     ]
     hdr = _header(s)
-    if use_half2(s) or s.x_glu:
+    if use_half2(s) or s.x_glu or s.x_norm:
         hdr = hdr[: hdr.index("import triton")] + ["import os", ""] + hdr[hdr.index("import triton"):]
-    if s.x_glu:
-        hdr += _glu_helper()
+    if s.x_glu or s.x_norm:
+        hdr += _rne_helper() + (_glu_helper() if s.x_glu else _rmsn_helper())
     if use_half2(s):
         hdr += _half2_helpers(s)
     return "\n".join(hdr + sig + ["    " + b for b in body]) + "\n"

@@ -108,8 +108,8 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
                 out.append((spec, split))
                 if base.had_block:  # the rotated x through a scratch row (kernel_spec.had_scratch): fewer
                     out.append((dataclasses.replace(spec, had_scratch=True), split))  # instructions, one more L2 trip
-        if m > 4 and not base.had_block and not base.x_glu:  # (ops.py rotates x, and applies silu(gate) * up,
-            # apart above FUSED_HADAMARD_MAX_M)
+        if m > 4 and not (base.had_block or base.x_glu or base.x_norm):  # (ops.py rotates x, and applies
+            # silu(gate) * up or the norm, apart above FUSED_HADAMARD_MAX_M)
             dots = []
             for bn, bk, warps, stages in DOT_SMALL_M:
                 spec = dataclasses.replace(base, variant="gemm", block_m=16, block_n=bn, block_k=_fit_k(bk, base, k),
@@ -120,9 +120,9 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
             # is slow, and wrong for bf16)
             out = dots + out if _on_cuda(device) else out + dots
     else:
-        if base.had_block or base.x_glu:
-            raise ValueError("M > 16 takes no fused Hadamard or glu: rotate x / apply silu(gate) * up first "
-                             "(ops.triton_qlinear does)")
+        if base.had_block or base.x_glu or base.x_norm:
+            raise ValueError("M > 16 takes no fused Hadamard, glu or norm: rotate x / apply silu(gate) * up / the "
+                             "norm first (ops.triton_qlinear does)")
         for bm, bn, bk, warps, stages in GEMM_TILES[min(256, max(32, m_bucket(m)))]:
             spec = dataclasses.replace(base, variant="gemm", block_m=bm, block_n=bn,
                                        block_k=_fit_k(bk, base, k), num_warps=warps, num_stages=stages)

@@ -69,7 +69,8 @@ def kernel_specs(attrs: dict, act: str) -> dict[str, KernelSpec]:
     dtype = {"fp16": __import__("torch").float16, "bf16": __import__("torch").bfloat16}[act]
     n, k = attrs["n"], attrs["k"]
     glu = bool(attrs.get("glu"))  # fuse-glu: the gemv reads silu(gate) * up; above 4 rows torch computes it first
-    gemv = candidates(base_spec(dtype, q["bits"], q.get("p", 1), q["group_size"], grid, had, glu), 1, n, k)[0][0]
+    norm = attrs.get("norm") is not None  # fuse-norm: the gemv applies the RMSNorm; above 4 rows torch does
+    gemv = candidates(base_spec(dtype, q["bits"], q.get("p", 1), q["group_size"], grid, had, glu, norm), 1, n, k)[0][0]
     gemm = candidates(base_spec(dtype, q["bits"], q.get("p", 1), q["group_size"], grid, 0), 256, n, k)[0][0]
     return {"gemv": gemv, "gemm": gemm}
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from qcomp.numerics.quant_spec import QuantSpec
 from qcomp.qir import Graph, Node
 
-from .reference import ReferenceRuntime
+from .reference import ReferenceRuntime, fused_input
 
 RUNTIMES = ("auto", "executor", "reference")
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16)
@@ -150,20 +150,22 @@ class Executor(ReferenceRuntime):
             warnings.warn(f"qcomp executor: running qlinear with the reference (dequantize + matmul): {reason}",
                           QcompWarning, stacklevel=4)
 
-    def qlinear(self, node: Node, x, packed, scales, lut, offsets=None, bias=None):
-        x = self._cast(x)
+    def qlinear(self, node: Node, x, packed, scales, lut, offsets=None, bias=None, norm_weight=None, residual=None):
+        x, norm_weight, residual = self._cast(x), self._cast(norm_weight), self._cast(residual)
         if bias is not None and bias.is_floating_point() and bias.dtype != x.dtype:
             bias = bias.to(x.dtype)
         reason = self.kernel_unavailable(x)
         if reason is None:
-            return self.kernel_qlinear(node, x, packed, scales, lut, offsets, bias)
+            return self.kernel_qlinear(node, x, packed, scales, lut, offsets, bias, norm_weight, residual)
         self._fallback(reason)
         if x.device.type == "cpu":
-            return super().qlinear(node, x, packed, scales, lut, offsets, bias)
-        return self.device_reference_qlinear(node, x, packed, scales, lut, offsets, bias)
+            return super().qlinear(node, x, packed, scales, lut, offsets, bias, norm_weight, residual)
+        y = self.device_reference_qlinear(node, fused_input(node, x, norm_weight), packed, scales, lut, offsets, bias)
+        return y if residual is None else residual + y
 
     def device_reference_qlinear(self, node: Node, x, packed, scales, lut, offsets=None, bias=None):
-        """Dequantize + matmul with every tensor on x's device (the QuantSpec formula, as the reference)."""
+        """Dequantize + matmul with every tensor on x's device (the QuantSpec formula, as the reference), on the
+        layer's input with glu / norm already applied (fused_input)."""
         from qcomp.codegen.hadamard_util import rotate_blocks
         from qcomp.codegen.ops import reference_weight
 
@@ -171,10 +173,6 @@ class Executor(ReferenceRuntime):
         w = reference_weight(packed, scales.to(packed.device), lut.to(packed.device),
                              None if offsets is None else offsets.to(packed.device), spec.bits, spec.p,
                              spec.group_size, spec.grid, a["n"], a["k"]).to(device=x.device, dtype=x.dtype)
-        if a.get("glu"):
-            from qcomp.codegen.ops import glu_reference
-
-            x = glu_reference(x)
         rot = a.get("rotate") or {}
         if rot.get("size"):
             x = rotate_blocks(x, self._had_signs(rot["size"], rot.get("seed"), x.device), rot["size"])
@@ -186,15 +184,17 @@ class Executor(ReferenceRuntime):
             spec = self._specs[node.name] = QuantSpec.from_dict(node.attrs["spec"])
         return spec
 
-    def kernel_qlinear(self, node: Node, x, packed, scales, lut, offsets=None, bias=None):
-        """The codegen op with this node's attributes (spec, n, k, rotate, glu)."""
+    def kernel_qlinear(self, node: Node, x, packed, scales, lut, offsets=None, bias=None, norm_weight=None,
+                       residual=None):
+        """The codegen op with this node's attributes (spec, n, k, rotate, glu, norm) and fused inputs."""
         a, spec = node.attrs, self._spec(node)
         rot = a.get("rotate") or {}
         had_block = int(rot.get("size") or 0)
         signs = self._had_signs(had_block, rot.get("seed"), x.device) if had_block else None
         return self._kernel_op()(x, packed, scales, lut, offsets, bias, bits=spec.bits, p=spec.p,
                                  group_size=spec.group(a["k"]), grid=spec.grid, n=a["n"], k=a["k"],
-                                 had_block=had_block, had_signs=signs, glu=bool(a.get("glu")))
+                                 had_block=had_block, had_signs=signs, glu=bool(a.get("glu")),
+                                 norm_weight=norm_weight, norm_eps=(a.get("norm") or {}).get("eps"), residual=residual)
 
     def _had_signs(self, size: int, seed, device) -> torch.Tensor:
         key = (size, seed, str(device))

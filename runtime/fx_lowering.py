@@ -40,11 +40,15 @@ def _attr_name(target: str, taken: set[str]) -> str:
 
 
 def qlinear_call(x, packed, scales, lut, offsets, bias, had_signs, bits: int, p: int, group_size: int, grid: str,
-                 n: int, k: int, had_block: int, glu: bool = False):
-    """torch.ops.qcomp.qlinear (qlinear_glu for x = [gate | up]) with a bias cast to x's dtype (as the Executor
-    does)."""
+                 n: int, k: int, had_block: int, glu: bool = False, norm_weight=None, norm_eps: float = 0.0,
+                 residual=None):
+    """torch.ops.qcomp.qlinear (qlinear_glu for x = [gate | up], qlinear_fused with a norm or a residual) with a bias
+    cast to x's dtype (as the Executor does)."""
     if bias is not None and bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
+    if norm_weight is not None or residual is not None:
+        return torch.ops.qcomp.qlinear_fused(x, packed, scales, lut, offsets, bias, had_signs, norm_weight, residual,
+                                             bits, p, group_size, grid, n, k, had_block, glu, norm_eps)
     op = torch.ops.qcomp.qlinear_glu if glu else torch.ops.qcomp.qlinear
     return op(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block)
 
@@ -90,12 +94,14 @@ def to_graph_module(graph: Graph, device=None) -> fx.GraphModule:
             x, packed, scales, lut = args[:4]
             offsets = args[4] if len(args) > 4 else None
             bias = args[5] if len(args) > 5 else None
+            norm_w, res = (args[6], args[7]) if len(args) > 7 else (None, None)
             if lut is None:
                 lut = buffer(("lut0", spec.bits * spec.p, spec.p), torch.zeros(2 ** (spec.bits * spec.p), spec.p),
                              f"lut_zeros_{spec.bits * spec.p}_{spec.p}")
             out = fxg.call_function(qlinear_call, (x, packed, scales, lut, offsets, bias, signs, spec.bits, spec.p,
                                                    spec.group(a["k"]), spec.grid, a["n"], a["k"], had,
-                                                   bool(a.get("glu"))))
+                                                   bool(a.get("glu")), norm_w, (a.get("norm") or {}).get("eps", 0.0),
+                                                   res))
         elif op == "rotate":
             out = fxg.call_function(rotate, (args[0], a["size"], a.get("seed"), a.get("inverse", False)))
         elif op == "norm":

@@ -55,6 +55,18 @@ def resolve_args(v, env: dict, device: torch.device | None = None):
     return v
 
 
+def fused_input(node: Node, x: torch.Tensor, norm_weight: torch.Tensor | None) -> torch.Tensor:
+    """A qlinear's input with the ops fused into its node applied as the unfused graph computes them, in x's dtype:
+    silu(gate) * up of x = [gate | up] (attr glu, passes/fuse_glu.py) or the RMSNorm (attr norm, passes/fuse_norm.py)."""
+    if node.attrs.get("glu"):
+        from qcomp.codegen.ops import glu_reference
+
+        return glu_reference(x)
+    if norm_weight is not None:
+        return rms_norm_reference(x, norm_weight, node.attrs["norm"]["eps"])
+    return x
+
+
 def rotate(x: torch.Tensor, size: int, seed, inverse: bool = False) -> torch.Tensor:
     from qcomp.numerics.hadamard import hadamard_transform
 
@@ -167,13 +179,14 @@ class ReferenceRuntime:
             return ModelOutputDict(out) if a.get("container") == "ModelOutput" and isinstance(out, dict) else out
         raise RuntimeError_(f"unknown op {op!r}")
 
-    def qlinear(self, node: Node, x, packed, scales, lut, offsets=None, bias=None):
+    def qlinear(self, node: Node, x, packed, scales, lut, offsets=None, bias=None, norm_weight=None, residual=None):
+        y = self.qlinear_core(node, fused_input(node, x, norm_weight), packed, scales, lut, offsets, bias)
+        return y if residual is None else residual + y  # passes/fuse_residual.py: the add it took, in x's dtype
+
+    def qlinear_core(self, node: Node, x, packed, scales, lut, offsets=None, bias=None):
+        """The layer on its (glu / norm applied) input, before the residual."""
         a = node.attrs
         spec = QuantSpec.from_dict(a["spec"])
-        if a.get("glu"):  # x = [gate | up] (passes/fuse_glu.py): the layer reads silu(gate) * up
-            from qcomp.codegen.ops import glu_reference
-
-            x = glu_reference(x)
         if a.get("rotate"):
             x = rotate(x, a["rotate"]["size"], a["rotate"].get("seed"))
         w = self._dequantized.get(node.name)

@@ -127,8 +127,8 @@ def _check_qlinear(g: Graph, n: Node) -> None:
         spec.check_shape(nn_, k)
     except QuantSpecError as e:
         raise _Bad(str(e)) from None
-    if len(n.args) != 6:
-        raise _Bad("qlinear takes (x, packed, scales, lut, offsets, bias)")
+    if len(n.args) not in (6, 8):
+        raise _Bad("qlinear takes (x, packed, scales, lut, offsets, bias[, norm_weight, residual])")
     from qcomp.codegen.packing import packed_shape
 
     shapes = [_param_shape(g, v) for v in n.args[1:4]]
@@ -148,3 +148,24 @@ def _check_qlinear(g: Graph, n: Node) -> None:
     if a.get("glu") not in (None, False, True):
         raise _Bad(f"glu attr must be a bool, got {a.get('glu')!r}")
     _check_io(g, n, k=2 * k if a.get("glu") else k, nout=nn_)  # glu: x = [gate | up], 2k features
+    _check_qlinear_fusions(g, n, k)
+
+
+def _check_qlinear_fusions(g: Graph, n: Node, k: int) -> None:
+    """fuse-norm's norm_weight (args[6], attr norm: {eps}) and fuse-residual's residual (args[7])."""
+    norm_w, res = (n.args[6], n.args[7]) if len(n.args) == 8 else (None, None)
+    norm = n.attrs.get("norm")
+    if (norm is not None) != (norm_w is not None):
+        raise _Bad("a qlinear has a norm_weight (args[6]) exactly when it has the attr norm: {eps}")
+    if norm is not None:
+        if not isinstance(norm, dict) or set(norm) != {"eps"} or not isinstance(norm["eps"], float):
+            raise _Bad(f"norm attr must be {{eps: float}}, got {norm!r}")
+        if n.attrs.get("glu"):
+            raise _Bad("a qlinear reads either silu(gate) * up (glu) or an RMSNorm of x (norm), not both")
+        shape = _param_shape(g, norm_w)
+        if shape and shape != (k,):
+            raise _Bad(f"norm_weight has shape {shape}, expected ({k},)")
+    if res is not None:
+        shape, out = _param_shape(g, res), _static(n.type)
+        if shape and out and shape != out:
+            raise _Bad(f"residual has shape {shape}, the output {out}")
