@@ -403,7 +403,7 @@ def test_gemv_glu_reads_silu_gate_times_up(bits, grid, p, act, had, scratch, m, 
                       block_m=1 << (m - 1).bit_length(), block_n=16, block_k=128 * p, x_glu=True,
                       had_scratch=scratch)
     src = kernel_source(spec)
-    assert "def _glu(" in src and "x_ptr + K + " in src and spec.name().endswith(spec.name().split("_glu")[1])
+    assert "def _glu(" in src and "stride_xm + K + " in src and spec.name().endswith(spec.name().split("_glu")[1])
     out = torch.full((m, n), float("nan"), dtype=dt)
     y = launch(spec, split, d["x"], d["packed"], d["scales"], d["lut"].float().contiguous(), d["offsets"], d["bias"],
                d["signs"], n, k, out=out)
