@@ -43,18 +43,19 @@ CONFIGS = {
 # launches per layer). Not in it: fuse-glu (the down projection's kernel applies silu(gate) * up as it loads x, one
 # launch less per layer): H200, session 16, the glu kernels ran 0.5-1.3 µs slower per call and the step did not get
 # faster (3.146 ms against 3.114 without it, different runs; add ",fuse-glu" to --pipeline to try it).
-# fuse-residual and fuse-norm (session 18): the residual add after the o and down projections moves into their
-# kernels' epilogue and each RMSNorm into the next qkv / gate_up GEMV, which reads the whole row for its mean square:
-# two glue launches fewer per layer (the same function; see passes/fuse_norm.py). "speed-s17" is the pipeline of
-# sessions 13-17 without them.
+# "speed-fused" adds fuse-residual and fuse-norm (session 18): the residual add after the o and down projections
+# moves into their kernels' epilogue and each RMSNorm into the next qkv / gate_up GEMV, which reads the whole row for
+# its mean square: two glue launches fewer per layer, the same function (passes/fuse_norm.py). H200, session 18,
+# three runs: the Executor 3.68-3.89 ms against 4.55-4.58 without them, but under torch.compile 3.105 ms in one run
+# and 3.29-3.31 in two (3.15-3.17 without); RESULTS.md. Not the default until that spread is understood.
 # UNFUSED_PIPELINE is the pipeline of the session-11/12 tables.
 UNFUSED_PIPELINE = ('canonicalize,insert-hadamard(max_block=128),fuse-hadamard(residual=False),'
                     'allocate-bits(family="uniform", group_sizes=[128], bits=[2,3,4,5,6,8]),quantize(gptq=False),lower')
-SPEED_S17_PIPELINE = ('canonicalize,fuse-cache-attention,insert-hadamard(max_block=128),fuse-hadamard(residual=False),'
-                      'allocate-bits(family="uniform", group_sizes=[128], bits=[2,3,4,5,6,8], tie_siblings=True),'
-                      'quantize(gptq=False),fuse-siblings,lower')
-SPEED_PIPELINE = SPEED_S17_PIPELINE + ",fuse-residual,fuse-norm"
-PIPELINES = {"speed": SPEED_PIPELINE, "speed-s17": SPEED_S17_PIPELINE, "unfused": UNFUSED_PIPELINE}
+SPEED_PIPELINE = ('canonicalize,fuse-cache-attention,insert-hadamard(max_block=128),fuse-hadamard(residual=False),'
+                  'allocate-bits(family="uniform", group_sizes=[128], bits=[2,3,4,5,6,8], tie_siblings=True),'
+                  'quantize(gptq=False),fuse-siblings,lower')
+PIPELINES = {"speed": SPEED_PIPELINE, "speed-fused": SPEED_PIPELINE + ",fuse-residual,fuse-norm",
+             "unfused": UNFUSED_PIPELINE}
 
 
 def with_sensitivity_file(pipeline: str, path: str | None) -> str:
@@ -192,10 +193,36 @@ def inductor_variant_rows(name, compiled, inp, out_plain, base_sec, base_compile
     return [row]
 
 
+def pipelines_of(arg: str, quantize_lm_head: bool = False, sensitivity_file: str | None = None) -> list[tuple]:
+    """[(label, pipeline text or "default")] of --pipeline: names of PIPELINES, "default" or pipeline texts,
+    separated by '|'; with the lm_head quantized (PipelineError where a pipeline lacks the passes that takes) and the
+    sensitivity file joined to allocate-bits."""
+    from qcomp.config import DEFAULT_PIPELINE
+    from qcomp.pass_manager import with_lm_head_quantized
+
+    out = []
+    for i, name in enumerate(n.strip() for n in arg.split("|")):
+        text = PIPELINES.get(name, name)
+        if quantize_lm_head:
+            text = with_lm_head_quantized(DEFAULT_PIPELINE if text == "default" else text)
+        label = name if name in PIPELINES or name == "default" else f"pipeline {i + 1}"
+        out.append((label, with_sensitivity_file(text, sensitivity_file)))
+    return out
+
+
+def save_tuner_choices(out: Path) -> None:
+    """The autotuner's picks of this run (codegen/tune.py's choice file) next to decode.json: which kernel and split
+    each (shape, spec) got, so that two runs' times can be told apart by their picks."""
+    from qcomp.codegen.render import cache_dir
+
+    src = cache_dir() / "autotune.json"
+    if src.exists():
+        (out / "autotune.json").write_text(src.read_text())
+
+
 def main(argv=None) -> int:
     import qcomp
-    from qcomp.config import DEFAULT_PIPELINE
-    from qcomp.pass_manager import PipelineError, with_lm_head_quantized
+    from qcomp.pass_manager import PipelineError
     from qcomp.passes.quantize_weights import matches
     from qcomp.runtime.executor import Executor
     from qcomp.static_decode import StaticDecodeStep
@@ -208,11 +235,11 @@ def main(argv=None) -> int:
     ap.add_argument("--pos", type=int, default=128, help="decode position timed (tokens already in the cache)")
     ap.add_argument("--pipeline", default="speed",
                     help="'speed' (default): the default pipeline with 128-wide Hadamard blocks (fused into the "
-                         "kernels) and rotated uniform grids (arithmetic dequant), siblings, residual adds and norms "
-                         "fused; 'speed-s17': without the residual and norm fusions (sessions 13-17); 'unfused': "
-                         "without fuse-siblings either (the session-11/12 tables); 'default': qcomp's "
-                         "DEFAULT_PIPELINE; or a pipeline's text. Several, separated by '|', are timed one after "
-                         "another against the same bf16 rows (an A/B in one run)")
+                         "kernels) and rotated uniform grids (arithmetic dequant), siblings fused; 'speed-fused': "
+                         "also the residual adds and norms fused into the kernels; 'unfused': without fuse-siblings "
+                         "(the session-11/12 tables); 'default': qcomp's DEFAULT_PIPELINE; or a pipeline's text. "
+                         "Several, separated by '|', are timed one after another against the same bf16 rows (an A/B "
+                         "in one run)")
     ap.add_argument("--sensitivity-file", default=None,
                     help="α measured earlier (a sensitivity-*.json) for allocate-bits instead of measuring it, e.g. "
                          "benchmarks/results/sensitivity_llama3_8b_random_decode_h100.json (batch 1, same seed)")
@@ -236,16 +263,10 @@ def main(argv=None) -> int:
     if unknown or (args.inductor_variants and not args.torch_compile):
         ap.error(f"--inductor-variants takes {sorted(INDUCTOR_VARIANTS)} (got {unknown or args.inductor_variants!r}) "
                  "and needs --torch-compile")
-    pipelines = []
-    for name in args.pipeline.split("|"):
-        text = PIPELINES.get(name.strip(), name.strip())
-        if args.quantize_lm_head:
-            try:
-                text = with_lm_head_quantized(DEFAULT_PIPELINE if text == "default" else text)
-            except PipelineError as e:
-                ap.error(f"--quantize-lm-head: {e}")
-        pipelines.append((name.strip() if name.strip() in PIPELINES or name.strip() == "default" else "custom",
-                          with_sensitivity_file(text, args.sensitivity_file)))
+    try:
+        pipelines = pipelines_of(args.pipeline, args.quantize_lm_head, args.sensitivity_file)
+    except PipelineError as e:
+        ap.error(f"--quantize-lm-head: {e}")
     args.out.mkdir(parents=True, exist_ok=True)
     dev = "cuda"
     t0 = time.perf_counter()
@@ -379,6 +400,7 @@ def main(argv=None) -> int:
         torch.cuda.empty_cache()
         (args.out / "decode.json").write_text(json.dumps(rows, indent=1))
     (args.out / "decode.json").write_text(json.dumps(rows, indent=1))
+    save_tuner_choices(args.out)
     print(f"\n{torch.cuda.get_device_name()} | {args.config} | max_len {args.max_len}, pos {args.pos}")
     print("| config | batch | ms/step | tok/s | × bf16 | avg bits | compile s |")
     print("|---|---|---|---|---|---|---|")

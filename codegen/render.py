@@ -333,22 +333,15 @@ def _half2_x_scale(s: KernelSpec, m: int) -> list[str]:
     fp16_pairs = s.act_dtype == "fp16" and not s.had_block
     lo, hi = (113, 142) if fp16_pairs else (1, 253)
     xc = max(X_SCAN, s.block_k)
-    if s.x_norm:  # no scan of its own: a bound from _norm_scan's (one L2 round trip fewer before the loop)
-        L = [f"# |rms_norm(x) * w| <= max |x| * max |w| * rn, times two roundings to x's dtype (< 1.8 %)",
-             f"xmax{m} = xabs{m} * wmax * rn{m} * 1.02"]
-    else:
-        L = [
-            f"# max |x| over the program's K range, {xc} columns per load (one L2 round trip for most splits)",
-            f"amax{m} = tl.zeros(({xc},), dtype=tl.float32)",
-            f"for xo in range(step_lo * BLOCK_K, step_hi * BLOCK_K, {xc}):",
-            f"    xi = xo + tl.arange(0, {xc})",
-            f"    amax{m} = tl.maximum(amax{m}, tl.abs("
-            + _x_expr(s, m, "xi", f"(xi < step_hi * BLOCK_K) & (xi < klim{m})")
-            + ".to(tl.float32)))",
-            f"xmax{m} = tl.max(amax{m}, axis=0)",
-        ]
-    return L + [
-        f"eb{m} = ((xmax{m}.to(tl.int32, bitcast=True) >> 23) & 0xFF)"
+    return [
+        f"# max |x| over the program's K range, {xc} columns per load (one L2 round trip for most splits)",
+        f"amax{m} = tl.zeros(({xc},), dtype=tl.float32)",
+        f"for xo in range(step_lo * BLOCK_K, step_hi * BLOCK_K, {xc}):",
+        f"    xi = xo + tl.arange(0, {xc})",
+        f"    amax{m} = tl.maximum(amax{m}, tl.abs("
+        + _x_expr(s, m, "xi", f"(xi < step_hi * BLOCK_K) & (xi < klim{m})")
+        + ".to(tl.float32)))",
+        f"eb{m} = ((tl.max(amax{m}, axis=0).to(tl.int32, bitcast=True) >> 23) & 0xFF)"
         + (f" + {bump}  # |rotated x| <= 2^{bump} max |x|" if bump else "  # biased exponent of max |x|"),
         f"xsb{m} = tl.minimum(tl.maximum({254 + t} - eb{m}, {lo}), {hi})  # biased exponent of xs{m}",
         f"xs{m} = (xsb{m} << 23).to(tl.float32, bitcast=True)",
@@ -473,42 +466,18 @@ def _x_load(s: KernelSpec, m: int, target: str, col: str, mask: str, tail: str =
 NORM_SCAN = 4096  # activations per load of the x_norm mean-square scan: a 4096-wide hidden row in one L2 round trip
 
 
-def _norm_weight_max() -> list[str]:
-    """x_norm, before the PDL wait (a parameter, never written by a kernel): wmax = max |w| of the norm's weight, for
-    the half2 path's bound on |rms_norm(x) * w| (_half2_x_scale)."""
-    return [
-        f"wabs = tl.zeros(({NORM_SCAN},), dtype=tl.float32)",
-        f"for wo in range(0, K, {NORM_SCAN}):",
-        f"    wi = wo + tl.arange(0, {NORM_SCAN})",
-        "    wabs = tl.maximum(wabs, tl.abs(tl.load(nw_ptr + wi, mask=wi < K, other=0.0).to(tl.float32)))",
-        "wmax = tl.max(wabs, axis=0)",
-    ]
-
-
 def _norm_scan(m: int) -> list[str]:
     """x_norm, before the K loop: rn{m} = 1 / sqrt(mean(x^2) + eps) over row m's K columns (every program reads the
-    whole row, one L2 round trip per NORM_SCAN columns), as rms_norm_reference computes it in float32, and
-    xabs{m} = max |x| of the row."""
+    whole row, one L2 round trip per NORM_SCAN columns), as rms_norm_reference computes it in float32."""
     return [
-        f"# RMSNorm of row {m} (fuse-norm): the whole row's mean square and max |x|, {NORM_SCAN} columns per load",
+        f"# RMSNorm of row {m} (fuse-norm): the whole row's mean square, {NORM_SCAN} columns per load",
         f"ssq{m} = tl.zeros(({NORM_SCAN},), dtype=tl.float32)",
-        f"xab{m} = tl.zeros(({NORM_SCAN},), dtype=tl.float32)",
         f"for xo in range(0, K, {NORM_SCAN}):",
         f"    xi = xo + tl.arange(0, {NORM_SCAN})",
         f"    xv = tl.load(x_ptr + row{m} * stride_xm + xi, mask=xi < klim{m}, other=0.0).to(tl.float32)",
         f"    ssq{m} += xv * xv",
-        f"    xab{m} = tl.maximum(xab{m}, tl.abs(xv))",
         f"rn{m} = 1.0 / tl.sqrt_rn(tl.sum(ssq{m}, axis=0) / K + norm_eps)",
-        f"xabs{m} = tl.max(xab{m}, axis=0)",
     ]
-
-
-def _residual_prefetch(m: int) -> list[str]:
-    """HAS_RES, before the K loop: row m's residual for this program's outputs (its latency hides behind the loop;
-    every split loads it, the last one adds it)."""
-    return ["if HAS_RES:",
-            f"    res{m} = tl.load(res_ptr + row{m} * stride_rm + offs_n, mask=offs_n < rmask{m}.to(tl.int32) * N, "
-            "other=0.0).to(tl.float32)"]
 
 
 def _rne_helper() -> list[str]:
@@ -773,15 +742,12 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
     L = []
     if prefetch_distance(s):
         L += _prefetch_prologue(s)  # first, so that its DRAM round trip overlaps the x scan below
-    if s.x_norm and h2:
-        L += _norm_weight_max()
     L += _pdl_wait()
     for m in ms:
         L += [f"row{m} = pid_m * BLOCK_M + {m}", f"rmask{m} = row{m} < M",
               f"klim{m} = rmask{m}.to(tl.int32) * K  # x columns of row {m} to read: none past M"]
         if s.x_norm:
             L += _norm_scan(m)
-        L += _residual_prefetch(m)
         L.append(f"acc{m} = tl.zeros((BLOCK_N, C), dtype=tl.float32)")
         if h2:
             L += _half2_x_scale(s, m)
@@ -862,19 +828,21 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
         L += [f"y{m} = {red} + bias", f"ymask{m} = offs_n < rmask{m}.to(tl.int32) * N"]
     L.append("if SPLIT_K == 1:")
     for m in ms:
-        L += ["    " + x for x in _add_residual(f"y{m}", f"res{m}")]
+        L += ["    " + x for x in _add_residual(f"y{m}", f"row{m} * stride_rm + offs_n", f"ymask{m}")]
         L.append(f"    tl.store(y_ptr + row{m} * stride_ym + offs_n, y{m}.to(y_ptr.dtype.element_ty), mask=ymask{m})")
     parts = [(f"(pid_k * M + row{m}) * N + offs_n", f"y{m}", f"ymask{m}") for m in ms]
     final = [(f"(sk * M + row{m}) * N + offs_n", f"y_ptr + row{m} * stride_ym + offs_n", f"ymask{m}", "(BLOCK_N,)",
-              f"res{m}") for m in ms]
+              f"row{m} * stride_rm + offs_n") for m in ms]
     L += _split_k_fixup("pid_m * tl.num_programs(0) + pid_n", parts, final, SPLIT_K_UNROLL)
     return L
 
 
-def _add_residual(v: str, res: str) -> list[str]:
+def _add_residual(v: str, offs: str, mask: str) -> list[str]:
     """HAS_RES (fuse-residual): v becomes residual + v rounded to y's dtype, as torch adds the layer's rounded output
-    to the residual stream (one fp32 sum, rounded once by the store's cast); res: the residual (fp32) expression."""
-    return ["if HAS_RES:", f"    {v} = {v}.to(y_ptr.dtype.element_ty).to(tl.float32) + {res}"]
+    to the residual stream (one fp32 sum, rounded once by the store's cast)."""
+    return ["if HAS_RES:",
+            f"    {v} = {v}.to(y_ptr.dtype.element_ty).to(tl.float32) + tl.load(res_ptr + {offs}, mask={mask}, "
+            "other=0.0).to(tl.float32)"]
 
 
 SPLIT_K_UNROLL = 16  # GEMV: partials of this many splits loaded at once by the last split (one L2 round trip)
@@ -885,7 +853,7 @@ def _split_k_fixup(tile: str, parts, final, unroll: int = 1) -> list[str]:
     order): each split stores its fp32 partial to the workspace ws [SPLIT_K, M, N]; the last split of an output
     tile to finish (a counter per tile, counted with release/acquire) sums the SPLIT_K partials in order, writes
     y and sets the counter back to 0 for the next launch. parts: [(ws offset, value, mask)]; final: [(ws offset
-    of split sk, y pointer, mask, shape, residual (HAS_RES: _add_residual))]. unroll > 1: the partials are read `unroll` splits at a time (masked
+    of split sk, y pointer, mask, shape, residual offset (HAS_RES: _add_residual))]. unroll > 1: the partials are read `unroll` splits at a time (masked
     past SPLIT_K; same order of the sum), so that their loads are in flight together: the compiler's own unroll
     by 4 left the last split of a 16-way GEMV 4 dependent L2 round trips, on the critical path of every launch.
     (GEMV only: the guard is written over offs_n.)"""
@@ -912,7 +880,7 @@ def _split_k_fixup(tile: str, parts, final, unroll: int = 1) -> list[str]:
                 "        for sk in range(0, SPLIT_K):",
                 f"            tot{i} += tl.load(ws_ptr + {off}, mask={mask}, other=0.0, cache_modifier=\".cg\")",
             ]
-        L += ["        " + x for x in _add_residual(f"tot{i}", res)]
+        L += ["        " + x for x in _add_residual(f"tot{i}", res, mask)]
         L.append(f"        tl.store({yp}, tot{i}.to(y_ptr.dtype.element_ty), mask={mask})")
     return L
 
@@ -1032,8 +1000,8 @@ def _gemm_body(s: KernelSpec, dt: str) -> list[str]:
         "mask_mn = mask_m[None, :] & mask_n[:, None]",
         "if SPLIT_K == 1:",
     ]
-    res = "tl.load(res_ptr + offs_m[None, :] * stride_rm + offs_n[:, None], mask=mask_mn, other=0.0).to(tl.float32)"
-    L += ["    " + x for x in _add_residual("acc", res)]
+    res = "offs_m[None, :] * stride_rm + offs_n[:, None]"
+    L += ["    " + x for x in _add_residual("acc", res, "mask_mn")]
     L.append("    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_mn)")
     L += _split_k_fixup("pid", [("(pid_k * M + offs_m[None, :]) * N + offs_n[:, None]", "acc", "mask_mn")],
                         [("(sk * M + offs_m[None, :]) * N + offs_n[:, None]", "y_ptrs", "mask_mn",

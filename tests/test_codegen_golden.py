@@ -5,23 +5,32 @@ Regenerate after an intended change: QCOMP_UPDATE_GOLDEN=1 pytest tests/test_cod
 import os
 from pathlib import Path
 
+import pytest
+
 from qcomp.codegen.kernel_spec import KernelSpec
 from qcomp.codegen.render import kernel_source
 
-GOLDEN = Path(__file__).parent / "golden" / "codegen_gemv_w3_lut_g32_h128.py.txt"
-SPEC = KernelSpec(bits=3, grid="lut", p=1, group_size=32, had_block=128, variant="gemv", block_m=1, block_n=64,
-                  block_k=128)
+GOLDENS = {  # file in tests/golden -> spec
+    "codegen_gemv_w3_lut_g32_h128.py.txt": KernelSpec(bits=3, grid="lut", p=1, group_size=32, had_block=128,
+                                                      variant="gemv", block_m=1, block_n=64, block_k=128),
+    # the decode step's qkv / gate_up kernel under fuse-norm: RMSNorm, half2 pairs, fused rotation
+    "codegen_gemv_w3_bf16_h128_rms.py.txt": KernelSpec(bits=3, group_size=128, act_dtype="bf16", had_block=128,
+                                                       variant="gemv", block_m=1, block_n=64, block_k=128,
+                                                       num_warps=2, num_stages=2, x_norm=True),
+}
 
 
-def test_generated_source_matches_golden():
-    src = kernel_source(SPEC)
+@pytest.mark.parametrize("name", sorted(GOLDENS))
+def test_generated_source_matches_golden(name):
+    golden = Path(__file__).parent / "golden" / name
+    src = kernel_source(GOLDENS[name])
     if os.environ.get("QCOMP_UPDATE_GOLDEN") == "1":
-        GOLDEN.write_text(src)
-    assert src == GOLDEN.read_text(), f"generated source changed; diff against {GOLDEN} and regenerate if intended"
+        golden.write_text(src)
+    assert src == golden.read_text(), f"generated source changed; diff against {golden} and regenerate if intended"
 
 
 def test_source_is_specialised_per_spec():
-    a = kernel_source(SPEC)
+    a = kernel_source(GOLDENS["codegen_gemv_w3_lut_g32_h128.py.txt"])
     b = kernel_source(KernelSpec(bits=5, grid="uniform", group_size=128, block_m=2, block_k=128))
     c = kernel_source(KernelSpec(bits=2, grid="lut", group_size=128, block_m=1, block_k=128))
     d = kernel_source(KernelSpec(bits=4, grid="uniform", group_size=128, variant="gemm", block_m=32, block_k=128))

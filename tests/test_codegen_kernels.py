@@ -432,3 +432,87 @@ def test_glu_op_and_its_fallbacks(monkeypatch):
         qlinear(x[:, :k], d["packed"], d["scales"], None, None, None, **kw)
     with pytest.raises(KernelSpecError, match="x_glu needs the gemv"):
         KernelSpec(variant="gemm", x_glu=True, block_m=16, block_k=128)
+
+
+@pytest.mark.parametrize("bits,grid,p,act,had,split,m,k", [
+    (3, "uniform", 1, "bf16", 128, 1, 1, 512),  # the decode case: half2 path, fused rotation
+    (4, "uniform", 1, "bf16", 128, 2, 1, 384),  # split-K, a ragged last K step
+    (2, "uniform", 1, "fp16", 0, 1, 3, 256),  # fp16 pairs unrotated, rows past M masked
+    (8, "uniform_asym", 1, "bf16", 0, 3, 2, 384),  # fp32 path, offsets
+    (4, "lut", 2, "fp16", 128, 1, 4, 512),  # table grid, two weights per code
+])
+def test_gemv_norm_and_residual(bits, grid, p, act, had, split, m, k):
+    """KernelSpec.x_norm reads weight * (x / rms(x)) rounded as rms_norm_reference rounds it, HAS_RES adds the
+    residual to the rounded output: both against the unfused reference (norm, qlinear, add) on fresh inputs with
+    large, uneven rows (the half2 scale must bound the normalized x), and against the plain kernel on torch's
+    normalized x."""
+    from qcomp.capture.norms import rms_norm_reference
+
+    n = 40
+    dt = torch.float16 if act == "fp16" else torch.bfloat16
+    d = make_case(bits, grid, p, 128, had, m, n, k, seed=bits * 7 + m + k)
+    gen = torch.Generator().manual_seed(k * 3 + m)
+    d["x"] = (torch.randn(m, k, generator=gen) * torch.linspace(1, 300, m)[:, None]).to(dt)
+    nw = (torch.rand(k, generator=gen) * 3 - 1).to(dt)  # signs mixed, |w| up to 2
+    res = torch.randn(m, n, generator=gen).to(dt)
+    spec = KernelSpec(bits=bits, grid=grid, p=p, group_size=128, act_dtype=act, had_block=had, variant="gemv",
+                      block_m=1 << (m - 1).bit_length(), block_n=16, block_k=128 * p, x_norm=True)
+    src = kernel_source(spec)
+    assert "def _rmsn(" in src and "norm_eps" in src and spec.name().endswith("_rms" + spec.name().split("_rms")[1])
+    out = torch.full((m, n), float("nan"), dtype=dt)
+    lut = d["lut"].float().contiguous()
+    y = launch(spec, split, d["x"], d["packed"], d["scales"], lut, d["offsets"], d["bias"], d["signs"], n, k, out=out,
+               norm=(nw, 1e-5), residual=res)
+    h = rms_norm_reference(d["x"], nw, 1e-5)
+    ref = res + reference_qlinear(h, d["packed"], d["scales"], d["lut"], d["offsets"], d["bias"], d["signs"], bits,
+                                  p, 128, grid, n, k, had)
+    # bf16: the interpreter truncates both bf16 roundings of y (the layer's output, then the sum), torch rounds to even
+    check(y, ref, tol=2e-3 if act == "fp16" else 1.2e-2)
+    plain = launch(dataclasses.replace(spec, x_norm=False), split, h, d["packed"], d["scales"], lut, d["offsets"],
+                   d["bias"], d["signs"], n, k, residual=res)
+    assert torch.allclose(y.float(), plain.float(), rtol=1e-2, atol=2e-2)
+    with pytest.raises(ValueError, match="pass norm"):
+        launch(spec, split, d["x"], d["packed"], d["scales"], lut, d["offsets"], d["bias"], d["signs"], n, k)
+
+
+def test_gemm_adds_the_residual():
+    """The tensor-core variant (fp16: the interpreter's bf16 tl.dot is wrong) adds HAS_RES's residual in its
+    epilogue, with and without split-K."""
+    n, k, m = 64, 256, 20
+    d = make_case(4, "uniform", 1, 128, 0, m, n, k, seed=5)
+    res = torch.randn(m, n, generator=torch.Generator().manual_seed(6)).half()
+    ref = res + reference(d, 4, 1, 128, "uniform", n, k, 0)
+    for split in (1, 2):
+        spec = KernelSpec(bits=4, group_size=128, variant="gemm", block_m=32, block_n=32, block_k=128)
+        out = torch.full((m, n), float("nan"), dtype=torch.float16)
+        y = launch(spec, split, d["x"], d["packed"], d["scales"], d["lut"].float().contiguous(), None, d["bias"],
+                   None, n, k, out=out, residual=res)
+        check(y, ref)
+
+
+def test_fused_op_and_its_fallbacks(monkeypatch):
+    """torch.ops.qcomp.qlinear_fused: the forced kernel (M <= 4: the gemv normalizes) and the path where torch
+    applies the norm first (M > 4) match the CPU reference (the unfused function); bad fusions name the fix."""
+    n, k = 32, 512
+    for m in (1, 6):
+        d = make_case(3, "uniform", 1, 128, 128, m, n, k, seed=m)
+        gen = torch.Generator().manual_seed(m + 1)
+        x = (torch.randn(m, k, generator=gen) * 5).to(torch.bfloat16)
+        kw = dict(bits=3, p=1, group_size=128, grid="uniform", n=n, k=k, had_block=128, had_signs=d["signs"],
+                  norm_weight=torch.rand(k, generator=gen).to(torch.bfloat16) + 0.5, norm_eps=1e-6,
+                  residual=torch.randn(m, n, generator=gen).to(torch.bfloat16))
+        monkeypatch.delenv("QCOMP_FORCE_TRITON", raising=False)
+        ref = qlinear(x, d["packed"], d["scales"], None, None, None, **kw)
+        monkeypatch.setenv("QCOMP_FORCE_TRITON", "1")
+        y = qlinear(x, d["packed"], d["scales"], None, None, None, **kw)
+        check(y, ref, tol=8e-3)
+    with pytest.raises(ValueError, match="either silu"):
+        qlinear(torch.cat([x, x], -1), d["packed"], d["scales"], None, None, None, **{**kw, "glu": True})
+    with pytest.raises(ValueError, match=r"norm_weight is .* \[512\]"):
+        qlinear(x, d["packed"], d["scales"], None, None, None, **{**kw, "norm_weight": kw["norm_weight"][:8]})
+    with pytest.raises(ValueError, match="norm_eps must be a float"):
+        qlinear(x, d["packed"], d["scales"], None, None, None, **{**kw, "norm_eps": None})
+    with pytest.raises(ValueError, match="residual is"):
+        qlinear(x, d["packed"], d["scales"], None, None, None, **{**kw, "residual": kw["residual"].float()})
+    with pytest.raises(KernelSpecError, match="x_norm needs the gemv"):
+        KernelSpec(variant="gemm", x_norm=True, block_m=16, block_k=128)

@@ -163,3 +163,16 @@ def test_quantize_lm_head_needs_the_passes_it_edits(capsys):
     with pytest.raises(SystemExit):
         gpu_decode.main(["--quantize-lm-head", "--pipeline", "canonicalize,quantize,lower"])
     assert "--quantize-lm-head: quantizing the lm_head needs ['allocate-bits', 'insert-hadamard']" in capsys.readouterr().err
+
+
+def test_pipelines_of_reads_names_texts_and_ab_lists():
+    """--pipeline 'speed|speed-fused' times two pipelines in one run: names resolve to their texts, other entries are
+    taken as pipeline texts, and the sensitivity file joins each allocate-bits."""
+    got = gpu_decode.pipelines_of("speed | speed-fused|canonicalize,allocate-bits,quantize,lower", False, "s.json")
+    assert [label for label, _ in got] == ["speed", "speed-fused", "pipeline 3"]
+    names = [[n for n, _ in parse_pipeline(text)] for _, text in got]
+    assert names[1] == names[0] + ["fuse-residual", "fuse-norm"]
+    assert all(dict(parse_pipeline(text))["allocate-bits"]["sensitivity_file"] == "s.json" for _, text in got)
+    assert gpu_decode.pipelines_of("default") == [("default", "default")]
+    lm = dict(parse_pipeline(gpu_decode.pipelines_of("speed", quantize_lm_head=True)[0][1]))
+    assert lm["quantize"]["skip"] == "" and lm["allocate-bits"]["skip"] == ""
