@@ -60,3 +60,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_decode():
+    """A two-layer Llama decode step (qcomp.static_decode) in bf16, the kernels' activation dtype, and one token's
+    inputs (id, position 5, caches of 12 positions filled with random values)."""
+    transformers = pytest.importorskip("transformers")
+    from qcomp.static_decode import StaticDecodeStep
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=False)
+    step = StaticDecodeStep(transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval(), max_len=12).eval()
+    kc, vc = step.new_cache(1)
+    kc.normal_()
+    vc.normal_()
+    return step, (torch.randint(0, 96, (1, 1)), torch.tensor([5]), kc, vc)
+
+
+def fresh_token(inputs: tuple, seed: int) -> tuple:
+    """tiny_decode's inputs with another random token id (the same position and caches)."""
+    ids = torch.randint(0, 96, (1, 1), generator=torch.Generator().manual_seed(seed))
+    return (ids, *inputs[1:])

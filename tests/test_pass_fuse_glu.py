@@ -17,6 +17,8 @@ import qcomp
 from qcomp.qir import print_graph
 from qcomp.qir.verifier import VerificationError, verify
 
+from conftest import fresh_token
+
 BASE = ("canonicalize,insert-hadamard(max_block=128),fuse-hadamard(residual=False),"
         "allocate-bits(tie_siblings=True),quantize,fuse-siblings,lower")
 
@@ -32,26 +34,9 @@ def _stats(compiled):
     return next(p["stats"] for p in compiled.report["passes"] if p["name"] == "fuse-glu")
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    """A two-layer Llama decode step in bf16 (the kernels take 16-bit activations) and one token's inputs."""
-    transformers = pytest.importorskip("transformers")
-    from qcomp.static_decode import StaticDecodeStep
-
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   tie_word_embeddings=False)
-    step = StaticDecodeStep(transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval(), max_len=12).eval()
-    kc, vc = step.new_cache(1)
-    kc.normal_()
-    vc.normal_()
-    return step, (torch.randint(0, 96, (1, 1)), torch.tensor([5]), kc, vc)
-
-
-def _fresh(inputs, seed):
-    ids = torch.randint(0, 96, (1, 1), generator=torch.Generator().manual_seed(seed))
-    return (ids, *inputs[1:])
+@pytest.fixture
+def tiny(tiny_decode):
+    return tiny_decode
 
 
 @pytest.mark.parametrize("capture", ["fx", "export"])
@@ -66,7 +51,7 @@ def test_down_projection_reads_gate_up(tiny, capture):
     # lower names the kernels of the graph's activation dtype (bf16 here), as the runtime will pick them
     assert all("_bf16_" in n.attrs["kernel"]["gemv"] for n in fused.graph.nodes if n.op == "qlinear")
     assert not any(n.op == "elementwise" and "silu" in str(n.attrs.get("target")) for n in fused.graph.nodes)
-    x = _fresh(inputs, 7)
+    x = fresh_token(inputs, 7)
     with torch.no_grad():
         for a, b in zip(plain(*x), fused(*x)):
             assert torch.equal(a, b)  # the reference computes silu(gate) * up first: bit for bit
@@ -89,7 +74,7 @@ def test_kernels_in_the_interpreter_match_the_reference(tiny, monkeypatch):
     model, inputs = tiny
     gm = to_graph_module(_compile(model, inputs, BASE + ",fuse-glu").graph)
     assert sum(n.op == "call_function" and len(n.args) > 14 and n.args[14] is True for n in gm.graph.nodes) == 2  # glu
-    x = _fresh(inputs, 11)
+    x = fresh_token(inputs, 11)
     monkeypatch.delenv("QCOMP_FORCE_TRITON", raising=False)
     with torch.no_grad():
         ref = gm(*x)[0]
