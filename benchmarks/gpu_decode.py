@@ -364,8 +364,9 @@ def main(argv=None) -> int:
         rows.append({"config": label, "batch": b, "ms_per_step": sec * 1e3, "tok_s": b / sec,
                      "speedup": base[b] / sec, "compile_s": csec, "avg_bits": avg, "rel_err_logits": rel,
                      "fallbacks": sorted(ex_rt.fallbacks), "lm_head": lm_head})
-        print(f"{label} batch {b} (lm_head {lm_head}): {sec * 1e3:.3f} ms/step, {b / sec:.1f} tok/s, {base[b] / sec:.2f}x bf16, "
-              f"logit rel err vs bf16 {rel:.3f}, fallbacks {sorted(ex_rt.fallbacks)}", flush=True)
+        print(f"{label} batch {b} (lm_head {lm_head}): {sec * 1e3:.3f} ms/step, {b / sec:.1f} tok/s, "
+              f"{base[b] / sec:.2f}x bf16, logit rel err vs bf16 {rel:.3f}, fallbacks {sorted(ex_rt.fallbacks)}",
+              flush=True)
         del replay
         if args.torch_compile:
             from qcomp.runtime.fx_lowering import to_graph_module

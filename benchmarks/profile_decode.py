@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_decode import (INDUCTOR_VARIANTS, SPEED_PIPELINE, build_model, graph_of, time_graph,  # noqa: E402
+from gpu_decode import (INDUCTOR_VARIANTS, PIPELINES, build_model, graph_of, time_graph,  # noqa: E402
                         with_sensitivity_file)
 
 CATEGORIES = [  # (category, regex on the kernel name), first match wins
@@ -102,7 +102,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--max-len", type=int, default=256)
     ap.add_argument("--pos", type=int, default=128)
-    ap.add_argument("--pipeline", default=SPEED_PIPELINE)
+    ap.add_argument("--pipeline", default="speed",
+                    help="a name of gpu_decode.PIPELINES (speed, speed-fused, unfused) or a pipeline's text")
     ap.add_argument("--sens-cache", type=Path, default=None, help="sensitivity cache dir to reuse (default DIR/sens_cache)")
     ap.add_argument("--sensitivity-file", default=None, help="as gpu_decode.py's --sensitivity-file")
     ap.add_argument("--torch-compile", action="store_true",
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.inductor_variant and not args.torch_compile:
         ap.error("--inductor-variant needs --torch-compile")
-    args.pipeline = with_sensitivity_file(args.pipeline, args.sensitivity_file)
+    args.pipeline = with_sensitivity_file(PIPELINES.get(args.pipeline, args.pipeline), args.sensitivity_file)
     args.out.mkdir(parents=True, exist_ok=True)
     dev = "cuda"
     model = build_model(args.config, dev)

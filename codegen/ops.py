@@ -303,7 +303,8 @@ def _dispatch(x, args: tuple, glu: bool, norm: Optional[tuple] = None,
 
 
 def _reference(x, args: tuple, glu: bool, norm: Optional[tuple], residual: Optional[torch.Tensor]) -> torch.Tensor:
-    """The unfused function: silu(gate) * up or the RMSNorm first, the qlinear, then residual + y (each in x's dtype)."""
+    """The unfused function: silu(gate) * up or the RMSNorm first, the qlinear, then residual + y (each in x's
+    dtype)."""
     if glu:
         x = glu_reference(x)
     if norm is not None:

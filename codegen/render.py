@@ -853,9 +853,10 @@ def _split_k_fixup(tile: str, parts, final, unroll: int = 1) -> list[str]:
     order): each split stores its fp32 partial to the workspace ws [SPLIT_K, M, N]; the last split of an output
     tile to finish (a counter per tile, counted with release/acquire) sums the SPLIT_K partials in order, writes
     y and sets the counter back to 0 for the next launch. parts: [(ws offset, value, mask)]; final: [(ws offset
-    of split sk, y pointer, mask, shape, residual offset (HAS_RES: _add_residual))]. unroll > 1: the partials are read `unroll` splits at a time (masked
-    past SPLIT_K; same order of the sum), so that their loads are in flight together: the compiler's own unroll
-    by 4 left the last split of a 16-way GEMV 4 dependent L2 round trips, on the critical path of every launch.
+    of split sk, y pointer, mask, shape, residual offset (HAS_RES: _add_residual))]. unroll > 1: the partials are
+    read `unroll` splits at a time (masked past SPLIT_K; same order of the sum), so that their loads are in flight
+    together: the compiler's own unroll by 4 left the last split of a 16-way GEMV 4 dependent L2 round trips, on the
+    critical path of every launch.
     (GEMV only: the guard is written over offs_n.)"""
     L = ["else:  # split-K: partials to the workspace; the tile's last split to finish sums them in order"]
     L += [f"    tl.store(ws_ptr + {off}, {val}, mask={mask})" for off, val, mask in parts]

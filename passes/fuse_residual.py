@@ -47,7 +47,9 @@ def fuse_residual(graph: Graph, ctx: PassContext):
     fused, apart = 0, {}
     users = g.users()
     for add in [n for n in g.nodes if n.op == "elementwise" and n.target in _ADD]:
-        if len(add.args) != 2 or add.kwargs or not all(isinstance(a, Ref) for a in add.args) or add.args[0] == add.args[1]:
+        if len(add.args) != 2 or add.kwargs or not all(isinstance(a, Ref) for a in add.args):
+            continue
+        if add.args[0] == add.args[1]:
             continue
         pick = [(g.node(a), b) for a, b in (add.args, add.args[::-1]) if g.node(a).op == "qlinear"]
         if not pick:

@@ -57,7 +57,8 @@ def resolve_args(v, env: dict, device: torch.device | None = None):
 
 def fused_input(node: Node, x: torch.Tensor, norm_weight: torch.Tensor | None) -> torch.Tensor:
     """A qlinear's input with the ops fused into its node applied as the unfused graph computes them, in x's dtype:
-    silu(gate) * up of x = [gate | up] (attr glu, passes/fuse_glu.py) or the RMSNorm (attr norm, passes/fuse_norm.py)."""
+    silu(gate) * up of x = [gate | up] (attr glu, passes/fuse_glu.py) or the RMSNorm (attr norm,
+    passes/fuse_norm.py)."""
     if node.attrs.get("glu"):
         from qcomp.codegen.ops import glu_reference
 
