@@ -84,3 +84,16 @@ def fresh_token(inputs: tuple, seed: int) -> tuple:
     """tiny_decode's inputs with another random token id (the same position and caches)."""
     ids = torch.randint(0, 96, (1, 1), generator=torch.Generator().manual_seed(seed))
     return (ids, *inputs[1:])
+
+
+def forced_kernel_error(gm, x: tuple, monkeypatch) -> float:
+    """||a - b|| / ||b|| of gm(*x)[0] run with the generated kernels forced (QCOMP_FORCE_TRITON, CPU interpreter), a,
+    against the same module on the reference path, b; a must be finite (every output written)."""
+    monkeypatch.delenv("QCOMP_FORCE_TRITON", raising=False)
+    with torch.no_grad():
+        ref = gm(*x)[0]
+        monkeypatch.setenv("QCOMP_FORCE_TRITON", "1")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        got = gm(*x)[0]
+    assert torch.isfinite(got).all()
+    return float((got.float() - ref.float()).norm() / ref.float().norm())

@@ -14,7 +14,7 @@ import qcomp
 from qcomp.qir import print_graph
 from qcomp.qir.verifier import VerificationError, verify
 
-from conftest import fresh_token
+from conftest import forced_kernel_error, fresh_token
 
 BASE = ("canonicalize,insert-hadamard(max_block=128),fuse-hadamard(residual=False),"
         "allocate-bits(tie_siblings=True),quantize,fuse-siblings,lower")
@@ -85,15 +85,8 @@ def test_kernels_in_the_interpreter_match_the_reference(tiny, monkeypatch):
     gm = to_graph_module(_compile(model, inputs, FUSED).graph)
     calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target.__name__ == "qlinear_call"]
     assert sum(n.args[15] is not None for n in calls) == 4 and sum(n.args[17] is not None for n in calls) == 4
-    x = fresh_token(inputs, 11)
-    monkeypatch.delenv("QCOMP_FORCE_TRITON", raising=False)
-    with torch.no_grad():
-        ref = gm(*x)[0]
-        monkeypatch.setenv("QCOMP_FORCE_TRITON", "1")
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-        got = gm(*x)[0]
-    err = float((got.float() - ref.float()).norm() / ref.float().norm())
-    assert torch.isfinite(got).all() and 0 < err < 2e-2, err  # 0: the kernels did not run
+    err = forced_kernel_error(gm, fresh_token(inputs, 11), monkeypatch)
+    assert 0 < err < 2e-2, err  # 0: the kernels did not run
 
 
 def test_artifact_round_trip(tiny, tmp_path):
