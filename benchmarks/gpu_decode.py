@@ -250,6 +250,10 @@ def main(argv=None) -> int:
                     help="with --torch-compile: also compile qcomp's glue with these inductor settings, comma-"
                          f"separated, of {sorted(INDUCTOR_VARIANTS)}; each variant's logits must equal the plain "
                          "compile's bit for bit")
+    ap.add_argument("--inductor-deterministic", action="store_true",
+                    help="with --torch-compile: torch._inductor.config.deterministic for every compile of the run "
+                         "(inductor picks its kernels' configs without timing them, so two compiles of one graph "
+                         "reduce in the same order and the variants' bit-equality check sees only launch effects)")
     ap.add_argument("--no-bf16-variants", action="store_true",
                     help="compile bf16 without the --inductor-variants (only qcomp gets them; saves a compile each)")
     ap.add_argument("--no-precompile", action="store_true",
@@ -263,6 +267,13 @@ def main(argv=None) -> int:
     if unknown or (args.inductor_variants and not args.torch_compile):
         ap.error(f"--inductor-variants takes {sorted(INDUCTOR_VARIANTS)} (got {unknown or args.inductor_variants!r}) "
                  "and needs --torch-compile")
+    if args.inductor_deterministic:
+        import torch._inductor.config as inductor_config
+
+        if not args.torch_compile or not hasattr(inductor_config, "deterministic"):
+            ap.error(f"--inductor-deterministic needs --torch-compile and a torch whose inductor has the setting "
+                     f"'deterministic' (this one, {torch.__version__}: {hasattr(inductor_config, 'deterministic')})")
+        inductor_config.deterministic = True
     try:
         pipelines = pipelines_of(args.pipeline, args.quantize_lm_head, args.sensitivity_file)
     except PipelineError as e:
@@ -275,6 +286,10 @@ def main(argv=None) -> int:
     print(f"built {args.config} in {time.perf_counter() - t0:.1f}s", flush=True)
     batches = [int(b) for b in args.batches.split(",")]
     rows = []
+
+    def write_rows():  # after every compiled configuration: a run cut short keeps what it measured
+        marked = [{**r, "inductor_deterministic": True} for r in rows] if args.inductor_deterministic else rows
+        (args.out / "decode.json").write_text(json.dumps(marked, indent=1))
 
     def inputs(b):
         ids = torch.randint(0, model.config.vocab_size, (b, 1), device=dev)
@@ -399,10 +414,11 @@ def main(argv=None) -> int:
                                                   csec + tsec, dev))
         del compiled, ex_rt
         torch.cuda.empty_cache()
-        (args.out / "decode.json").write_text(json.dumps(rows, indent=1))
-    (args.out / "decode.json").write_text(json.dumps(rows, indent=1))
+        write_rows()
+    write_rows()
     save_tuner_choices(args.out)
-    print(f"\n{torch.cuda.get_device_name()} | {args.config} | max_len {args.max_len}, pos {args.pos}")
+    print(f"\n{torch.cuda.get_device_name()} | {args.config} | max_len {args.max_len}, pos {args.pos}"
+          + (" | inductor deterministic" if args.inductor_deterministic else ""))
     print("| config | batch | ms/step | tok/s | × bf16 | avg bits | compile s |")
     print("|---|---|---|---|---|---|---|")
     for r in (r for r in rows if "rejected" not in r):

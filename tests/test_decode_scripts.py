@@ -176,3 +176,12 @@ def test_pipelines_of_reads_names_texts_and_ab_lists():
     assert gpu_decode.pipelines_of("default") == [("default", "default")]
     lm = dict(parse_pipeline(gpu_decode.pipelines_of("speed", quantize_lm_head=True)[0][1]))
     assert lm["quantize"]["skip"] == "" and lm["allocate-bits"]["skip"] == ""
+
+
+def test_inductor_deterministic_needs_torch_compile(capsys):
+    import torch._inductor.config as inductor_config
+
+    assert hasattr(inductor_config, "deterministic")  # the setting the flag turns on exists in this torch
+    with pytest.raises(SystemExit):
+        gpu_decode.main(["--inductor-deterministic"])
+    assert "--inductor-deterministic needs --torch-compile" in capsys.readouterr().err
