@@ -51,7 +51,7 @@ class KernelSpec:
     group_m: int = 8  # gemm: programs grouped along M for L2 reuse
     had_scratch: bool = False  # gemv + fused Hadamard: rotated x goes through a scratch row (see render._hadamard_x)
     x_glu: bool = False  # gemv: x rows hold [gate | up] (2K wide); the kernel reads silu(gate) * up (render._x_expr)
-    x_norm: bool = False  # gemv: the kernel reads rms_norm(x) * weight (render._norm_scan, render._x_expr)
+    x_norm: bool = False  # gemv: y of rms_norm(x) * weight: weight * x in the loop, 1 / rms after it (render._norm_ssq)
 
     def __post_init__(self):
         self.validate()

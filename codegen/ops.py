@@ -16,9 +16,10 @@ FUSED_HADAMARD_MAX_M rows, torch computes silu(gate) * up first.
 
 `torch.ops.qcomp.qlinear_fused` adds two more fusions to those (passes/fuse_norm.py, passes/fuse_residual.py):
     y = residual + qlinear(rms_norm(x) * norm_weight)       (either part optional; glu in place of the norm)
-with every intermediate rounded to x's dtype as the unfused graph rounds it. The gemv kernels compute the row's
-RMS themselves (KernelSpec.x_norm) and every kernel adds the residual in its epilogue (the HAS_RES constexpr);
-above FUSED_HADAMARD_MAX_M rows torch applies the norm first.
+with the residual added to y rounded to x's dtype, as the unfused graph adds it. The gemv kernels apply the norm
+themselves (KernelSpec.x_norm: weight * x in the loop, the row's 1 / rms after it, from the sum of squares of the x
+they load; equal to the reference up to roundings) and every kernel adds the residual in its epilogue (the HAS_RES
+constexpr); above FUSED_HADAMARD_MAX_M rows torch applies the norm first (rms_norm_reference).
 
 The ops are registered with torch.library.custom_op and a fake implementation, so torch.compile,
 torch.export and CUDA graphs see one opaque node. Before capturing a CUDA graph, call the op once with the
@@ -133,10 +134,13 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
     # scratch rows for a rotated x that goes through memory (spec.had_scratch): two per program and activation row
     scratch = spec.block_m * 2 * spec.block_k * grid[0] * grid[1] * grid[2] if spec.had_scratch else 0
     if split_k > 1:  # the kernel sums the splits itself: fp32 partials and one self-resetting counter per tile
-        ws = torch.empty(split_k * m * n + scratch, device=dev, dtype=torch.float32)
+        # (x_norm: and each split's sum of squares of x, [split_k, m], before the scratch rows)
+        ws = torch.empty(split_k * m * n + (split_k * m if spec.x_norm else 0) + scratch, device=dev,
+                         dtype=torch.float32)
         cnt = split_k_counters(dev, grid[0] * (grid[2] if len(grid) > 2 else 1))
     else:
-        ws = torch.empty(m * n + scratch, device=dev, dtype=torch.float32) if scratch else y  # else unused
+        ws = torch.empty(m * n + (m if spec.x_norm else 0) + scratch, device=dev, dtype=torch.float32) \
+            if scratch else y  # else unused
         cnt = scales  # unused
     run = functools.partial(kern.warmup, grid=grid) if warmup else kern[grid]
     pdl = use_pdl(spec, dev)

@@ -72,7 +72,8 @@ def _header(s: KernelSpec) -> list[str]:
         f"group size {s.group_size}; {had}",
         *(["x = silu(x[:, :K]) * x[:, K:] (rows of [gate | up], 2K wide), rounded to x's dtype after each op"]
           if s.x_glu else []),
-        *(["x = norm_w * (x / sqrt(mean(x^2) + norm_eps)) per row (RMSNorm), rounded to x's dtype after each op"]
+        *(["x = norm_w * x rounded to x's dtype; y = (sum_k ...) / sqrt(mean(x^2) + norm_eps) + bias (RMSNorm: its scalar",
+           "per row applied after the loop, the row's sum of squares summed over the splits as y is)"]
           if s.x_norm else []),
         "HAS_RES: y = res + y (y rounded to its dtype first, as torch adds a layer's output to the residual stream)",
         *layout,
@@ -383,7 +384,8 @@ def _program_ids(s: KernelSpec) -> list[str]:
             "pid_m = tl.program_id(2)",
         ] + ([
             "# this program's scratch rows for the rotated x: after the split-K partials in ws (ops.launch sizes it)",
-            "scr_base = SPLIT_K * M * N + ((pid_m * tl.num_programs(1) + pid_k) * tl.num_programs(0) + pid_n) * "
+            f"scr_base = SPLIT_K * M * N{' + SPLIT_K * M' if s.x_norm else ''} + "
+            "((pid_m * tl.num_programs(1) + pid_k) * tl.num_programs(0) + pid_n) * "
             "(BLOCK_M * 2 * BLOCK_K)",
         ] if s.had_scratch else [])
     return [
@@ -447,13 +449,13 @@ def _setup(s: KernelSpec) -> list[str]:
 def _x_expr(s: KernelSpec, m: int, col: str, mask: str | None = None) -> str:
     """The activations of row m at columns `col` (masked loads give 0): x itself; with x_glu silu(gate) * up of the
     [gate | up] row, the up half K columns after the gate half (both 0 where masked: silu(0) * 0 = 0); with x_norm
-    rms_norm(x) * weight, rn{m} the row's 1 / rms (_norm_scan; x = 0 gives 0)."""
+    weight * x rounded to x's dtype (the norm's 1 / rms is a scalar per row: it scales y after the loop, _norm_ssq)."""
     mk = f", mask={mask}, other=0.0" if mask else ""
     x = f"tl.load(x_ptr + row{m} * stride_xm + {col}{mk})"
     if s.x_glu:
         return f"_glu({x}, tl.load(x_ptr + row{m} * stride_xm + K + {col}{mk}))"
     if s.x_norm:
-        return f"_rmsn({x}, tl.load(nw_ptr + {col}{mk}), rn{m})"
+        return f"_wx({x}, tl.load(nw_ptr + {col}{mk}))"
     return x
 
 
@@ -463,21 +465,23 @@ def _x_load(s: KernelSpec, m: int, target: str, col: str, mask: str, tail: str =
             "else:", f"    {target} = {_x_expr(s, m, col, mask)}{tail}"]
 
 
-NORM_SCAN = 4096  # activations per load of the x_norm mean-square scan: a 4096-wide hidden row in one L2 round trip
+def _norm_ssq(m: int) -> list[str]:
+    """x_norm, in the K loop: ssq{m} += x^2 of the step's K columns of row m (the x the step loads anyway, from L1; a
+    rotated kernel takes it from its own load of the step, _hadamard_x), so that the row's mean square needs no pass
+    of its own before the loop: with split-K each split's sum goes through the workspace to the last split
+    (_split_k_fixup), which scales the sum of the partials by 1 / rms."""
+    return _x_load_raw(m, "xr", "step * BLOCK_K + tl.arange(0, BLOCK_K)",
+                       f"step * BLOCK_K + tl.arange(0, BLOCK_K) < klim{m}") + [f"ssq{m} += xr * xr"]
 
 
-def _norm_scan(m: int) -> list[str]:
-    """x_norm, before the K loop: rn{m} = 1 / sqrt(mean(x^2) + eps) over row m's K columns (every program reads the
-    whole row, one L2 round trip per NORM_SCAN columns), as rms_norm_reference computes it in float32."""
-    return [
-        f"# RMSNorm of row {m} (fuse-norm): the whole row's mean square, {NORM_SCAN} columns per load",
-        f"ssq{m} = tl.zeros(({NORM_SCAN},), dtype=tl.float32)",
-        f"for xo in range(0, K, {NORM_SCAN}):",
-        f"    xi = xo + tl.arange(0, {NORM_SCAN})",
-        f"    xv = tl.load(x_ptr + row{m} * stride_xm + xi, mask=xi < klim{m}, other=0.0).to(tl.float32)",
-        f"    ssq{m} += xv * xv",
-        f"rn{m} = 1.0 / tl.sqrt_rn(tl.sum(ssq{m}, axis=0) / K + norm_eps)",
-    ]
+def _x_load_raw(m: int, target: str, col: str, mask: str, cast: str = ".to(tl.float32)") -> list[str]:
+    """`target = x[row m, col]` without glu or norm (as _even_load)."""
+    return _even_load(target, f"x_ptr + row{m} * stride_xm + {col}", mask, "0.0", cast)
+
+
+def _rn(ssq: str) -> str:
+    """1 / rms of a row from its sum of squares, as rms_norm_reference computes it in float32."""
+    return f"(1.0 / tl.sqrt_rn({ssq} / K + norm_eps))"
 
 
 def _rne_helper() -> list[str]:
@@ -510,13 +514,12 @@ def _glu_helper() -> list[str]:
     ]
 
 
-def _rmsn_helper() -> list[str]:
+def _wx_helper() -> list[str]:
     return [
         "@triton.jit",
-        "def _rmsn(x, w, rn):",
-        "    # weight * (x * rn rounded to x's dtype), rounded: rms_norm_reference's two roundings",
-        "    y = _rne(x.to(tl.float32) * rn, x.dtype)",
-        "    return _rne(w.to(tl.float32) * y.to(tl.float32), x.dtype)",
+        "def _wx(x, w):",
+        "    # the norm's weight times x, rounded to x's dtype (rms_norm_reference rounds weight * (x / rms) the same way)",
+        "    return _rne(w.to(tl.float32) * x.to(tl.float32), x.dtype)",
         "",
         "",
     ]
@@ -648,8 +651,13 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str) -> list[str]:
     h = s.had_block
     W0, S, P = s.tile_cols, s.col_slots, s.p
     kt = s.block_k // P // 128
-    L = _x_load(s, m, "xk", "step * BLOCK_K + tl.arange(0, BLOCK_K)",
-                f"step * BLOCK_K + tl.arange(0, BLOCK_K) < klim{m}", ".to(tl.float32) * signs")
+    if s.x_norm:  # the raw x for the row's sum of squares, then weight * x (the values _x_expr gives)
+        col, mask = "step * BLOCK_K + tl.arange(0, BLOCK_K)", f"step * BLOCK_K + tl.arange(0, BLOCK_K) < klim{m}"
+        L = _x_load_raw(m, "xr", col, mask, cast="") + _even_load("nw", f"nw_ptr + {col}", mask, "0.0")
+        L += [f"ssq{m} += xr.to(tl.float32) * xr.to(tl.float32)", "xk = _wx(xr, nw).to(tl.float32) * signs"]
+    else:
+        L = _x_load(s, m, "xk", "step * BLOCK_K + tl.arange(0, BLOCK_K)",
+                    f"step * BLOCK_K + tl.arange(0, BLOCK_K) < klim{m}", ".to(tl.float32) * signs")
     d = 1
     while d < h:
         L += [
@@ -747,13 +755,16 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
         L += [f"row{m} = pid_m * BLOCK_M + {m}", f"rmask{m} = row{m} < M",
               f"klim{m} = rmask{m}.to(tl.int32) * K  # x columns of row {m} to read: none past M"]
         if s.x_norm:
-            L += _norm_scan(m)
+            L.append(f"ssq{m} = tl.zeros((BLOCK_K,), dtype=tl.float32)  # x^2 of the program's K range (_norm_ssq)")
         L.append(f"acc{m} = tl.zeros((BLOCK_N, C), dtype=tl.float32)")
         if h2:
             L += _half2_x_scale(s, m)
     if h2:
         L += _half2_masks(s)
     loop = _prefetch_step(s) if prefetch_distance(s) else _load_planes(s)
+    if s.x_norm and not s.had_block:
+        for m in ms:
+            loop += _norm_ssq(m)
     if s.had_block:
         for m in ms:
             loop += _hadamard_x(s, m, dt)
@@ -817,23 +828,35 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
             L.append("of = tl.load(o_ptr + offs_n * stride_s, mask=mask_n, other=0.0).to(tl.float32)")
     L += [
         "bias = tl.zeros((BLOCK_N,), dtype=tl.float32)",
+    ] + ([
+        "if HAS_BIAS:  # added once, after the norm's scale (by the last split with split-K)",
+        "    bias += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)",
+    ] if s.x_norm else [
         "if HAS_BIAS:",
         "    if pid_k == 0:  # split-K: one program per output row adds the bias",
         "        bias += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)",
-    ]
+    ])
     for m in ms:
         red = f"tl.sum(acc{m}, axis=1)" + (f" * inv{m}" if h2 else "")
         if mode == "channel":
             red = f"{red} * sc" + (f" + tl.sum(xsum{m}) * of" if s.grid == "uniform_asym" else "")
-        L += [f"y{m} = {red} + bias", f"ymask{m} = offs_n < rmask{m}.to(tl.int32) * N"]
+        if s.x_norm:  # the bias after the norm's scale: partials carry none, the last split adds it (_split_k_fixup)
+            L += [f"y{m} = {red}", f"ss{m} = tl.sum(ssq{m}, axis=0)"]
+        else:
+            L.append(f"y{m} = {red} + bias")
+        L.append(f"ymask{m} = offs_n < rmask{m}.to(tl.int32) * N")
     L.append("if SPLIT_K == 1:")
     for m in ms:
+        if s.x_norm:
+            L.append(f"    y{m} = y{m} * {_rn(f'ss{m}')} + bias")
         L += ["    " + x for x in _add_residual(f"y{m}", f"row{m} * stride_rm + offs_n", f"ymask{m}")]
         L.append(f"    tl.store(y_ptr + row{m} * stride_ym + offs_n, y{m}.to(y_ptr.dtype.element_ty), mask=ymask{m})")
     parts = [(f"(pid_k * M + row{m}) * N + offs_n", f"y{m}", f"ymask{m}") for m in ms]
     final = [(f"(sk * M + row{m}) * N + offs_n", f"y_ptr + row{m} * stride_ym + offs_n", f"ymask{m}", "(BLOCK_N,)",
               f"row{m} * stride_rm + offs_n") for m in ms]
-    L += _split_k_fixup("pid_m * tl.num_programs(0) + pid_n", parts, final, SPLIT_K_UNROLL)
+    norm = [(f"SPLIT_K * M * N + pid_k * M + row{m}", f"ss{m}", f"SPLIT_K * M * N + sk * M + row{m}") for m in ms] \
+        if s.x_norm else None
+    L += _split_k_fixup("pid_m * tl.num_programs(0) + pid_n", parts, final, SPLIT_K_UNROLL, norm)
     return L
 
 
@@ -848,7 +871,7 @@ def _add_residual(v: str, offs: str, mask: str) -> list[str]:
 SPLIT_K_UNROLL = 16  # GEMV: partials of this many splits loaded at once by the last split (one L2 round trip)
 
 
-def _split_k_fixup(tile: str, parts, final, unroll: int = 1) -> list[str]:
+def _split_k_fixup(tile: str, parts, final, unroll: int = 1, norm=None) -> list[str]:
     """The split-K epilogue in the kernel itself (no zero-filled buffer, no cast kernel, a fixed summation
     order): each split stores its fp32 partial to the workspace ws [SPLIT_K, M, N]; the last split of an output
     tile to finish (a counter per tile, counted with release/acquire) sums the SPLIT_K partials in order, writes
@@ -857,9 +880,13 @@ def _split_k_fixup(tile: str, parts, final, unroll: int = 1) -> list[str]:
     read `unroll` splits at a time (masked past SPLIT_K; same order of the sum), so that their loads are in flight
     together: the compiler's own unroll by 4 left the last split of a 16-way GEMV 4 dependent L2 round trips, on the
     critical path of every launch.
-    (GEMV only: the guard is written over offs_n.)"""
+    (GEMV only: the guard is written over offs_n.) norm (x_norm): [(ws offset of this split's sum of squares, value,
+    ws offset of split sk's)] per final entry: every program of a split stores the same sum; the last split sums them
+    in order and scales its total by 1 / rms before the bias."""
     L = ["else:  # split-K: partials to the workspace; the tile's last split to finish sums them in order"]
     L += [f"    tl.store(ws_ptr + {off}, {val}, mask={mask})" for off, val, mask in parts]
+    L += [f"    tl.store(ws_ptr + {off}, {val})  # (every program of this split stores the same value)"
+          for off, val, _ in norm or []]
     L += [
         "    tl.debug_barrier()  # all threads' partials are written before one thread announces them (release)",
         f"    done = tl.atomic_add(cnt_ptr + {tile}, 1, sem=\"acq_rel\", scope=\"gpu\")",
@@ -881,6 +908,14 @@ def _split_k_fixup(tile: str, parts, final, unroll: int = 1) -> list[str]:
                 "        for sk in range(0, SPLIT_K):",
                 f"            tot{i} += tl.load(ws_ptr + {off}, mask={mask}, other=0.0, cache_modifier=\".cg\")",
             ]
+        if norm:
+            u = max(unroll, 2)
+            L += [f"        ssk{i} = 0.0  # the splits' sums of squares, {u} per load",
+                  f"        for sk0 in range(0, SPLIT_K, {u}):",
+                  f"            sk = sk0 + tl.arange(0, {u})",
+                  f"            ssk{i} += tl.sum(tl.load(ws_ptr + {norm[i][2]}, mask=sk < SPLIT_K, other=0.0, "
+                  "cache_modifier=\".cg\"), axis=0)",
+                  f"        tot{i} = tot{i} * {_rn(f'ssk{i}')} + bias"]
         L += ["        " + x for x in _add_residual(f"tot{i}", res, mask)]
         L.append(f"        tl.store({yp}, tot{i}.to(y_ptr.dtype.element_ty), mask={mask})")
     return L
@@ -1027,7 +1062,7 @@ def kernel_source(spec: KernelSpec) -> str:
     if use_half2(s) or s.x_glu or s.x_norm:
         hdr = hdr[: hdr.index("import triton")] + ["import os", ""] + hdr[hdr.index("import triton"):]
     if s.x_glu or s.x_norm:
-        hdr += _rne_helper() + (_glu_helper() if s.x_glu else _rmsn_helper())
+        hdr += _rne_helper() + (_glu_helper() if s.x_glu else _wx_helper())
     if use_half2(s):
         hdr += _half2_helpers(s)
     return "\n".join(hdr + sig + ["    " + b for b in body]) + "\n"

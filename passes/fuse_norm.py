@@ -1,4 +1,4 @@
-"""fuse-norm: an RMSNorm read only by qlinears moves into their kernels, which normalize x as they load it.
+"""fuse-norm: an RMSNorm read only by qlinears moves into their kernels.
 
     %n = norm(%h, %w, None) {kind: "rms", eps: E}
     %q = qlinear(%n, packed, scales, lut, offsets, bias)
@@ -6,10 +6,13 @@
     %q = qlinear(%h, packed, scales, lut, offsets, bias, %w, None) {norm: {eps: E}}
 
 At batch 1 the norm is a kernel of its own before each attention and MLP block (one launch, one reduction and one
-round trip of the hidden row); the gemv kernels (KernelSpec.x_norm) read the whole row once for its mean square and
-apply weight * (x * rsqrt(mean(x^2) + eps)) with the two roundings to x's dtype of rms_norm_reference, so a layer
-loses one launch per norm. Every runtime honours `norm`: the reference and the fallbacks apply rms_norm_reference
-first (the unfused function, bit for bit); above 4 rows ops.py does the same before its tensor-core kernels.
+round trip of the hidden row); the gemv kernels (KernelSpec.x_norm) read weight * x (rounded to x's dtype) and scale
+each output by the row's 1 / sqrt(mean(x^2) + eps) after their K loop, the sum of squares taken from the x they load
+anyway (and summed over split-K as y is), so a layer loses one launch per norm and the kernel makes no pass over the
+row before its loop. Their values differ from the unfused graph's at the rounding level: the reference rounds the
+normalized x twice, the kernel rounds weight * x once at another scale. Every runtime honours `norm`: the reference
+and the fallbacks apply rms_norm_reference first (the unfused function, bit for bit); above 4 rows ops.py does the
+same before its tensor-core kernels.
 
 Applies when the norm is an RMSNorm with a weight parameter of shape [k] in x's dtype (its output then has x's dtype,
 as the kernel's does), and every user of the norm is a qlinear that reads it as its input, has no glu and no norm
