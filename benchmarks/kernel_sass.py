@@ -27,7 +27,7 @@ _LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?);")
 _BRA = re.compile(r"BRA\s+`?\(?(\.L_x_\d+)")
 
 
-def compile_spec(spec, arch: int, even: bool = True, pdl: bool | None = None):
+def compile_spec(spec, arch: int, even: bool = True, pdl: bool | None = None, residual: bool = False):
     """triton.compile of the spec's kernel for sm_<arch>: its activation dtype, no bias; even: whole tiles (the
     unmasked loop of shapes that divide into the tiles, as the decode shapes do), else the masked one; pdl: with
     the programmatic-dependent-launch wait (default: as the runtime launches, on sm_90 and later)."""
@@ -48,7 +48,7 @@ def compile_spec(spec, arch: int, even: bool = True, pdl: bool | None = None):
            "HAS_BIAS": "constexpr", "HAS_RES": "constexpr", "EVEN": "constexpr", "PDL": "constexpr"}
     aligned = [*range(12), 14, 15, 16, 17, 18, 19]  # pointers and the K-like sizes: multiples of 16
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
-    src = ASTSource(load_kernel(spec), sig, constexprs={"HAS_BIAS": False, "HAS_RES": False, "EVEN": even, "PDL": pdl},
+    src = ASTSource(load_kernel(spec), sig, constexprs={"HAS_BIAS": False, "HAS_RES": residual, "EVEN": even, "PDL": pdl},
                     attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),
                           options={"num_warps": spec.num_warps, "num_stages": spec.num_stages, "launch_pdl": pdl})
@@ -106,11 +106,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="directory for the PTX and SASS")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("--ragged", action="store_true", help="count the masked loop (shapes with partial tiles)")
+    ap.add_argument("--residual", action="store_true", help="with the residual add in the epilogue (HAS_RES)")
     args = ap.parse_args(argv)
     from qcomp.codegen.kernel_spec import KernelSpec
 
     spec = KernelSpec(**json.loads(args.spec))
-    kernel = compile_spec(spec, args.arch, even=not args.ragged)
+    kernel = compile_spec(spec, args.arch, even=not args.ragged, residual=args.residual)
     sass = disassemble(kernel.asm["cubin"])
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -845,27 +845,27 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
         else:
             L.append(f"y{m} = {red} + bias")
         L.append(f"ymask{m} = offs_n < rmask{m}.to(tl.int32) * N")
+    for m in ms:  # loaded by every split, before the reductions and the split-K handshake: its latency hides there
+        L += ["if HAS_RES:", f"    res{m} = tl.load(res_ptr + row{m} * stride_rm + offs_n, mask=ymask{m}, other=0.0)"]
     L.append("if SPLIT_K == 1:")
     for m in ms:
         if s.x_norm:
             L.append(f"    y{m} = y{m} * {_rn(f'ss{m}')} + bias")
-        L += ["    " + x for x in _add_residual(f"y{m}", f"row{m} * stride_rm + offs_n", f"ymask{m}")]
+        L += ["    " + x for x in _add_residual(f"y{m}", f"res{m}")]
         L.append(f"    tl.store(y_ptr + row{m} * stride_ym + offs_n, y{m}.to(y_ptr.dtype.element_ty), mask=ymask{m})")
     parts = [(f"(pid_k * M + row{m}) * N + offs_n", f"y{m}", f"ymask{m}") for m in ms]
     final = [(f"(sk * M + row{m}) * N + offs_n", f"y_ptr + row{m} * stride_ym + offs_n", f"ymask{m}", "(BLOCK_N,)",
-              f"row{m} * stride_rm + offs_n") for m in ms]
-    norm = [(f"SPLIT_K * M * N + pid_k * M + row{m}", f"ss{m}", f"SPLIT_K * M * N + sk * M + row{m}") for m in ms] \
+              f"res{m}") for m in ms]
+    norm = [(f"SPLIT_K * M * N + pid_k * M + row{m}", f"ss{m}", f"SPLIT_K * M * N + (SK) * M + row{m}") for m in ms] \
         if s.x_norm else None
     L += _split_k_fixup("pid_m * tl.num_programs(0) + pid_n", parts, final, SPLIT_K_UNROLL, norm)
     return L
 
 
-def _add_residual(v: str, offs: str, mask: str) -> list[str]:
+def _add_residual(v: str, res: str) -> list[str]:
     """HAS_RES (fuse-residual): v becomes residual + v rounded to y's dtype, as torch adds the layer's rounded output
-    to the residual stream (one fp32 sum, rounded once by the store's cast)."""
-    return ["if HAS_RES:",
-            f"    {v} = {v}.to(y_ptr.dtype.element_ty).to(tl.float32) + tl.load(res_ptr + {offs}, mask={mask}, "
-            "other=0.0).to(tl.float32)"]
+    to the residual stream (one fp32 sum, rounded once by the store's cast); res: the residual (an expression)."""
+    return ["if HAS_RES:", f"    {v} = {v}.to(y_ptr.dtype.element_ty).to(tl.float32) + {res}.to(tl.float32)"]
 
 
 SPLIT_K_UNROLL = 16  # GEMV: partials of this many splits loaded at once by the last split (one L2 round trip)
@@ -876,13 +876,13 @@ def _split_k_fixup(tile: str, parts, final, unroll: int = 1, norm=None) -> list[
     order): each split stores its fp32 partial to the workspace ws [SPLIT_K, M, N]; the last split of an output
     tile to finish (a counter per tile, counted with release/acquire) sums the SPLIT_K partials in order, writes
     y and sets the counter back to 0 for the next launch. parts: [(ws offset, value, mask)]; final: [(ws offset
-    of split sk, y pointer, mask, shape, residual offset (HAS_RES: _add_residual))]. unroll > 1: the partials are
+    of split sk, y pointer, mask, shape, residual (HAS_RES: _add_residual))]. unroll > 1: the partials are
     read `unroll` splits at a time (masked past SPLIT_K; same order of the sum), so that their loads are in flight
     together: the compiler's own unroll by 4 left the last split of a 16-way GEMV 4 dependent L2 round trips, on the
     critical path of every launch.
     (GEMV only: the guard is written over offs_n.) norm (x_norm): [(ws offset of this split's sum of squares, value,
-    ws offset of split sk's)] per final entry: every program of a split stores the same sum; the last split sums them
-    in order and scales its total by 1 / rms before the bias."""
+    ws offset of the sums of splits SK)] per final entry: every program of a split stores the same sum; the last split
+    loads them with the partials, sums them in order and scales its total by 1 / rms before the bias."""
     L = ["else:  # split-K: partials to the workspace; the tile's last split to finish sums them in order"]
     L += [f"    tl.store(ws_ptr + {off}, {val}, mask={mask})" for off, val, mask in parts]
     L += [f"    tl.store(ws_ptr + {off}, {val})  # (every program of this split stores the same value)"
@@ -893,11 +893,18 @@ def _split_k_fixup(tile: str, parts, final, unroll: int = 1, norm=None) -> list[
         "    if done == SPLIT_K - 1:",
         f"        tl.store(cnt_ptr + {tile}, 0)  # zero again for the next launch",
     ]
+    assert not norm or unroll > 1, "x_norm's split sums are read with the partials (GEMV, unrolled)"
     for i, (off, yp, mask, shape, res) in enumerate(final):
         L.append(f"        tot{i} = tl.zeros({shape}, dtype=tl.float32)")
+        if norm:
+            L.append(f"        ssk{i} = 0.0  # the splits' sums of squares, read with their partials")
         if unroll > 1:
+            L += [f"        for sk0 in range(0, SPLIT_K, {unroll}):"]
+            if norm:
+                sks = f"sk0 + tl.arange(0, {unroll})"
+                L += [f"            ssk{i} += tl.sum(tl.load(ws_ptr + {norm[i][2].replace('SK', sks)}, "
+                      f"mask={sks} < SPLIT_K, other=0.0, cache_modifier=\".cg\"), axis=0)"]
             L += [
-                f"        for sk0 in range(0, SPLIT_K, {unroll}):",
                 f"            for j in tl.static_range({unroll}):",
                 "                sk = sk0 + j",
                 f"                tot{i} += tl.load(ws_ptr + {off}, mask=({mask}) & (offs_n * 0 + sk < SPLIT_K), "
@@ -909,14 +916,8 @@ def _split_k_fixup(tile: str, parts, final, unroll: int = 1, norm=None) -> list[
                 f"            tot{i} += tl.load(ws_ptr + {off}, mask={mask}, other=0.0, cache_modifier=\".cg\")",
             ]
         if norm:
-            u = max(unroll, 2)
-            L += [f"        ssk{i} = 0.0  # the splits' sums of squares, {u} per load",
-                  f"        for sk0 in range(0, SPLIT_K, {u}):",
-                  f"            sk = sk0 + tl.arange(0, {u})",
-                  f"            ssk{i} += tl.sum(tl.load(ws_ptr + {norm[i][2]}, mask=sk < SPLIT_K, other=0.0, "
-                  "cache_modifier=\".cg\"), axis=0)",
-                  f"        tot{i} = tot{i} * {_rn(f'ssk{i}')} + bias"]
-        L += ["        " + x for x in _add_residual(f"tot{i}", res, mask)]
+            L.append(f"        tot{i} = tot{i} * {_rn(f'ssk{i}')} + bias")
+        L += ["        " + x for x in _add_residual(f"tot{i}", res)]
         L.append(f"        tl.store({yp}, tot{i}.to(y_ptr.dtype.element_ty), mask={mask})")
     return L
 
@@ -1036,8 +1037,8 @@ def _gemm_body(s: KernelSpec, dt: str) -> list[str]:
         "mask_mn = mask_m[None, :] & mask_n[:, None]",
         "if SPLIT_K == 1:",
     ]
-    res = "offs_m[None, :] * stride_rm + offs_n[:, None]"
-    L += ["    " + x for x in _add_residual("acc", res, "mask_mn")]
+    res = "tl.load(res_ptr + offs_m[None, :] * stride_rm + offs_n[:, None], mask=mask_mn, other=0.0)"
+    L += ["    " + x for x in _add_residual("acc", res)]
     L.append("    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_mn)")
     L += _split_k_fixup("pid", [("(pid_k * M + offs_m[None, :]) * N + offs_n[:, None]", "acc", "mask_mn")],
                         [("(sk * M + offs_m[None, :]) * N + offs_n[:, None]", "y_ptrs", "mask_mn",

@@ -434,14 +434,15 @@ def test_glu_op_and_its_fallbacks(monkeypatch):
         KernelSpec(variant="gemm", x_glu=True, block_m=16, block_k=128)
 
 
-@pytest.mark.parametrize("bits,grid,p,act,had,split,m,k", [
-    (3, "uniform", 1, "bf16", 128, 1, 1, 512),  # the decode case: half2 path, fused rotation
-    (4, "uniform", 1, "bf16", 128, 2, 1, 384),  # split-K, a ragged last K step
-    (2, "uniform", 1, "fp16", 0, 1, 3, 256),  # fp16 pairs unrotated, rows past M masked
-    (8, "uniform_asym", 1, "bf16", 0, 3, 2, 384),  # fp32 path, offsets
-    (4, "lut", 2, "fp16", 128, 1, 4, 512),  # table grid, two weights per code
+@pytest.mark.parametrize("bits,grid,p,act,had,split,m,k,scratch", [
+    (3, "uniform", 1, "bf16", 128, 1, 1, 512, False),  # the decode case: half2 path, fused rotation
+    (4, "uniform", 1, "bf16", 128, 2, 1, 384, False),  # split-K, a ragged last K step
+    (3, "uniform", 1, "bf16", 128, 3, 2, 512, True),  # rotated x through scratch rows, after the splits' sums
+    (2, "uniform", 1, "fp16", 0, 1, 3, 256, False),  # fp16 pairs unrotated, rows past M masked
+    (8, "uniform_asym", 1, "bf16", 0, 3, 2, 384, False),  # fp32 path, offsets
+    (4, "lut", 2, "fp16", 128, 1, 4, 512, False),  # table grid, two weights per code
 ])
-def test_gemv_norm_and_residual(bits, grid, p, act, had, split, m, k):
+def test_gemv_norm_and_residual(bits, grid, p, act, had, split, m, k, scratch):
     """KernelSpec.x_norm reads weight * x and scales y by the row's 1 / rms after the loop (the sum of squares taken
     from the x each step loads, summed over the splits), the bias after that; HAS_RES adds the residual to the
     rounded output: both against the unfused reference (norm, qlinear, add) on fresh inputs with large, uneven rows,
@@ -456,7 +457,8 @@ def test_gemv_norm_and_residual(bits, grid, p, act, had, split, m, k):
     nw = (torch.rand(k, generator=gen) * 3 - 1).to(dt)  # signs mixed, |w| up to 2
     res = torch.randn(m, n, generator=gen).to(dt)
     spec = KernelSpec(bits=bits, grid=grid, p=p, group_size=128, act_dtype=act, had_block=had, variant="gemv",
-                      block_m=1 << (m - 1).bit_length(), block_n=16, block_k=128 * p, x_norm=True)
+                      block_m=1 << (m - 1).bit_length(), block_n=16, block_k=128 * p, x_norm=True,
+                      had_scratch=scratch)
     src = kernel_source(spec)
     assert "def _wx(" in src and "ssq0 += xr" in src and spec.name().endswith("_rms" + spec.name().split("_rms")[1])
     out = torch.full((m, n), float("nan"), dtype=dt)
@@ -468,7 +470,7 @@ def test_gemv_norm_and_residual(bits, grid, p, act, had, split, m, k):
                                   p, 128, grid, n, k, had)
     # bf16: the interpreter truncates both bf16 roundings of y (the layer's output, then the sum), torch rounds to even
     check(y, ref, tol=2e-3 if act == "fp16" else 1.2e-2)
-    plain = launch(dataclasses.replace(spec, x_norm=False), split, h, d["packed"], d["scales"], lut, d["offsets"],
+    plain = launch(dataclasses.replace(spec, x_norm=False, had_scratch=False), split, h, d["packed"], d["scales"], lut, d["offsets"],
                    d["bias"], d["signs"], n, k, residual=res)
     check(y, plain, tol=2e-3 if act == "fp16" else 1.2e-2)  # (roundings of x at another scale: not bit-equal)
     with pytest.raises(ValueError, match="pass norm"):
