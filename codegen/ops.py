@@ -228,7 +228,7 @@ def rotates_apart(m: int, had_block: int) -> bool:
     return bool(had_block) and (had_block > MAX_FUSED_HADAMARD or m > FUSED_HADAMARD_MAX_M)
 
 
-def fuses_glu(m: int, had_block: int) -> bool:
+def prologue_in_kernel(m: int, had_block: int) -> bool:
     """Whether a glu (or norm) call of M rows reads silu(gate) * up (rms_norm(x) * weight) inside the kernel: the gemv
     variant (M <= FUSED_HADAMARD_MAX_M) with its rotation, if any, fused; otherwise torch computes it first."""
     return m <= FUSED_HADAMARD_MAX_M and not rotates_apart(m, had_block)
@@ -243,9 +243,9 @@ def triton_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, gr
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    if glu and not fuses_glu(x2.shape[0], had_block):
+    if glu and not prologue_in_kernel(x2.shape[0], had_block):
         x2, glu = glu_reference(x2), False
-    if norm is not None and not fuses_glu(x2.shape[0], had_block):
+    if norm is not None and not prologue_in_kernel(x2.shape[0], had_block):
         x2, norm = rms_norm_reference(x2, norm[0], norm[1]), None
     if rotates_apart(x2.shape[0], had_block):
         x2 = rotate_blocks(x2, had_signs, had_block)
@@ -394,13 +394,20 @@ def qlinear(x, packed, scales, lut, offsets, bias, *, bits, p, group_size, grid,
         had_signs = had_signs.to(device=x.device, dtype=torch.float32)
     if lut is None:
         lut = torch.zeros(2 ** (bits * p), p, device=x.device)
-    signs = had_signs if had_block else None
+    return call_op(x, packed, scales, lut, offsets, bias, had_signs if had_block else None, bits, p, group_size, grid,
+                   n, k, had_block, glu, norm_weight, norm_eps, residual)
+
+
+def call_op(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block,
+            glu=False, norm_weight=None, norm_eps=None, residual=None):
+    """The registered op for these fusions, on arguments already checked and completed (signs, lut):
+    torch.ops.qcomp.qlinear_fused with a norm or a residual, else qlinear_glu for glu, else qlinear."""
     if norm_weight is not None or residual is not None:
-        return torch.ops.qcomp.qlinear_fused(x, packed, scales, lut, offsets, bias, signs, norm_weight, residual, bits,
-                                             p, group_size, grid, n, k, had_block, bool(glu),
+        return torch.ops.qcomp.qlinear_fused(x, packed, scales, lut, offsets, bias, had_signs, norm_weight, residual,
+                                             bits, p, group_size, grid, n, k, had_block, bool(glu),
                                              float(norm_eps or 0.0))
     op = torch.ops.qcomp.qlinear_glu if glu else torch.ops.qcomp.qlinear
-    return op(x, packed, scales, lut, offsets, bias, signs, bits, p, group_size, grid, n, k, had_block)
+    return op(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block)
 
 
 def _check_fusions(x, n, k, glu, norm_weight, norm_eps, residual) -> None:

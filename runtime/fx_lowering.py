@@ -44,13 +44,12 @@ def qlinear_call(x, packed, scales, lut, offsets, bias, had_signs, bits: int, p:
                  residual=None):
     """torch.ops.qcomp.qlinear (qlinear_glu for x = [gate | up], qlinear_fused with a norm or a residual) with a bias
     cast to x's dtype (as the Executor does)."""
+    from qcomp.codegen.ops import call_op
+
     if bias is not None and bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
-    if norm_weight is not None or residual is not None:
-        return torch.ops.qcomp.qlinear_fused(x, packed, scales, lut, offsets, bias, had_signs, norm_weight, residual,
-                                             bits, p, group_size, grid, n, k, had_block, glu, norm_eps)
-    op = torch.ops.qcomp.qlinear_glu if glu else torch.ops.qcomp.qlinear
-    return op(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block)
+    return call_op(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block, glu,
+                   norm_weight, norm_eps, residual)
 
 
 def to_graph_module(graph: Graph, device=None) -> fx.GraphModule:
