@@ -25,7 +25,7 @@ from qcomp.pass_manager import PassContext, register_pass
 from qcomp.qir import Graph, Node, Ref
 from qcomp.qir.types import TensorType
 
-from .lower import act_dtype, kernel_specs
+from .lower import act_dtype, kernel_specs, why_not_qlinear_inputs
 
 
 def _why_not(g: Graph, norm: Node, users: list[Node]) -> str | None:
@@ -42,11 +42,10 @@ def _why_not(g: Graph, norm: Node, users: list[Node]) -> str | None:
         return f"weight {w.type.dtype}, input {x.type.dtype}, output {norm.type.dtype}: not one dtype"
     if not users:
         return "no users"
+    why = why_not_qlinear_inputs(norm, users)
+    if why:
+        return why
     for u in users:
-        if u.op != "qlinear":
-            return f"user %{u.name} is a {u.op}, not a qlinear"
-        if u.args[0] != Ref(norm.name) or Ref(norm.name) in u.refs()[1:]:
-            return f"user %{u.name} reads it other than as its input"
         if u.attrs.get("glu") or u.attrs.get("norm"):
             return f"user %{u.name} already reads silu(gate) * up or a norm"
         if tuple(w.type.shape) != (u.attrs["k"],):

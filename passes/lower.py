@@ -39,6 +39,17 @@ def act_dtype(g: Graph, ref) -> str:
     return _ACT.get(dt, "fp16")  # float32 graphs run the kernels on their fp16 cast
 
 
+def why_not_qlinear_inputs(node, users) -> str | None:
+    """None if every one of `users` is a qlinear that reads `node` as its input x (args[0]) and nowhere else, as a
+    pass needs that folds `node` into its readers' kernels; else the reason."""
+    for u in users:
+        if u.op != "qlinear":
+            return f"user %{u.name} is a {u.op}, not a qlinear"
+        if u.args[0] != Ref(node.name) or Ref(node.name) in u.refs()[1:]:
+            return f"user %{u.name} reads it other than as its input"
+    return None
+
+
 def _fusable(g: Graph, rot, users) -> str | None:
     """None if every user can absorb `rot`, else the reason it stays."""
     a = rot.attrs
@@ -49,11 +60,10 @@ def _fusable(g: Graph, rot, users) -> str | None:
         return f"size {h} outside the fused range 16..{MAX_FUSED_HADAMARD}"
     if not users:
         return "unused"
+    why = why_not_qlinear_inputs(rot, users)
+    if why:
+        return why
     for u in users:
-        if u.op != "qlinear":
-            return f"user %{u.name} is {u.op}, not qlinear"
-        if u.args[0] != Ref(rot.name) or Ref(rot.name) in u.refs()[1:]:
-            return f"user %{u.name} reads it other than as its input"
         if u.attrs.get("rotate"):
             return f"user %{u.name} already has a fused rotation"
         if u.attrs["k"] % h:
