@@ -46,6 +46,7 @@ def fuse_residual(graph: Graph, ctx: PassContext):
     g = graph.copy()
     fused, apart = 0, {}
     users = g.users()
+    order = {n.name: i for i, n in enumerate(g.nodes)}  # erasing an add keeps the others' order
     for add in [n for n in g.nodes if n.op == "elementwise" and n.target in _ADD]:
         if len(add.args) != 2 or add.kwargs or not all(isinstance(a, Ref) for a in add.args):
             continue
@@ -54,7 +55,6 @@ def fuse_residual(graph: Graph, ctx: PassContext):
         pick = [(g.node(a), b) for a, b in (add.args, add.args[::-1]) if g.node(a).op == "qlinear"]
         if not pick:
             continue
-        order = {n.name: i for i, n in enumerate(g.nodes)}
         why = None
         for q, r in pick:
             why = _why_not(g, add, q, r, users, order)
