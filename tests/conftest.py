@@ -97,3 +97,25 @@ def forced_kernel_error(gm, x: tuple, monkeypatch) -> float:
         got = gm(*x)[0]
     assert torch.isfinite(got).all()
     return float((got.float() - ref.float()).norm() / ref.float().norm())
+
+
+# the passes before the fusion passes that run after lower (fuse-glu, fuse-residual, fuse-norm) in their tests
+FUSION_BASE = ("canonicalize,insert-hadamard(max_block=128),fuse-hadamard(residual=False),"
+               "allocate-bits(tie_siblings=True),quantize,fuse-siblings,lower")
+
+
+def compile_quietly(model, inputs, pipeline, capture="fx"):
+    """qcomp.compile at budget 3.5, calibrated on `inputs`, its warnings silenced."""
+    import warnings
+
+    import qcomp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return qcomp.compile(model, budget=3.5, example_inputs=inputs, pipeline=pipeline, capture=capture,
+                             calibration=[inputs])
+
+
+def pass_stats(compiled, name: str) -> dict:
+    """The stats pass `name` reported when `compiled` was compiled."""
+    return next(p["stats"] for p in compiled.report["passes"] if p["name"] == name)

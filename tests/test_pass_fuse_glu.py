@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
@@ -17,21 +16,7 @@ import qcomp
 from qcomp.qir import print_graph
 from qcomp.qir.verifier import VerificationError, verify
 
-from conftest import forced_kernel_error, fresh_token
-
-BASE = ("canonicalize,insert-hadamard(max_block=128),fuse-hadamard(residual=False),"
-        "allocate-bits(tie_siblings=True),quantize,fuse-siblings,lower")
-
-
-def _compile(model, inputs, pipeline, capture="fx"):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return qcomp.compile(model, budget=3.5, example_inputs=inputs, pipeline=pipeline, capture=capture,
-                             calibration=[inputs])
-
-
-def _stats(compiled):
-    return next(p["stats"] for p in compiled.report["passes"] if p["name"] == "fuse-glu")
+from conftest import FUSION_BASE, compile_quietly, forced_kernel_error, fresh_token, pass_stats
 
 
 @pytest.fixture
@@ -42,9 +27,9 @@ def tiny(tiny_decode):
 @pytest.mark.parametrize("capture", ["fx", "export"])
 def test_down_projection_reads_gate_up(tiny, capture):
     model, inputs = tiny
-    plain = _compile(model, inputs, BASE, capture)
-    fused = _compile(model, inputs, BASE + ",fuse-glu", capture)
-    assert _stats(fused) == {"layers_fused": 2, "left_alone": {}}
+    plain = compile_quietly(model, inputs, FUSION_BASE, capture)
+    fused = compile_quietly(model, inputs, FUSION_BASE + ",fuse-glu", capture)
+    assert pass_stats(fused, "fuse-glu") == {"layers_fused": 2, "left_alone": {}}
     downs = [n for n in fused.graph.nodes if n.op == "qlinear" and n.attrs.get("glu")]
     assert [n.attrs["layer"] for n in downs] == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
     assert all("_glu_" in n.attrs["kernel"]["gemv"] and "_glu" not in n.attrs["kernel"]["gemm"] for n in downs)
@@ -58,7 +43,7 @@ def test_down_projection_reads_gate_up(tiny, capture):
 
 
 def test_glu_ir_text(tiny):
-    text = print_graph(_compile(*tiny, BASE + ",fuse-glu").graph)
+    text = print_graph(compile_quietly(*tiny, FUSION_BASE + ",fuse-glu").graph)
     line = next(ln for ln in text.splitlines() if ln.startswith("%model_layers_0_mlp_down_proj = qlinear("))
     assert line.startswith("%model_layers_0_mlp_down_proj = qlinear(%model_layers_0_mlp_gate_up_proj, "
                            "%model_layers_0_mlp_down_proj_qweight, ")
@@ -72,7 +57,7 @@ def test_kernels_in_the_interpreter_match_the_reference(tiny, monkeypatch):
     from qcomp.runtime.fx_lowering import to_graph_module
 
     model, inputs = tiny
-    gm = to_graph_module(_compile(model, inputs, BASE + ",fuse-glu").graph)
+    gm = to_graph_module(compile_quietly(model, inputs, FUSION_BASE + ",fuse-glu").graph)
     assert sum(n.op == "call_function" and len(n.args) > 14 and n.args[14] is True for n in gm.graph.nodes) == 2  # glu
     err = forced_kernel_error(gm, fresh_token(inputs, 11), monkeypatch)
     assert 0 < err < 2e-2, err  # 0: the kernels did not run
@@ -80,7 +65,7 @@ def test_kernels_in_the_interpreter_match_the_reference(tiny, monkeypatch):
 
 def test_artifact_round_trip_with_import_qcomp_alone(tiny, tmp_path):
     model, inputs = tiny
-    fused = _compile(model, inputs, BASE + ",fuse-glu")
+    fused = compile_quietly(model, inputs, FUSION_BASE + ",fuse-glu")
     fused.save(tmp_path / "a")
     back = qcomp.load(tmp_path / "a")
     assert sum(bool(n.attrs.get("glu")) for n in back.graph.nodes) == 2
@@ -118,18 +103,18 @@ class _Leaky(nn.Module):
 def test_products_it_must_leave_alone():
     model = _Leaky().to(torch.bfloat16)
     x = torch.randn(1, 3, 128).to(torch.bfloat16)
-    compiled = _compile(model, (x,), BASE + ",fuse-glu")
-    stats = _stats(compiled)
+    compiled = compile_quietly(model, (x,), FUSION_BASE + ",fuse-glu")
+    stats = pass_stats(compiled, "fuse-glu")
     assert stats["layers_fused"] == 0
     assert sorted(stats["left_alone"].values()) == [
         "gate and up are not the halves [0, 256) and [256, 512) of one value",
         "the silu or the product has other users",
     ]
-    assert torch.equal(compiled(x), _compile(model, (x,), BASE)(x))
+    assert torch.equal(compiled(x), compile_quietly(model, (x,), FUSION_BASE)(x))
 
 
 def test_verifier_checks_the_glu_width(tiny):
-    fused = _compile(*tiny, BASE + ",fuse-glu")
+    fused = compile_quietly(*tiny, FUSION_BASE + ",fuse-glu")
     g = fused.graph.copy()
     plain_down = next(n for n in g.nodes if n.op == "qlinear" and n.attrs["layer"].endswith("o_proj"))
     plain_down.attrs["glu"] = True  # reads a k-wide x: not [gate | up]

@@ -4,8 +4,6 @@ weight as args[6]) and the residual add after it in its epilogue (args[7]); the 
 leave alone."""
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 from torch import nn
@@ -14,22 +12,10 @@ import qcomp
 from qcomp.qir import print_graph
 from qcomp.qir.verifier import VerificationError, verify
 
-from conftest import forced_kernel_error, fresh_token
-
-BASE = ("canonicalize,insert-hadamard(max_block=128),fuse-hadamard(residual=False),"
-        "allocate-bits(tie_siblings=True),quantize,fuse-siblings,lower")
-FUSED = BASE + ",fuse-residual,fuse-norm"
+from conftest import FUSION_BASE, compile_quietly, forced_kernel_error, fresh_token, pass_stats
 
 
-def _compile(model, inputs, pipeline, capture="fx"):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return qcomp.compile(model, budget=3.5, example_inputs=inputs, pipeline=pipeline, capture=capture,
-                             calibration=[inputs])
-
-
-def _stats(compiled, name):
-    return next(p["stats"] for p in compiled.report["passes"] if p["name"] == name)
+FUSED = FUSION_BASE + ",fuse-residual,fuse-norm"
 
 
 @pytest.fixture
@@ -40,11 +26,11 @@ def tiny(tiny_decode):
 @pytest.mark.parametrize("capture", ["fx", "export"])
 def test_norms_and_residuals_move_into_the_qlinears(tiny, capture):
     model, inputs = tiny
-    plain = _compile(model, inputs, BASE, capture)
-    fused = _compile(model, inputs, FUSED, capture)
-    assert _stats(fused, "fuse-residual") == {"adds_fused": 4, "left_alone": {}}  # o_proj and down, 2 layers
+    plain = compile_quietly(model, inputs, FUSION_BASE, capture)
+    fused = compile_quietly(model, inputs, FUSED, capture)
+    assert pass_stats(fused, "fuse-residual") == {"adds_fused": 4, "left_alone": {}}  # o_proj and down, 2 layers
     # the final norm feeds the float lm_head (a linear, not a qlinear): left alone, not listed
-    assert _stats(fused, "fuse-norm") == {"norms_fused": 4, "qlinears": 4, "left_alone": {}}
+    assert pass_stats(fused, "fuse-norm") == {"norms_fused": 4, "qlinears": 4, "left_alone": {}}
     q = [n for n in fused.graph.nodes if n.op == "qlinear"]
     normed = [n.attrs["layer"] for n in q if n.attrs.get("norm")]
     assert normed == ["model.layers.0.self_attn.q_k_v_proj", "model.layers.0.mlp.gate_up_proj",
@@ -64,7 +50,7 @@ def test_norms_and_residuals_move_into_the_qlinears(tiny, capture):
 
 
 def test_ir_text(tiny):
-    text = print_graph(_compile(*tiny, FUSED).graph)
+    text = print_graph(compile_quietly(*tiny, FUSED).graph)
     lines = text.splitlines()
     qkv = next(ln for ln in lines if ln.startswith("%model_layers_1_self_attn_q_k_v_proj = qlinear("))
     # the qkv projection reads the previous layer's residual stream (the down projection's node) and the norm weight
@@ -82,7 +68,7 @@ def test_kernels_in_the_interpreter_match_the_reference(tiny, monkeypatch):
     from qcomp.runtime.fx_lowering import to_graph_module
 
     model, inputs = tiny
-    gm = to_graph_module(_compile(model, inputs, FUSED).graph)
+    gm = to_graph_module(compile_quietly(model, inputs, FUSED).graph)
     calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target.__name__ == "qlinear_call"]
     assert sum(n.args[15] is not None for n in calls) == 4 and sum(n.args[17] is not None for n in calls) == 4
     err = forced_kernel_error(gm, fresh_token(inputs, 11), monkeypatch)
@@ -91,7 +77,7 @@ def test_kernels_in_the_interpreter_match_the_reference(tiny, monkeypatch):
 
 def test_artifact_round_trip(tiny, tmp_path):
     model, inputs = tiny
-    fused = _compile(model, inputs, FUSED)
+    fused = compile_quietly(model, inputs, FUSED)
     fused.save(tmp_path / "a")
     back = qcomp.load(tmp_path / "a")
     assert sum(n.attrs.get("norm") is not None for n in back.graph.nodes) == 4
@@ -120,18 +106,18 @@ class _Leaky(nn.Module):
 def test_what_it_must_leave_alone():
     model = _Leaky().to(torch.bfloat16)
     x = torch.randn(1, 3, 128).to(torch.bfloat16)
-    compiled = _compile(model, (x,), FUSED)
-    res, nrm = _stats(compiled, "fuse-residual"), _stats(compiled, "fuse-norm")
+    compiled = compile_quietly(model, (x,), FUSED)
+    res, nrm = pass_stats(compiled, "fuse-residual"), pass_stats(compiled, "fuse-norm")
     assert nrm["norms_fused"] == 0, nrm  # (n2, without a weight, is not captured as a norm node at all)
     assert nrm["left_alone"] == {"n1": "user %sum_1 is a call_method, not a qlinear"}
     assert res["adds_fused"] == 1
     assert any("broadcast" in v for v in res["left_alone"].values())
     assert any("other users" in v for v in res["left_alone"].values())
-    assert torch.equal(compiled(x), _compile(model, (x,), BASE)(x))
+    assert torch.equal(compiled(x), compile_quietly(model, (x,), FUSION_BASE)(x))
 
 
 def test_verifier_checks_the_fusions(tiny):
-    g = _compile(*tiny, FUSED).graph.copy()
+    g = compile_quietly(*tiny, FUSED).graph.copy()
     qkv = next(n for n in g.nodes if n.op == "qlinear" and n.attrs.get("norm"))
     eps = qkv.attrs.pop("norm")
     with pytest.raises(VerificationError, match="exactly when it has the attr norm"):
