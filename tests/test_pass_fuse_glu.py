@@ -19,14 +19,9 @@ from qcomp.qir.verifier import VerificationError, verify
 from conftest import FUSION_BASE, compile_quietly, forced_kernel_error, fresh_token, pass_stats
 
 
-@pytest.fixture
-def tiny(tiny_decode):
-    return tiny_decode
-
-
 @pytest.mark.parametrize("capture", ["fx", "export"])
-def test_down_projection_reads_gate_up(tiny, capture):
-    model, inputs = tiny
+def test_down_projection_reads_gate_up(tiny_decode, capture):
+    model, inputs = tiny_decode
     plain = compile_quietly(model, inputs, FUSION_BASE, capture)
     fused = compile_quietly(model, inputs, FUSION_BASE + ",fuse-glu", capture)
     assert pass_stats(fused, "fuse-glu") == {"layers_fused": 2, "left_alone": {}}
@@ -42,29 +37,29 @@ def test_down_projection_reads_gate_up(tiny, capture):
             assert torch.equal(a, b)  # the reference computes silu(gate) * up first: bit for bit
 
 
-def test_glu_ir_text(tiny):
-    text = print_graph(compile_quietly(*tiny, FUSION_BASE + ",fuse-glu").graph)
+def test_glu_ir_text(tiny_decode):
+    text = print_graph(compile_quietly(*tiny_decode, FUSION_BASE + ",fuse-glu").graph)
     line = next(ln for ln in text.splitlines() if ln.startswith("%model_layers_0_mlp_down_proj = qlinear("))
     assert line.startswith("%model_layers_0_mlp_down_proj = qlinear(%model_layers_0_mlp_gate_up_proj, "
                            "%model_layers_0_mlp_down_proj_qweight, ")
     assert line.endswith("glu: True} : bf16[1, 1, 128]")
 
 
-def test_kernels_in_the_interpreter_match_the_reference(tiny, monkeypatch):
+def test_kernels_in_the_interpreter_match_the_reference(tiny_decode, monkeypatch):
     """The fx lowering calls torch.ops.qcomp.qlinear_glu; forced onto the generated kernels (CPU interpreter; one
     token, so the gemv reads the two halves) it matches the same module on the reference path."""
     pytest.importorskip("triton")
     from qcomp.runtime.fx_lowering import to_graph_module
 
-    model, inputs = tiny
+    model, inputs = tiny_decode
     gm = to_graph_module(compile_quietly(model, inputs, FUSION_BASE + ",fuse-glu").graph)
     assert sum(n.op == "call_function" and len(n.args) > 14 and n.args[14] is True for n in gm.graph.nodes) == 2  # glu
     err = forced_kernel_error(gm, fresh_token(inputs, 11), monkeypatch)
     assert 0 < err < 2e-2, err  # 0: the kernels did not run
 
 
-def test_artifact_round_trip_with_import_qcomp_alone(tiny, tmp_path):
-    model, inputs = tiny
+def test_artifact_round_trip_with_import_qcomp_alone(tiny_decode, tmp_path):
+    model, inputs = tiny_decode
     fused = compile_quietly(model, inputs, FUSION_BASE + ",fuse-glu")
     fused.save(tmp_path / "a")
     back = qcomp.load(tmp_path / "a")
@@ -113,8 +108,8 @@ def test_products_it_must_leave_alone():
     assert torch.equal(compiled(x), compile_quietly(model, (x,), FUSION_BASE)(x))
 
 
-def test_verifier_checks_the_glu_width(tiny):
-    fused = compile_quietly(*tiny, FUSION_BASE + ",fuse-glu")
+def test_verifier_checks_the_glu_width(tiny_decode):
+    fused = compile_quietly(*tiny_decode, FUSION_BASE + ",fuse-glu")
     g = fused.graph.copy()
     plain_down = next(n for n in g.nodes if n.op == "qlinear" and n.attrs["layer"].endswith("o_proj"))
     plain_down.attrs["glu"] = True  # reads a k-wide x: not [gate | up]

@@ -18,14 +18,9 @@ from conftest import FUSION_BASE, compile_quietly, forced_kernel_error, fresh_to
 FUSED = FUSION_BASE + ",fuse-residual,fuse-norm"
 
 
-@pytest.fixture
-def tiny(tiny_decode):
-    return tiny_decode
-
-
 @pytest.mark.parametrize("capture", ["fx", "export"])
-def test_norms_and_residuals_move_into_the_qlinears(tiny, capture):
-    model, inputs = tiny
+def test_norms_and_residuals_move_into_the_qlinears(tiny_decode, capture):
+    model, inputs = tiny_decode
     plain = compile_quietly(model, inputs, FUSION_BASE, capture)
     fused = compile_quietly(model, inputs, FUSED, capture)
     assert pass_stats(fused, "fuse-residual") == {"adds_fused": 4, "left_alone": {}}  # o_proj and down, 2 layers
@@ -49,8 +44,8 @@ def test_norms_and_residuals_move_into_the_qlinears(tiny, capture):
             assert torch.equal(a, b)  # the reference computes the norm and the add as before: bit for bit
 
 
-def test_ir_text(tiny):
-    text = print_graph(compile_quietly(*tiny, FUSED).graph)
+def test_ir_text(tiny_decode):
+    text = print_graph(compile_quietly(*tiny_decode, FUSED).graph)
     lines = text.splitlines()
     qkv = next(ln for ln in lines if ln.startswith("%model_layers_1_self_attn_q_k_v_proj = qlinear("))
     # the qkv projection reads the previous layer's residual stream (the down projection's node) and the norm weight
@@ -61,13 +56,13 @@ def test_ir_text(tiny):
     assert ", None, None, None, %model_layers_0_mlp_down_proj) {" in o
 
 
-def test_kernels_in_the_interpreter_match_the_reference(tiny, monkeypatch):
+def test_kernels_in_the_interpreter_match_the_reference(tiny_decode, monkeypatch):
     """The fx lowering calls torch.ops.qcomp.qlinear_fused; forced onto the generated kernels (CPU interpreter; one
     token, so the gemv applies the norm and every kernel adds its residual) it matches the reference path."""
     pytest.importorskip("triton")
     from qcomp.runtime.fx_lowering import to_graph_module
 
-    model, inputs = tiny
+    model, inputs = tiny_decode
     gm = to_graph_module(compile_quietly(model, inputs, FUSED).graph)
     calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target.__name__ == "qlinear_call"]
     assert sum(n.args[15] is not None for n in calls) == 4 and sum(n.args[17] is not None for n in calls) == 4
@@ -75,8 +70,8 @@ def test_kernels_in_the_interpreter_match_the_reference(tiny, monkeypatch):
     assert 0 < err < 2e-2, err  # 0: the kernels did not run
 
 
-def test_artifact_round_trip(tiny, tmp_path):
-    model, inputs = tiny
+def test_artifact_round_trip(tiny_decode, tmp_path):
+    model, inputs = tiny_decode
     fused = compile_quietly(model, inputs, FUSED)
     fused.save(tmp_path / "a")
     back = qcomp.load(tmp_path / "a")
@@ -116,8 +111,8 @@ def test_what_it_must_leave_alone():
     assert torch.equal(compiled(x), compile_quietly(model, (x,), FUSION_BASE)(x))
 
 
-def test_verifier_checks_the_fusions(tiny):
-    g = compile_quietly(*tiny, FUSED).graph.copy()
+def test_verifier_checks_the_fusions(tiny_decode):
+    g = compile_quietly(*tiny_decode, FUSED).graph.copy()
     qkv = next(n for n in g.nodes if n.op == "qlinear" and n.attrs.get("norm"))
     eps = qkv.attrs.pop("norm")
     with pytest.raises(VerificationError, match="exactly when it has the attr norm"):
