@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from qcomp.numerics.quant_spec import QuantSpec
 from qcomp.qir import Graph, Node
 
-from .reference import ReferenceRuntime, fused_input
+from .reference import ReferenceRuntime
 
 RUNTIMES = ("auto", "executor", "reference")
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16)
@@ -158,10 +158,14 @@ class Executor(ReferenceRuntime):
         if reason is None:
             return self.kernel_qlinear(node, x, packed, scales, lut, offsets, bias, norm_weight, residual)
         self._fallback(reason)
+        return super().qlinear(node, x, packed, scales, lut, offsets, bias, norm_weight, residual)
+
+    def qlinear_core(self, node: Node, x, packed, scales, lut, offsets=None, bias=None):
+        """The reference layer (glu / norm applied, residual not yet added) where x is: the base class's on the CPU,
+        device_reference_qlinear elsewhere."""
         if x.device.type == "cpu":
-            return super().qlinear(node, x, packed, scales, lut, offsets, bias, norm_weight, residual)
-        y = self.device_reference_qlinear(node, fused_input(node, x, norm_weight), packed, scales, lut, offsets, bias)
-        return y if residual is None else residual + y
+            return super().qlinear_core(node, x, packed, scales, lut, offsets, bias)
+        return self.device_reference_qlinear(node, x, packed, scales, lut, offsets, bias)
 
     def device_reference_qlinear(self, node: Node, x, packed, scales, lut, offsets=None, bias=None):
         """Dequantize + matmul with every tensor on x's device (the QuantSpec formula, as the reference), on the
