@@ -13,6 +13,7 @@ Compile time is reported per budget (capture + passes; the sensitivity is measur
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -194,20 +195,44 @@ def inductor_variant_rows(name, compiled, inp, out_plain, base_sec, base_compile
 
 
 def pipelines_of(arg: str, quantize_lm_head: bool = False, sensitivity_file: str | None = None) -> list[tuple]:
-    """[(label, pipeline text or "default")] of --pipeline: names of PIPELINES, "default" or pipeline texts,
-    separated by '|'; with the lm_head quantized (PipelineError where a pipeline lacks the passes that takes) and the
-    sensitivity file joined to allocate-bits."""
+    """[(label, pipeline text or "default", env)] of --pipeline: names of PIPELINES, "default" or pipeline texts,
+    separated by '|', each optionally followed by '@VAR=VALUE' settings of the environment that hold while that
+    entry compiles and runs (e.g. 'speed-fused@QCOMP_PDL=2'); with the lm_head quantized (PipelineError where a
+    pipeline lacks the passes that takes) and the sensitivity file joined to allocate-bits."""
     from qcomp.config import DEFAULT_PIPELINE
     from qcomp.pass_manager import with_lm_head_quantized
 
     out = []
-    for i, name in enumerate(n.strip() for n in arg.split("|")):
+    for i, entry in enumerate(n.strip() for n in arg.split("|")):
+        name, *settings = (part.strip() for part in entry.split("@"))
+        env = {}
+        for kv in settings:
+            var, eq, value = kv.partition("=")
+            if not eq or not var.strip():
+                raise ValueError(f"--pipeline entry {entry!r}: '@{kv}' is not VAR=VALUE (e.g. speed@QCOMP_PDL=2)")
+            env[var.strip()] = value.strip()
         text = PIPELINES.get(name, name)
         if quantize_lm_head:
             text = with_lm_head_quantized(DEFAULT_PIPELINE if text == "default" else text)
         label = name if name in PIPELINES or name == "default" else f"pipeline {i + 1}"
-        out.append((label, with_sensitivity_file(text, sensitivity_file)))
+        label += "".join(f"@{k}={v}" for k, v in env.items())
+        out.append((label, with_sensitivity_file(text, sensitivity_file), env))
     return out
+
+
+@contextlib.contextmanager
+def environment(env: dict):
+    """os.environ with `env` set inside the block, restored after it (a --pipeline entry's @VAR=VALUE settings)."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def save_tuner_choices(out: Path) -> None:
@@ -278,6 +303,8 @@ def main(argv=None) -> int:
         pipelines = pipelines_of(args.pipeline, args.quantize_lm_head, args.sensitivity_file)
     except PipelineError as e:
         ap.error(f"--quantize-lm-head: {e}")
+    except ValueError as e:
+        ap.error(str(e))
     args.out.mkdir(parents=True, exist_ok=True)
     dev = "cuda"
     t0 = time.perf_counter()
@@ -346,75 +373,76 @@ def main(argv=None) -> int:
                 torch.cuda.empty_cache()
 
     cache_dir = str(args.out / "sens_cache")
-    for (pname, ptext), budget, b in itertools.product(pipelines, [float(x) for x in args.budgets.split(",")],
+    for (pname, ptext, penv), budget, b in itertools.product(pipelines, [float(x) for x in args.budgets.split(",")],
                                                        batches):
-        pipeline = None if ptext == "default" else ptext
-        # the static step's graph is specialized to its batch size (torch.export pins B in the views), so
-        # each batch size is compiled on its own; the sensitivity cache is keyed by the graph, so each pays it
-        inp = fixed[b]
-        t = time.perf_counter()
-        compiled = qcomp.compile(step, budget=budget, example_inputs=inp, pipeline=pipeline,
-                                 calibration=[inp], cache_dir=cache_dir, device=dev)
-        csec = time.perf_counter() - t
-        rep = compiled.report
-        avg = rep.get("allocation", {}).get("avg_bits", float("nan"))
-        print(f"compiled budget {budget} batch {b} in {csec:.1f}s (avg bits {avg:.3f}); passes: "
-              + ", ".join(f"{p['name']} {p['seconds']:.1f}s" for p in rep["passes"]), flush=True)
-        ex_rt = Executor(compiled.graph, device=dev)
-        if os.environ.get("QCOMP_AUTOTUNE", "1") != "0" and not args.no_precompile:
-            with torch.no_grad():
-                pre = ex_rt.precompile(*inp)
-            print(f"precompiled {pre['compiled']}/{pre['jobs']} tuning candidates of {pre['calls']} kernel calls "
-                  f"with {pre['workers']} processes in {pre['seconds']:.0f}s", flush=True)
-        with torch.no_grad():
-            out_q = ex_rt.run(*inp)[0]
-            out_f = step(*inp)[0]
-        rel = rel_err(out_q, out_f)
-        replay = graph_of(ex_rt.run, inp)
-        sec = time_graph(replay)
-        label = f"qcomp budget {budget}" + (", lm_head quantized" if args.quantize_lm_head else "") + (
-            f" [{pname}]" if len(pipelines) > 1 else "")
-        head = [r["spec"] for r in compiled.layer_table() if matches(r["layer"], "lm_head")]  # as the passes' skip
-        lm_head = f"quantized {head[0]}" if head else "bf16"  # the DP may still keep it at 16 bits
-        rows.append({"config": label, "batch": b, "ms_per_step": sec * 1e3, "tok_s": b / sec,
-                     "speedup": base[b] / sec, "compile_s": csec, "avg_bits": avg, "rel_err_logits": rel,
-                     "fallbacks": sorted(ex_rt.fallbacks), "lm_head": lm_head})
-        print(f"{label} batch {b} (lm_head {lm_head}): {sec * 1e3:.3f} ms/step, {b / sec:.1f} tok/s, "
-              f"{base[b] / sec:.2f}x bf16, logit rel err vs bf16 {rel:.3f}, fallbacks {sorted(ex_rt.fallbacks)}",
-              flush=True)
-        del replay
-        if args.torch_compile:
-            from qcomp.runtime.fx_lowering import to_graph_module
-
+        with environment(penv):  # the entry's @VAR=VALUE settings, for its compile, tuning and timing
+            pipeline = None if ptext == "default" else ptext
+            # the static step's graph is specialized to its batch size (torch.export pins B in the views), so
+            # each batch size is compiled on its own; the sensitivity cache is keyed by the graph, so each pays it
+            inp = fixed[b]
             t = time.perf_counter()
-            fn = torch.compile(to_graph_module(compiled.graph, device=dev))
+            compiled = qcomp.compile(step, budget=budget, example_inputs=inp, pipeline=pipeline,
+                                     calibration=[inp], cache_dir=cache_dir, device=dev)
+            csec = time.perf_counter() - t
+            rep = compiled.report
+            avg = rep.get("allocation", {}).get("avg_bits", float("nan"))
+            print(f"compiled budget {budget} batch {b} in {csec:.1f}s (avg bits {avg:.3f}); passes: "
+                  + ", ".join(f"{p['name']} {p['seconds']:.1f}s" for p in rep["passes"]), flush=True)
+            ex_rt = Executor(compiled.graph, device=dev)
+            if os.environ.get("QCOMP_AUTOTUNE", "1") != "0" and not args.no_precompile:
+                with torch.no_grad():
+                    pre = ex_rt.precompile(*inp)
+                print(f"precompiled {pre['compiled']}/{pre['jobs']} tuning candidates of {pre['calls']} kernel calls "
+                      f"with {pre['workers']} processes in {pre['seconds']:.0f}s", flush=True)
             with torch.no_grad():
-                out_c = fn(*inp)[0]
-            tsec = time.perf_counter() - t
-            rel_c = rel_err(out_c, out_q)
-            replay, out_r = graph_and_output(fn, inp)
-            replay()
-            torch.cuda.synchronize()
-            out_r = out_r[0].clone()
-            replay_equal = torch.equal(out_r, out_c)  # the graph of the plain compile against its direct call
+                out_q = ex_rt.run(*inp)[0]
+                out_f = step(*inp)[0]
+            rel = rel_err(out_q, out_f)
+            replay = graph_of(ex_rt.run, inp)
             sec = time_graph(replay)
-            bc = base.get((b, "compile"), base[b])
-            rows.append({"config": f"{label} (torch.compile glue)", "batch": b,
-                         "ms_per_step": sec * 1e3, "tok_s": b / sec, "speedup": base[b] / sec,
-                         "speedup_vs_bf16_compiled": bc / sec, "compile_s": csec + tsec, "avg_bits": avg,
-                         "rel_err_vs_executor": rel_c, "replay_equals_direct_call": replay_equal,
-                         "lm_head": lm_head})
-            print(f"{label} batch {b} torch.compile: {sec * 1e3:.3f} ms/step, {base[b] / sec:.2f}x bf16 "
-                  f"eager-graph, {bc / sec:.2f}x bf16 compiled ({tsec:.0f}s to compile; rel err vs executor "
-                  f"{rel_c:.2e}; its graph replay {'equals' if replay_equal else 'DIFFERS FROM'} its direct "
-                  "call)", flush=True)
-            del replay, fn
-            for name in filter(None, args.inductor_variants.split(",")):
-                rows.extend(inductor_variant_rows(name, compiled, inp, out_r, base[b], bc, b, label, avg,
-                                                  csec + tsec, dev))
-        del compiled, ex_rt
-        torch.cuda.empty_cache()
-        write_rows()
+            label = f"qcomp budget {budget}" + (", lm_head quantized" if args.quantize_lm_head else "") + (
+                f" [{pname}]" if len(pipelines) > 1 else "")
+            head = [r["spec"] for r in compiled.layer_table() if matches(r["layer"], "lm_head")]  # as the passes' skip
+            lm_head = f"quantized {head[0]}" if head else "bf16"  # the DP may still keep it at 16 bits
+            rows.append({"config": label, "batch": b, "ms_per_step": sec * 1e3, "tok_s": b / sec,
+                         "speedup": base[b] / sec, "compile_s": csec, "avg_bits": avg, "rel_err_logits": rel,
+                         "fallbacks": sorted(ex_rt.fallbacks), "lm_head": lm_head})
+            print(f"{label} batch {b} (lm_head {lm_head}): {sec * 1e3:.3f} ms/step, {b / sec:.1f} tok/s, "
+                  f"{base[b] / sec:.2f}x bf16, logit rel err vs bf16 {rel:.3f}, fallbacks {sorted(ex_rt.fallbacks)}",
+                  flush=True)
+            del replay
+            if args.torch_compile:
+                from qcomp.runtime.fx_lowering import to_graph_module
+
+                t = time.perf_counter()
+                fn = torch.compile(to_graph_module(compiled.graph, device=dev))
+                with torch.no_grad():
+                    out_c = fn(*inp)[0]
+                tsec = time.perf_counter() - t
+                rel_c = rel_err(out_c, out_q)
+                replay, out_r = graph_and_output(fn, inp)
+                replay()
+                torch.cuda.synchronize()
+                out_r = out_r[0].clone()
+                replay_equal = torch.equal(out_r, out_c)  # the graph of the plain compile against its direct call
+                sec = time_graph(replay)
+                bc = base.get((b, "compile"), base[b])
+                rows.append({"config": f"{label} (torch.compile glue)", "batch": b,
+                             "ms_per_step": sec * 1e3, "tok_s": b / sec, "speedup": base[b] / sec,
+                             "speedup_vs_bf16_compiled": bc / sec, "compile_s": csec + tsec, "avg_bits": avg,
+                             "rel_err_vs_executor": rel_c, "replay_equals_direct_call": replay_equal,
+                             "lm_head": lm_head})
+                print(f"{label} batch {b} torch.compile: {sec * 1e3:.3f} ms/step, {base[b] / sec:.2f}x bf16 "
+                      f"eager-graph, {bc / sec:.2f}x bf16 compiled ({tsec:.0f}s to compile; rel err vs executor "
+                      f"{rel_c:.2e}; its graph replay {'equals' if replay_equal else 'DIFFERS FROM'} its direct "
+                      "call)", flush=True)
+                del replay, fn
+                for name in filter(None, args.inductor_variants.split(",")):
+                    rows.extend(inductor_variant_rows(name, compiled, inp, out_r, base[b], bc, b, label, avg,
+                                                      csec + tsec, dev))
+            del compiled, ex_rt
+            torch.cuda.empty_cache()
+            write_rows()
     write_rows()
     save_tuner_choices(args.out)
     print(f"\n{torch.cuda.get_device_name()} | {args.config} | max_len {args.max_len}, pos {args.pos}"

@@ -27,11 +27,14 @@ _LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?);")
 _BRA = re.compile(r"BRA\s+`?\(?(\.L_x_\d+)")
 
 
-def compile_spec(spec, arch: int, even: bool = True, pdl: bool | None = None, residual: bool = False):
+def compile_spec(spec, arch: int, even: bool = True, pdl: int | None = None, residual: bool = False):
     """triton.compile of the spec's kernel for sm_<arch>: its activation dtype, no bias; even: whole tiles (the
-    unmasked loop of shapes that divide into the tiles, as the decode shapes do), else the masked one; pdl: with
-    the programmatic-dependent-launch wait (default: as the runtime launches, on sm_90 and later)."""
-    pdl = arch >= 90 if pdl is None else pdl
+    unmasked loop of shapes that divide into the tiles, as the decode shapes do), else the masked one; pdl: the
+    programmatic-dependent-launch level (ops.pdl_level; default: as the runtime launches without QCOMP_PDL, on
+    sm_90 and later)."""
+    from qcomp.codegen.ops import DEFAULT_PDL
+
+    pdl = (int(DEFAULT_PDL) if arch >= 90 else 0) if pdl is None else pdl
     os.environ["TRITON_INTERPRET"] = "0"  # the interpreter would be used otherwise (set by the CPU tests)
     import triton
     from triton.backends.compiler import GPUTarget
@@ -51,7 +54,7 @@ def compile_spec(spec, arch: int, even: bool = True, pdl: bool | None = None, re
     src = ASTSource(load_kernel(spec), sig, constexprs={"HAS_BIAS": False, "HAS_RES": residual, "EVEN": even, "PDL": pdl},
                     attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": spec.num_warps, "num_stages": spec.num_stages, "launch_pdl": pdl})
+                          options={"num_warps": spec.num_warps, "num_stages": spec.num_stages, "launch_pdl": bool(pdl)})
 
 
 def disassemble(cubin: bytes) -> str:
@@ -64,6 +67,22 @@ def disassemble(cubin: bytes) -> str:
         f.write(cubin)
         f.flush()
         return subprocess.run([str(nvdisasm), "-c", f.name], capture_output=True, text=True, check=True).stdout
+
+
+def registers(cubin: bytes) -> int | None:
+    """Registers per thread (cuobjdump -res-usage; None where the wheel does not bundle cuobjdump): with the
+    program's warps this sets how many programs an SM holds at once."""
+    import triton
+
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not cuobjdump.exists():
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+)", out)
+    return int(m.group(1)) if m else None
 
 
 def loop_body(sass: str) -> list[str]:
@@ -107,17 +126,22 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("--ragged", action="store_true", help="count the masked loop (shapes with partial tiles)")
     ap.add_argument("--residual", action="store_true", help="with the residual add in the epilogue (HAS_RES)")
+    ap.add_argument("--pdl", type=int, choices=(0, 1, 2), default=None,
+                    help="programmatic dependent launch level (QCOMP_PDL; default: the runtime's default on sm_90+)")
     args = ap.parse_args(argv)
     from qcomp.codegen.kernel_spec import KernelSpec
 
     spec = KernelSpec(**json.loads(args.spec))
-    kernel = compile_spec(spec, args.arch, even=not args.ragged, residual=args.residual)
+    kernel = compile_spec(spec, args.arch, even=not args.ragged, pdl=args.pdl, residual=args.residual)
     sass = disassemble(kernel.asm["cubin"])
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{spec.name()}.ptx").write_text(kernel.asm["ptx"])
         (args.out / f"{spec.name()}.sass").write_text(sass)
     r = report(spec, kernel, sass)
+    r["registers"] = registers(kernel.asm["cubin"])
+    r["pdl_wait"] = "griddepcontrol.wait" in kernel.asm["ptx"]
+    r["pdl_trigger"] = "griddepcontrol.launch_dependents" in kernel.asm["ptx"]
     if args.json:
         print(json.dumps(r, indent=1))
         return 0
@@ -125,7 +149,8 @@ def main(argv=None) -> int:
     per = f", {r['instructions_per_code']:.2f} per code ({r['codes_per_thread_per_step']:g} codes per thread)" \
         if r["instructions_per_code"] else ""
     print(f"K loop: {r['loop_instructions']} instructions per step{per}; global loads {r['global_loads']}, "
-          f"shared stores {r['shared_stores']} / loads {r['shared_loads']}, barriers {r['barriers']}")
+          f"shared stores {r['shared_stores']} / loads {r['shared_loads']}, barriers {r['barriers']}; "
+          f"{r['registers']} registers")
     print("  " + ", ".join(f"{k} {v}" for k, v in list(r["opcodes"].items())[:16]))
     return 0
 

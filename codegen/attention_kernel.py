@@ -5,7 +5,8 @@ Each program owns one (batch, head) and a range of key positions, keeps an onlin
 ranges (split-S with a self-resetting counter, as the qlinear kernels' split-K). With HAS_NEW, key/value position
 pos comes from k_new / v_new instead of the cache (a decode step's own row, never written into the cache here).
 On sm_90+ it launches with programmatic dependent launch (waiting before it reads anything; QCOMP_PDL=0 turns it
-off), so its launch and start overlap the end of the kernel before it.
+off, QCOMP_PDL=2 also lets the next kernel start early: ops.pdl_level), so its launch and start overlap the end of
+the kernel before it.
 Imported only when the kernel runs: qcomp works without triton.
 """
 from __future__ import annotations
@@ -42,6 +43,8 @@ def _decode_attention_kernel(
     rmask = offs_r < R
     if PDL:  # launched with programmatic dependent launch: every input may come from the kernel before, read after
         tl.extra.cuda.gdc_wait()
+        if PDL == 2:  # the next kernel may start its prologue while this one finishes (ops.pdl_level)
+            tl.extra.cuda.gdc_launch_dependents()
     q = tl.load(q_ptr + b * sqb + h * sqh + offs_r[:, None] * sqr + offs_d[None, :], mask=rmask[:, None], other=0.0)
     if F32_DOT:  # the CPU interpreter's tl.dot: float32 operands
         q = q.to(tl.float32)
@@ -131,7 +134,7 @@ def _splits(bh: int, steps: int, device) -> tuple[int, int]:
 def decode_attention(q, k, v, attn_mask=None, scale: Optional[float] = None, new=None) -> torch.Tensor:
     """The kernel path (attention.kernel_unsupported(...) must be None); new = (k_new, v_new, pos): position pos
     of k / v is read from k_new / v_new [B, H, 1, D] instead (attention.cached_unsupported(...) must be None)."""
-    from .ops import pdl_available, split_k_counters
+    from .ops import pdl_level, split_k_counters
 
     B, H, R, D = q.shape
     S = k.shape[2]
@@ -152,7 +155,7 @@ def decode_attention(q, k, v, attn_mask=None, scale: Optional[float] = None, new
         m = attn_mask.expand(B, H, R, S)
         ms = m.stride()
     kn, vn, pos = new if new is not None else (q, q, q)
-    pdl = pdl_available(q.device)
+    pdl = pdl_level(q.device)
     _decode_attention_kernel[(B * H, split)](
         q, k, v, m, o, ws, cnt, kn, vn, pos,
         H, R, S, scale * _LOG2E, _LOG2E, per,

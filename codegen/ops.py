@@ -161,21 +161,36 @@ def _sm90(device_index: int) -> bool:
     return torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
-def use_pdl(spec: KernelSpec, device: torch.device) -> bool:
-    """Launch with programmatic dependent launch (render._pdl_wait): gemv kernels on sm_90+ GPUs, unless
-    QCOMP_PDL=0. The gemv's weight prefetch then overlaps the end of the kernel before it (the decode step's
-    norm or activation kernel); the tensor-core variant waits first thing, so it gains nothing and keeps the plain
-    launch."""
-    return spec.variant == "gemv" and pdl_available(device)
+def use_pdl(spec: KernelSpec, device: torch.device) -> int:
+    """The kernel's PDL constexpr (render._pdl_wait): pdl_level(device) for gemv kernels, 0 for the tensor-core
+    variant. The gemv's weight prefetch then overlaps the end of the kernel before it (the decode step's norm or
+    activation kernel); the tensor-core variant waits first thing, so it gains nothing and keeps the plain launch."""
+    return pdl_level(device) if spec.variant == "gemv" else 0
+
+
+PDL_LEVELS = {"0": 0, "1": 1, "2": 2}
+DEFAULT_PDL = "1"  # QCOMP_PDL when unset
+
+
+def pdl_level(device: torch.device) -> int:
+    """How the qcomp kernels use programmatic dependent launch (PDL) on `device`: 0 not at all (not CUDA, not
+    sm_90+, the interpreter, or QCOMP_PDL=0); 1 (QCOMP_PDL=1, the default) launched with PDL, each kernel waits
+    for the kernel before it before reading that kernel's output; 2 (QCOMP_PDL=2) also lets the kernel after it
+    start as soon as every program here has passed its wait (`griddepcontrol.launch_dependents`), so that kernel's
+    weight prefetch overlaps this kernel's last programs (its own wait still covers all of this kernel)."""
+    raw = os.environ.get("QCOMP_PDL", DEFAULT_PDL)
+    if raw not in PDL_LEVELS:
+        raise ValueError(f"QCOMP_PDL={raw!r}: use 0 (no programmatic dependent launch), 1 (wait for the kernel "
+                         "before) or 2 (wait, and let the next kernel start early)")
+    level = PDL_LEVELS[raw]
+    if level == 0 or device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return 0
+    return level if _sm90(device.index if device.index is not None else torch.cuda.current_device()) else 0
 
 
 def pdl_available(device: torch.device) -> bool:
-    """Programmatic dependent launch can be used: a CUDA device of sm_90+, not the interpreter, QCOMP_PDL not 0."""
-    if device.type != "cuda" or os.environ.get("QCOMP_PDL", "1") == "0":
-        return False
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return False
-    return _sm90(device.index if device.index is not None else torch.cuda.current_device())
+    """Programmatic dependent launch is used on `device` (pdl_level(device) > 0)."""
+    return pdl_level(device) > 0
 
 
 def even_tiles(spec: KernelSpec, m: int, n: int, k: int) -> bool:

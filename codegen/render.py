@@ -734,12 +734,16 @@ def _load_row_scales(s: KernelSpec, step: str, suffix: str = "") -> list[str]:
 
 
 def _pdl_wait() -> list[str]:
-    """Programmatic dependent launch (PDL, sm_90+): launched with launch_pdl, the kernel may start before the
-    previous kernel in the stream has finished; everything above this line reads only weights, scales and signs
-    (never written by a kernel), everything below may read the previous kernel's output, so it waits here for that
-    kernel's completion and memory flush. Without PDL the wait returns at once."""
+    """Programmatic dependent launch (PDL, sm_90+; ops.pdl_level): launched with launch_pdl, the kernel may start
+    before the previous kernel in the stream has finished; everything above this line reads only weights, scales
+    and signs (never written by a kernel), everything below may read the previous kernel's output, so it waits here
+    for that kernel's completion and memory flush. Without PDL the wait returns at once. With PDL == 2 each program
+    then signals that the next kernel may launch (once every program has signalled): that kernel's programs fill
+    the SMs this one leaves and prefetch their weights; their own wait still covers all of this kernel."""
     return ["if PDL:  # the previous kernel's output (x) is read only after this",
-            "    tl.extra.cuda.gdc_wait()"]
+            "    tl.extra.cuda.gdc_wait()",
+            "    if PDL == 2:  # the next kernel may start its prologue while this one finishes",
+            "        tl.extra.cuda.gdc_launch_dependents()"]
 
 
 def _gemv_body(s: KernelSpec, dt: str) -> list[str]:

@@ -305,6 +305,19 @@ def test_bad_inputs_name_the_fix():
         KernelSpec(p=2, grid="lut", bits=2, block_k=128)
 
 
+def test_pdl_level_reads_qcomp_pdl(monkeypatch):
+    """QCOMP_PDL picks the programmatic-dependent-launch level (0 / 1 / 2); off the GPU it is always 0, and a value
+    it does not know is refused with the values it takes."""
+    from qcomp.codegen.ops import pdl_level
+
+    for v in ("0", "1", "2"):
+        monkeypatch.setenv("QCOMP_PDL", v)
+        assert pdl_level(torch.device("cpu")) == 0
+    monkeypatch.setenv("QCOMP_PDL", "yes")
+    with pytest.raises(ValueError, match=r"QCOMP_PDL='yes': use 0 .*, 1 .* or 2"):
+        pdl_level(torch.device("cpu"))
+
+
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
 def test_single_plane_magic_is_exact(bits):
     """Every pair of a 1/2/4-bit word (and of a 3-bit trio word) is read as 1024 + 2^pos * code per fp16 half (one AND-OR) and turned into

@@ -1,5 +1,6 @@
 """The decode benchmark helpers that run without a GPU: kernel categories of profile_decode.py and the
 --sensitivity-file pipeline edit of gpu_decode.py, and gpu_generate_speed.py on the CPU."""
+import os
 import sys
 from pathlib import Path
 
@@ -169,13 +170,36 @@ def test_pipelines_of_reads_names_texts_and_ab_lists():
     """--pipeline 'speed|speed-fused' times two pipelines in one run: names resolve to their texts, other entries are
     taken as pipeline texts, and the sensitivity file joins each allocate-bits."""
     got = gpu_decode.pipelines_of("speed | speed-fused|canonicalize,allocate-bits,quantize,lower", False, "s.json")
-    assert [label for label, _ in got] == ["speed", "speed-fused", "pipeline 3"]
-    names = [[n for n, _ in parse_pipeline(text)] for _, text in got]
+    assert [label for label, _, _ in got] == ["speed", "speed-fused", "pipeline 3"]
+    names = [[n for n, _ in parse_pipeline(text)] for _, text, _ in got]
     assert names[1] == names[0] + ["fuse-residual", "fuse-norm"]
-    assert all(dict(parse_pipeline(text))["allocate-bits"]["sensitivity_file"] == "s.json" for _, text in got)
-    assert gpu_decode.pipelines_of("default") == [("default", "default")]
+    assert all(dict(parse_pipeline(text))["allocate-bits"]["sensitivity_file"] == "s.json" for _, text, _ in got)
+    assert all(env == {} for _, _, env in got)
+    assert gpu_decode.pipelines_of("default") == [("default", "default", {})]
     lm = dict(parse_pipeline(gpu_decode.pipelines_of("speed", quantize_lm_head=True)[0][1]))
     assert lm["quantize"]["skip"] == "" and lm["allocate-bits"]["skip"] == ""
+
+
+def test_pipeline_entries_carry_environment_settings(monkeypatch):
+    """'speed-fused@QCOMP_PDL=2' A/Bs a runtime setting: the entry keeps its pipeline, names the setting in its label,
+    and gpu_decode.environment sets it for the entry's block only."""
+    (a, ta, ea), (b, tb, eb) = gpu_decode.pipelines_of("speed-fused|speed-fused @ QCOMP_PDL=2 @ X_Y=a=b")
+    assert ta == tb == gpu_decode.PIPELINES["speed-fused"]
+    assert (a, ea) == ("speed-fused", {})
+    assert (b, eb) == ("speed-fused@QCOMP_PDL=2@X_Y=a=b", {"QCOMP_PDL": "2", "X_Y": "a=b"})
+    monkeypatch.setenv("QCOMP_PDL", "1")
+    monkeypatch.delenv("X_Y", raising=False)
+    with gpu_decode.environment(eb):
+        assert os.environ["QCOMP_PDL"] == "2" and os.environ["X_Y"] == "a=b"
+    assert os.environ["QCOMP_PDL"] == "1" and "X_Y" not in os.environ
+    with pytest.raises(ValueError, match="'@QCOMP_PDL' is not VAR=VALUE"):
+        gpu_decode.pipelines_of("speed@QCOMP_PDL")
+
+
+def test_bad_pipeline_setting_stops_before_any_work(capsys):
+    with pytest.raises(SystemExit):
+        gpu_decode.main(["--pipeline", "speed@=2"])
+    assert "is not VAR=VALUE" in capsys.readouterr().err
 
 
 def test_inductor_deterministic_needs_torch_compile(capsys):

@@ -10,9 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def sass_report(spec: dict) -> dict:
+def sass_report(spec: dict, *args: str) -> dict:
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_sass.py"), json.dumps(spec), "--json"],
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_sass.py"), json.dumps(spec), "--json", *args],
                          capture_output=True, text=True, env=env, timeout=300)
     if out.returncode and "nvdisasm not found" in out.stderr + out.stdout:
         pytest.skip("this Triton wheel bundles no nvdisasm")
@@ -29,3 +29,13 @@ def test_gemv_loop_is_found_and_counted():
     assert r["global_loads"] >= 4 and r["loop_instructions"] > 128  # at least one instruction per code
     assert sum(r["opcodes"].values()) == r["loop_instructions"]
     assert any(op.startswith("HFMA2") for op in r["opcodes"])  # the packed-half2 path of 4-bit codes
+
+
+@pytest.mark.parametrize("pdl", [0, 1, 2])
+def test_pdl_levels_compile_to_their_grid_dependency_instructions(pdl):
+    """QCOMP_PDL's levels as the kernel's PDL constexpr: 0 nothing, 1 the wait before reading x, 2 also the signal
+    that lets the next kernel launch early (griddepcontrol.launch_dependents)."""
+    r = sass_report({"bits": 3, "variant": "gemv", "block_m": 1, "block_n": 64, "block_k": 128, "num_warps": 2,
+                     "num_stages": 2, "act_dtype": "bf16", "had_block": 128}, "--pdl", str(pdl))
+    assert (r["pdl_wait"], r["pdl_trigger"]) == (pdl >= 1, pdl == 2)
+    assert r["registers"] is None or 32 <= r["registers"] <= 255
