@@ -375,6 +375,7 @@ def main(argv=None) -> int:
     cache_dir = str(args.out / "sens_cache")
     for (pname, ptext, penv), budget, b in itertools.product(pipelines, [float(x) for x in args.budgets.split(",")],
                                                        batches):
+        first_row = len(rows)
         with environment(penv):  # the entry's @VAR=VALUE settings, for its compile, tuning and timing
             pipeline = None if ptext == "default" else ptext
             # the static step's graph is specialized to its batch size (torch.export pins B in the views), so
@@ -401,7 +402,7 @@ def main(argv=None) -> int:
             replay = graph_of(ex_rt.run, inp)
             sec = time_graph(replay)
             label = f"qcomp budget {budget}" + (", lm_head quantized" if args.quantize_lm_head else "") + (
-                f" [{pname}]" if len(pipelines) > 1 else "")
+                f" [{pname}]" if len(pipelines) > 1 or penv else "")
             head = [r["spec"] for r in compiled.layer_table() if matches(r["layer"], "lm_head")]  # as the passes' skip
             lm_head = f"quantized {head[0]}" if head else "bf16"  # the DP may still keep it at 16 bits
             rows.append({"config": label, "batch": b, "ms_per_step": sec * 1e3, "tok_s": b / sec,
@@ -442,6 +443,8 @@ def main(argv=None) -> int:
                                                       csec + tsec, dev))
             del compiled, ex_rt
             torch.cuda.empty_cache()
+            for r in rows[first_row:]:
+                r["env"] = dict(penv)  # the settings this entry ran under ({}: the caller's environment)
             write_rows()
     write_rows()
     save_tuner_choices(args.out)

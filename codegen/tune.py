@@ -76,10 +76,26 @@ def _split(progs: int, steps: int, sms: int) -> int:
     return split
 
 
+def gemv_splits_setting() -> tuple[int, ...]:
+    """The split-K counts the tuner tries for gemv tiles: GEMV_SPLITS, or QCOMP_GEMV_SPLITS (comma-separated counts
+    >= 2, e.g. 32,24,16,12,8,6,4,3) to explore others; choices made under an override are cached apart (_key)."""
+    raw = os.environ.get("QCOMP_GEMV_SPLITS", "").strip()
+    if not raw:
+        return GEMV_SPLITS
+    try:
+        splits = tuple(int(v) for v in raw.split(","))
+    except ValueError:
+        splits = ()
+    if not splits or min(splits) < 2:
+        raise ValueError(f"QCOMP_GEMV_SPLITS={raw!r}: give comma-separated split-K counts >= 2, e.g. 32,16,8,4 "
+                         "(unset it for the default (16, 8, 4))")
+    return splits
+
+
 def _gemv_splits(progs: int, steps: int, sms: int) -> list[int]:
-    """Split-K counts to try for a gemv tile: GEMV_SPLITS that leave each program >= 2 K steps, and 1 where the
-    tiles alone fill the GPU several times over or K is short; never empty."""
-    out = [s for s in GEMV_SPLITS if 2 * s <= steps]
+    """Split-K counts to try for a gemv tile: gemv_splits_setting() counts that leave each program >= 2 K steps, and
+    1 where the tiles alone fill the GPU several times over or K is short; never empty."""
+    out = [s for s in gemv_splits_setting() if 2 * s <= steps]
     if progs >= 4 * sms or not out:
         out.append(1)
     return out
@@ -138,7 +154,9 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
 
 def _key(base: KernelSpec, m: int, n: int, k: int, device) -> str:
     gpu = torch.cuda.get_device_name(device) if device is not None and device.type == "cuda" else "cpu"
-    return f"{gpu}|m{m_bucket(m)}|{n}x{k}|{base.to_json()}"
+    splits = gemv_splits_setting()
+    tried = "" if splits == GEMV_SPLITS else "|splits " + ",".join(map(str, splits))  # picks from other candidates
+    return f"{gpu}|m{m_bucket(m)}|{n}x{k}|{base.to_json()}{tried}"
 
 
 def _file():

@@ -1,4 +1,5 @@
 """Invariants of the autotuner's candidate lists (codegen/tune.py): every (spec, split) is valid for its shape."""
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,6 +46,24 @@ def test_gemv_splits_cover_the_sweep_choices():
     assert {8, 16} <= splits
     # K of one step: nothing to split
     assert tune._gemv_splits(progs=10, steps=1, sms=132) == [1]
+
+
+def test_gemv_splits_setting_widens_the_candidates_and_keys_them_apart(monkeypatch):
+    """QCOMP_GEMV_SPLITS replaces the split-K counts tried for gemv tiles (each still leaving >= 2 K steps a
+    program); the choice cache keys carry the override, so an A/B in one process never reuses the other's picks."""
+    base = KernelSpec(bits=3, block_m=1, block_k=128, act_dtype="bf16", had_block=128)
+    key0 = tune._key(base, 1, 28672, 4096, None)
+    assert tune._gemv_splits(progs=448, steps=32, sms=132) == [16, 8, 4]
+    monkeypatch.setenv("QCOMP_GEMV_SPLITS", "32,24,12,6,3")
+    assert tune._gemv_splits(progs=448, steps=32, sms=132) == [12, 6, 3]  # 32 and 24 would leave < 2 steps
+    splits = {s for spec, s in tune.candidates(base, 1, 28672, 4096) if spec.block_n == 64}
+    assert splits == {12, 6, 3}
+    key1 = tune._key(base, 1, 28672, 4096, None)
+    assert key1 != key0 and key1.endswith("|splits 32,24,12,6,3")
+    for bad in ("8,x", "1,4", "0"):
+        monkeypatch.setenv("QCOMP_GEMV_SPLITS", bad)
+        with pytest.raises(ValueError, match="QCOMP_GEMV_SPLITS=.*comma-separated split-K counts >= 2"):
+            tune.candidates(base, 1, 28672, 4096)
 
 
 def test_sweep_script_specs_are_valid_kernel_specs():
