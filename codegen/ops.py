@@ -188,11 +188,6 @@ def pdl_level(device: torch.device) -> int:
     return level if _sm90(device.index if device.index is not None else torch.cuda.current_device()) else 0
 
 
-def pdl_available(device: torch.device) -> bool:
-    """Programmatic dependent launch is used on `device` (pdl_level(device) > 0)."""
-    return pdl_level(device) > 0
-
-
 def even_tiles(spec: KernelSpec, m: int, n: int, k: int) -> bool:
     """The kernel's EVEN constexpr: every K step, N tile and M tile is whole, so its loop loads need no masks."""
     return k % spec.block_k == 0 and n % spec.block_n == 0 and m % spec.block_m == 0
