@@ -235,6 +235,15 @@ def environment(env: dict):
                 os.environ[k] = v
 
 
+def allocation_histogram(report: dict) -> dict:
+    """{code bits: layers} of the compile's allocation (16: layers the DP kept in the float dtype), so that two
+    budgets' rows show how their graphs differ."""
+    hist: dict[int, int] = {}
+    for row in report.get("allocation", {}).get("layers", []):
+        hist[int(row["code_bits"])] = hist.get(int(row["code_bits"]), 0) + 1
+    return dict(sorted(hist.items()))
+
+
 def save_tuner_choices(out: Path) -> None:
     """The autotuner's picks of this run (codegen/tune.py's choice file) next to decode.json: which kernel and split
     each (shape, spec) got, so that two runs' times can be told apart by their picks."""
@@ -407,7 +416,8 @@ def main(argv=None) -> int:
             lm_head = f"quantized {head[0]}" if head else "bf16"  # the DP may still keep it at 16 bits
             rows.append({"config": label, "batch": b, "ms_per_step": sec * 1e3, "tok_s": b / sec,
                          "speedup": base[b] / sec, "compile_s": csec, "avg_bits": avg, "rel_err_logits": rel,
-                         "fallbacks": sorted(ex_rt.fallbacks), "lm_head": lm_head})
+                         "fallbacks": sorted(ex_rt.fallbacks), "lm_head": lm_head,
+                         "bits_histogram": allocation_histogram(rep)})
             print(f"{label} batch {b} (lm_head {lm_head}): {sec * 1e3:.3f} ms/step, {b / sec:.1f} tok/s, "
                   f"{base[b] / sec:.2f}x bf16, logit rel err vs bf16 {rel:.3f}, fallbacks {sorted(ex_rt.fallbacks)}",
                   flush=True)

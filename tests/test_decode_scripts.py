@@ -209,3 +209,10 @@ def test_inductor_deterministic_needs_torch_compile(capsys):
     with pytest.raises(SystemExit):
         gpu_decode.main(["--inductor-deterministic"])
     assert "--inductor-deterministic needs --torch-compile" in capsys.readouterr().err
+
+
+def test_allocation_histogram_counts_layers_by_bits():
+    rep = {"allocation": {"layers": [{"code_bits": 3, "bits": 3.125}, {"code_bits": 4, "bits": 4.125},
+                                     {"code_bits": 3, "bits": 3.125}, {"code_bits": 16, "bits": 16.0}]}}
+    assert gpu_decode.allocation_histogram(rep) == {3: 2, 4: 1, 16: 1}
+    assert gpu_decode.allocation_histogram({}) == {}  # a pipeline without allocate-bits
