@@ -32,9 +32,9 @@ def compile_spec(spec, arch: int, even: bool = True, pdl: int | None = None, res
     unmasked loop of shapes that divide into the tiles, as the decode shapes do), else the masked one; pdl: the
     programmatic-dependent-launch level (ops.pdl_level; default: as the runtime launches without QCOMP_PDL, on
     sm_90 and later)."""
-    from qcomp.codegen.ops import DEFAULT_PDL
+    from qcomp.codegen.ops import DEFAULT_PDL, PDL_LEVELS
 
-    pdl = (int(DEFAULT_PDL) if arch >= 90 else 0) if pdl is None else pdl
+    pdl = (PDL_LEVELS[DEFAULT_PDL] if arch >= 90 else 0) if pdl is None else pdl
     os.environ["TRITON_INTERPRET"] = "0"  # the interpreter would be used otherwise (set by the CPU tests)
     import triton
     from triton.backends.compiler import GPUTarget
