@@ -169,13 +169,13 @@ def use_pdl(spec: KernelSpec, device: torch.device) -> int:
 
 
 PDL_LEVELS = {"0": 0, "1": 1, "2": 2}
-DEFAULT_PDL = "1"  # QCOMP_PDL when unset
+DEFAULT_PDL = "2"  # QCOMP_PDL when unset (session 20: bit-equal to level 1 and faster, benchmarks/RESULTS.md)
 
 
 def pdl_level(device: torch.device) -> int:
     """How the qcomp kernels use programmatic dependent launch (PDL) on `device`: 0 not at all (not CUDA, not
-    sm_90+, the interpreter, or QCOMP_PDL=0); 1 (QCOMP_PDL=1, the default) launched with PDL, each kernel waits
-    for the kernel before it before reading that kernel's output; 2 (QCOMP_PDL=2) also lets the kernel after it
+    sm_90+, the interpreter, or QCOMP_PDL=0); 1 (QCOMP_PDL=1) launched with PDL, each kernel waits for the kernel
+    before it before reading that kernel's output; 2 (QCOMP_PDL=2, the default) also lets the kernel after it
     start as soon as every program here has passed its wait (`griddepcontrol.launch_dependents`), so that kernel's
     weight prefetch overlaps this kernel's last programs (its own wait still covers all of this kernel)."""
     raw = os.environ.get("QCOMP_PDL", DEFAULT_PDL)
