@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from qcomp.runtime.torch_compile import inductor_options
+
 CONFIGS = {
     "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                       num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0, max_position_embeddings=8192),
@@ -135,11 +137,10 @@ def graph_and_output(call, inputs):
     return replay, out
 
 
-# inductor settings that change how the glue launches, not what it computes: programmatic dependent launch (each
-# kernel waits with griddepcontrol.wait before reading what the node before it wrote) and combo kernels (independent
-# pointwise kernels merged into one launch)
-INDUCTOR_VARIANTS = {"pdl": {"triton.enable_pdl": True}, "combo": {"combo_kernels": True},
-                     "pdl+combo": {"triton.enable_pdl": True, "combo_kernels": True}}
+# inductor settings that change how the glue launches, not what each kernel computes: compiled.torch_compile(pdl=,
+# combo=) (qcomp.runtime.torch_compile), alone and together
+INDUCTOR_VARIANTS = {"pdl": dict(pdl=True, combo=False), "combo": dict(pdl=False, combo=True),
+                     "pdl+combo": dict(pdl=True, combo=True)}
 
 
 def inductor_variant_rows(name, compiled, inp, out_plain, base_sec, base_compiled_sec, b, label, avg, compile_s, dev):
@@ -149,22 +150,16 @@ def inductor_variant_rows(name, compiled, inp, out_plain, base_sec, base_compile
     with the plain compile's (a kernel reading a buffer before its writer finished would differ), and a mismatch
     drops the row.
     """
-    import torch._inductor.config as inductor_config
-
-    from qcomp.runtime.fx_lowering import to_graph_module
-
-    patch = INDUCTOR_VARIANTS[name]
     try:
-        ctx = inductor_config.patch(patch)
-    except (AttributeError, KeyError) as e:
-        print(f"inductor {name}: this torch ({torch.__version__}) lacks a setting: {e}", flush=True)
+        inductor_options(**INDUCTOR_VARIANTS[name])
+    except ValueError as e:
+        print(f"inductor {name}: {e}", flush=True)
         return []
     torch._dynamo.reset()
     t = time.perf_counter()
-    with ctx:
-        fn = torch.compile(to_graph_module(compiled.graph, device=dev))
-        with torch.no_grad():
-            fn(*inp)
+    fn = compiled.torch_compile(dev, **INDUCTOR_VARIANTS[name])  # the product's call
+    with torch.no_grad():
+        fn(*inp)
     tsec = time.perf_counter() - t
     replay, out = graph_and_output(fn, inp)
     out = out[0]
@@ -280,7 +275,7 @@ def main(argv=None) -> int:
                          "benchmarks/results/sensitivity_llama3_8b_random_decode_h100.json (batch 1, same seed)")
     ap.add_argument("--torch-compile", action="store_true",
                     help="also run both sides through torch.compile (inductor fuses the glue) before the CUDA graph: "
-                         "bf16 = torch.compile(step); qcomp = torch.compile(to_graph_module(compiled graph))")
+                         "bf16 = torch.compile(step); qcomp = compiled.torch_compile(pdl=False, combo=False)")
     ap.add_argument("--inductor-variants", default="",
                     help="with --torch-compile: also compile qcomp's glue with these inductor settings, comma-"
                          f"separated, of {sorted(INDUCTOR_VARIANTS)}; each variant's logits must equal the plain "
@@ -369,13 +364,10 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
             for name in [] if args.no_bf16_variants else filter(None, args.inductor_variants.split(",")):
                 # the strong baseline gets them too
-                import torch._inductor.config as inductor_config
-
                 torch._dynamo.reset()
-                with inductor_config.patch(INDUCTOR_VARIANTS[name]):
-                    fn = torch.compile(step)
-                    with torch.no_grad():
-                        fn(*fixed[b])
+                fn = torch.compile(step, options=inductor_options(**INDUCTOR_VARIANTS[name]))
+                with torch.no_grad():
+                    fn(*fixed[b])
                 replay = graph_of(fn, fixed[b])
                 sec = time_graph(replay)
                 rows.append({"config": f"bf16 (torch.compile + CUDA graph, inductor {name})", "batch": b,
@@ -427,10 +419,8 @@ def main(argv=None) -> int:
                   flush=True)
             del replay
             if args.torch_compile:
-                from qcomp.runtime.fx_lowering import to_graph_module
-
                 t = time.perf_counter()
-                fn = torch.compile(to_graph_module(compiled.graph, device=dev))
+                fn = compiled.torch_compile(dev, pdl=False, combo=False)  # the plain compile
                 with torch.no_grad():
                     out_c = fn(*inp)[0]
                 tsec = time.perf_counter() - t

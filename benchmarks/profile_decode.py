@@ -170,13 +170,9 @@ def main(argv=None) -> int:
         result["qcomp_eager_ms"] = (time.perf_counter() - t) / 3 * 1e3
         fn = None
         if args.torch_compile:
-            from qcomp.runtime.fx_lowering import to_graph_module
-
-            import torch._inductor.config as inductor_config
-
-            with inductor_config.patch(INDUCTOR_VARIANTS.get(args.inductor_variant, {})):
-                fn = torch.compile(to_graph_module(compiled.graph, device=dev))
-                fn(*inp)
+            fn = compiled.torch_compile(dev, **INDUCTOR_VARIANTS.get(args.inductor_variant,
+                                                                     dict(pdl=False, combo=False)))
+            fn(*inp)
             result["inductor_variant"] = args.inductor_variant
             replay = graph_of(fn, inp)
             result["compiled_replay_ms"] = time_graph(replay) * 1e3

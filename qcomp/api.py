@@ -1,7 +1,6 @@
 """`qcomp.compile`: capture -> pass pipeline -> a callable compiled model."""
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,14 @@ class CompiledModel:
         from qcomp.runtime.fx_lowering import to_graph_module
 
         return to_graph_module(self.graph, device=device)
+
+    def torch_compile(self, device=None, *, pdl: bool = True, combo: bool = True, **compile_kwargs):
+        """torch.compile of graph_module(device) with inductor's PDL launches (`pdl`) and combo kernels (`combo`),
+        the settings of the fastest measured decode step; `compile_kwargs` go to torch.compile. combo can change
+        the rounding of some graphs: combo=False keeps the plain compile's numbers (qcomp.runtime.torch_compile)."""
+        from qcomp.runtime.torch_compile import torch_compile_graph
+
+        return torch_compile_graph(self.graph, device, pdl=pdl, combo=combo, **compile_kwargs)
 
     def save(self, path, tokenizer=None):
         """Write this model as an artifact directory (see qcomp.artifact); `qcomp.load(path)` reads it back."""

@@ -147,8 +147,10 @@ def test_inductor_variants_are_checked_before_any_work(capsys):
     """--inductor-variants names settings that exist in torch's inductor config, and needs --torch-compile."""
     import torch._inductor.config as inductor_config
 
-    for patch in gpu_decode.INDUCTOR_VARIANTS.values():
-        with inductor_config.patch(patch):  # every key is a real setting of this torch
+    from qcomp.runtime.torch_compile import inductor_options
+
+    for variant in gpu_decode.INDUCTOR_VARIANTS.values():
+        with inductor_config.patch(inductor_options(**variant)):  # every key is a real setting of this torch
             pass
     for argv in (["--inductor-variants", "combo,nope", "--torch-compile"], ["--inductor-variants", "combo"]):
         with pytest.raises(SystemExit):

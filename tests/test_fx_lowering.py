@@ -80,3 +80,29 @@ def test_compiled_model_graph_module(compiled_step):
     gm = compiled.graph_module()
     for a, b in zip(gm(*inp), compiled(*inp)):
         assert rel(a, b) < 1e-4
+
+
+def test_compiled_model_torch_compile_matches_graph_module(compiled_step):
+    """compiled.torch_compile(): inductor (with its PDL and combo settings, which change launches, not results on
+    CPU) computes what the graph module computes, on fresh inputs."""
+    compiled, step = compiled_step
+    inp = step_inputs(step, seed=6)
+    want = compiled.graph_module()(*inp)
+    torch._dynamo.reset()
+    got = compiled.torch_compile(fullgraph=True)(*inp)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and rel(a, b) < 1e-4
+
+
+def test_torch_compile_refuses_options_it_cannot_pass(compiled_step):
+    from qcomp.runtime.torch_compile import inductor_options
+
+    compiled, _ = compiled_step
+    assert inductor_options(pdl=True, combo=False) == {"triton.enable_pdl": True}
+    assert inductor_options(pdl=False, combo=False) == {}
+    with pytest.raises(ValueError, match="pass pdl=False, combo=False .* backend other than inductor"):
+        compiled.torch_compile(backend="aot_eager")
+    with pytest.raises(ValueError, match="a mode or options, not both"):
+        compiled.torch_compile(mode="max-autotune")
+    torch._dynamo.reset()
+    compiled.torch_compile(backend="aot_eager", pdl=False, combo=False)  # accepted: no inductor options
