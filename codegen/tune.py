@@ -131,10 +131,11 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
                 spec = dataclasses.replace(base, variant="gemm", block_m=16, block_n=bn, block_k=_fit_k(bk, base, k),
                                            num_warps=warps, num_stages=stages, group_m=1)
                 dots += [(spec, s) for s in _dot_splits(-(-n // bn), -(-k // spec.block_k), sms)]
-            # on a GPU the tensor-core tile of 16 rows is the untuned default (it won every M=16 row of the H100
-            # benchmark; the 16-row gemv is ~10x slower); the CPU interpreter keeps the gemv first (its tl.dot
-            # is slow, and wrong for bf16)
-            out = dots + out if _on_cuda(device) else out + dots
+            # on a GPU only the tensor-core tiles of 16 rows: they won every M=16 row of the H100 benchmark (the
+            # 16-row gemv ~10x slower), and an 8- or 16-row gemv takes 16-70 s to compile for sm_90 against
+            # 0.4-4.3 s for a tensor-core tile (session 20: batch-16 tuning spent 329 s compiling them). The CPU
+            # interpreter keeps the gemv first (its tl.dot is slow, and wrong for bf16)
+            out = dots if _on_cuda(device) else out + dots
     else:
         if base.had_block or base.x_glu or base.x_norm:
             raise ValueError("M > 16 takes no fused Hadamard, glu or norm: rotate x / apply silu(gate) * up / the "
