@@ -11,7 +11,9 @@ how that glue launches, not what each kernel computes (INDUCTOR_SETTINGS):
 - `combo`: independent pointwise kernels merged into one launch. It can change a graph's rounding (budget 3.0 on
   the H200: logits max rel 1.3e-2 from the plain compile, deterministic); `combo=False` keeps the plain numbers.
 Measured on the H200 (Llama-3-8B architecture, batch 1, budget 3.5; benchmarks/RESULTS.md, session 20): plain
-compile 3.152 ms per step, pdl 2.947, pdl+combo 2.879 (bf16 eager + CUDA graph 7.362).
+compile 3.152 ms per step, pdl 2.947, pdl+combo 2.879 (bf16 eager + CUDA graph 7.362). At batch 16 (the qlinear
+calls take the tensor-core variant, launched without PDL) pdl made the step slower (7.628 vs 7.548 ms) and changed
+the logits by 4.1e-3: compile batched steps with pdl=False.
 """
 from __future__ import annotations
 
