@@ -47,7 +47,7 @@ def torch_compile_graph(graph: Graph, device=None, *, pdl: bool = True, combo: b
     `compile_kwargs` go to torch.compile (fullgraph=True, mode=..., dynamic=...). Another backend than inductor
     takes no inductor options: pass pdl=False and combo=False with it."""
     backend = compile_kwargs.get("backend", "inductor")
-    options = {**inductor_options(pdl, combo), **compile_kwargs.pop("options", {})}
+    options = {**inductor_options(pdl, combo), **(compile_kwargs.pop("options", None) or {})}
     if backend != "inductor" and options:
         raise ValueError(f"torch_compile(backend={backend!r}) with inductor options {sorted(options)}: pass "
                          "pdl=False, combo=False (and no options=) with a backend other than inductor")

@@ -106,3 +106,4 @@ def test_torch_compile_refuses_options_it_cannot_pass(compiled_step):
         compiled.torch_compile(mode="max-autotune")
     torch._dynamo.reset()
     compiled.torch_compile(backend="aot_eager", pdl=False, combo=False)  # accepted: no inductor options
+    compiled.torch_compile(backend="aot_eager", pdl=False, combo=False, options=None)
