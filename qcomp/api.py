@@ -40,20 +40,22 @@ class CompiledModel:
         self._runtime = move_runtime(self._runtime, device, dtype)
         return self
 
-    def graph_module(self, device=None):
+    def graph_module(self, device=None, dtype=None):
         """The compiled graph as a torch.fx.GraphModule (qcomp.runtime.fx_lowering): no per-node Python at run
-        time, and `torch.compile(compiled.graph_module("cuda"))` fuses the glue around the qlinear kernels."""
+        time, and `torch.compile(compiled.graph_module("cuda"))` fuses the glue around the qlinear kernels.
+        dtype=torch.bfloat16 (or float16) casts a graph captured in float32 as `compiled.to(dtype=...)` does: the
+        qlinear kernels take fp16/bf16 activations only (float32 runs their reference path)."""
         from qcomp.runtime.fx_lowering import to_graph_module
 
-        return to_graph_module(self.graph, device=device)
+        return to_graph_module(self.graph, device=device, dtype=dtype)
 
-    def torch_compile(self, device=None, *, pdl: bool = True, combo: bool = True, **compile_kwargs):
-        """torch.compile of graph_module(device) with inductor's PDL launches (`pdl`) and combo kernels (`combo`),
-        the settings of the fastest measured decode step; `compile_kwargs` go to torch.compile. combo can change
-        the rounding of some graphs: combo=False keeps the plain compile's numbers (qcomp.runtime.torch_compile)."""
+    def torch_compile(self, device=None, *, dtype=None, pdl: bool = True, combo: bool = True, **compile_kwargs):
+        """torch.compile of graph_module(device, dtype) with inductor's PDL launches (`pdl`) and combo kernels
+        (`combo`), the settings of the fastest measured decode step; `compile_kwargs` go to torch.compile. combo can
+        change the rounding of some graphs: combo=False keeps the plain compile's numbers (qcomp.runtime.torch_compile)."""
         from qcomp.runtime.torch_compile import torch_compile_graph
 
-        return torch_compile_graph(self.graph, device, pdl=pdl, combo=combo, **compile_kwargs)
+        return torch_compile_graph(self.graph, device, dtype=dtype, pdl=pdl, combo=combo, **compile_kwargs)
 
     def save(self, path, tokenizer=None):
         """Write this model as an artifact directory (see qcomp.artifact); `qcomp.load(path)` reads it back."""

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from qcomp.numerics.quant_spec import QuantSpec
 from qcomp.qir import Graph, Node
 
+from .fx_lowering import cast_floating, quantized_param_targets
 from .reference import ReferenceRuntime
 
 RUNTIMES = ("auto", "executor", "reference")
@@ -71,10 +72,7 @@ class Executor(ReferenceRuntime):
         self._graphs: dict[tuple, object] = {}
         self._seen: set[tuple] = set()
         self._op = None
-        self._quant_targets = {n.attrs["target"] for q in graph.find("qlinear") for n in self._param_nodes(q.args[1:5])}
-
-    def _param_nodes(self, refs) -> list[Node]:
-        return [self.graph.node(r) for r in refs if r is not None and self.graph.node(r).op == "param"]
+        self._quant_targets = quantized_param_targets(graph)
 
     # -- placement --------------------------------------------------------------------------------
     def to(self, device=None, dtype: torch.dtype | None = None) -> "Executor":
@@ -96,9 +94,7 @@ class Executor(ReferenceRuntime):
         return t
 
     def _cast(self, v):
-        if self.dtype is not None and isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != self.dtype:
-            return v.to(self.dtype)
-        return v
+        return v if self.dtype is None else cast_floating(v, self.dtype)
 
     def eval_node(self, node: Node, env: dict, inputs: tuple):
         if node.op == "input" and self.dtype is not None:

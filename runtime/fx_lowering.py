@@ -8,9 +8,11 @@ The module computes what the Executor computes, node for node (same ops, same ta
 the `qcomp::qlinear` op with the node's spec, shape and fused rotation; `rotate`, `norm`, `embedding` and
 call-like nodes call the functions the reference runtime calls; parameters become buffers of the module
 (moved to `device`). Unlike the Executor it has no per-node Python at run time, and it can be handed to
-torch.compile (the qlinear op is opaque to it, with a fake implementation). Activations keep the graph's
-dtypes (no `dtype=` cast as the Executor offers): the qlinear kernels run for fp16/bf16 activations, and
-float32 activations take the op's reference path.
+torch.compile (the qlinear op is opaque to it, with a fake implementation). The qlinear kernels run for
+fp16/bf16 activations; float32 activations take the op's reference path. `dtype=` casts as the Executor's
+`dtype` does: floating parameters (not the packed weights, scales, tables) and floating inputs to `dtype`,
+and the floating arguments of linear, matmul and attention nodes, so a graph captured in float32 runs the
+kernels in float16/bfloat16 (`to_graph_module(graph, "cuda", dtype=torch.bfloat16)`).
 """
 from __future__ import annotations
 
@@ -52,12 +54,29 @@ def qlinear_call(x, packed, scales, lut, offsets, bias, had_signs, bits: int, p:
                    norm_weight, norm_eps, residual)
 
 
-def to_graph_module(graph: Graph, device=None) -> fx.GraphModule:
+def cast_floating(v, dtype: torch.dtype):
+    """v.to(dtype) for a floating tensor of another dtype, else v (the Executor's cast of one value)."""
+    if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != dtype:
+        return v.to(dtype)
+    return v
+
+
+def quantized_param_targets(graph: Graph) -> set[str]:
+    """The param targets that qlinear nodes read as packed weights, scales, lookup tables or offsets: kept in their
+    storage dtypes when the rest of the graph is cast."""
+    return {graph.node(r).attrs["target"] for q in graph.find("qlinear") for r in q.args[1:5]
+            if r is not None and graph.node(r).op == "param"}
+
+
+def to_graph_module(graph: Graph, device=None, dtype: torch.dtype | None = None) -> fx.GraphModule:
     """The QIR `graph` as an fx GraphModule whose forward takes the graph's inputs (see the module docstring)."""
     from qcomp.codegen import ops  # noqa: F401  (registers torch.ops.qcomp.qlinear)
     from qcomp.codegen.hadamard_util import signs_for
 
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch dtype (e.g. torch.bfloat16), got {dtype!r}")
     dev = torch.device(device) if device is not None else None
+    kept = quantized_param_targets(graph) if dtype is not None else set()
     root = nn.Module()
     fxg = fx.Graph()
     env: dict[str, fx.Node] = {}
@@ -72,16 +91,30 @@ def to_graph_module(graph: Graph, device=None) -> fx.GraphModule:
             node = attrs[key] = fxg.get_attr(name)
         return node
 
+    def cast(v):  # a floating fx value to dtype, as the Executor's _cast
+        if isinstance(v, fx.Node):
+            return fxg.call_function(cast_floating, (v, dtype))
+        if isinstance(v, (list, tuple)):
+            return type(v)(cast(x) for x in v)
+        return v
+
     for inp in sorted(graph.inputs, key=lambda nd: nd.attrs["index"]):
         env[inp.name] = fxg.placeholder(re.sub(r"\W", "_", inp.name))
+        if dtype is not None:
+            env[inp.name] = cast(env[inp.name])
     for node in graph.nodes:
         op, a = node.op, node.attrs
         if op == "input":
             continue
         if op == "param":
-            env[node.name] = buffer(("param", a["target"]), graph.params[a["target"]], a["target"])
+            t = graph.params[a["target"]]
+            if dtype is not None and a["target"] not in kept:
+                t = cast_floating(t, dtype)
+            env[node.name] = buffer(("param", a["target"]), t, a["target"])
             continue
         args, kwargs = resolve_args(node.args, env, dev), resolve_args(node.kwargs, env, dev)
+        if dtype is not None and op in ("linear", "matmul", "attention"):
+            args, kwargs = [cast(v) for v in args], {k: cast(v) for k, v in kwargs.items()}
         if op == "linear":
             out = fxg.call_function(F.linear, tuple(args))
         elif op == "qlinear":

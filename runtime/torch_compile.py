@@ -41,8 +41,9 @@ def inductor_options(pdl: bool = True, combo: bool = True) -> dict:
     return options
 
 
-def torch_compile_graph(graph: Graph, device=None, *, pdl: bool = True, combo: bool = True, **compile_kwargs):
-    """torch.compile(to_graph_module(graph, device), options=inductor_options(pdl, combo), **compile_kwargs).
+def torch_compile_graph(graph: Graph, device=None, *, dtype: torch.dtype | None = None, pdl: bool = True,
+                        combo: bool = True, **compile_kwargs):
+    """torch.compile(to_graph_module(graph, device, dtype), options=inductor_options(pdl, combo), **compile_kwargs).
 
     `compile_kwargs` go to torch.compile (fullgraph=True, mode=..., dynamic=...). Another backend than inductor
     takes no inductor options: pass pdl=False and combo=False with it."""
@@ -54,5 +55,5 @@ def torch_compile_graph(graph: Graph, device=None, *, pdl: bool = True, combo: b
     if compile_kwargs.get("mode") is not None and options:
         raise ValueError(f"torch_compile(mode={compile_kwargs['mode']!r}) with inductor options {sorted(options)}: "
                          "torch.compile takes a mode or options, not both; pass pdl=False, combo=False with a mode")
-    gm = to_graph_module(graph, device=device)
+    gm = to_graph_module(graph, device=device, dtype=dtype)
     return torch.compile(gm, options=options or None, **compile_kwargs)

@@ -2,6 +2,8 @@
 torch.compile traces it in one graph (the qlinear op opaque)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -107,3 +109,35 @@ def test_torch_compile_refuses_options_it_cannot_pass(compiled_step):
     torch._dynamo.reset()
     compiled.torch_compile(backend="aot_eager", pdl=False, combo=False)  # accepted: no inductor options
     compiled.torch_compile(backend="aot_eager", pdl=False, combo=False, options=None)
+
+
+def test_graph_module_dtype_casts_as_the_executor_does(compiled_step):
+    """dtype=torch.bfloat16 on a float32 graph: floating inputs and parameters cast, packed weights / scales / tables
+    kept, and the outputs equal the Executor's with the same dtype (both run the op's reference path on the CPU)."""
+    from qcomp.runtime.executor import Executor
+    from qcomp.runtime.fx_lowering import quantized_param_targets
+
+    compiled, step = compiled_step
+    g = compiled.graph
+    inp = step_inputs(step, seed=7)
+    gm = compiled.graph_module(dtype=torch.bfloat16)
+    kept = quantized_param_targets(g)
+    buffers = dict(gm.named_buffers())
+    assert kept and all(buffers["p_" + re.sub(r"\W", "_", t)].dtype == g.params[t].dtype for t in kept), \
+        "packed weights, scales and tables keep their storage dtypes"
+    cast = [t for t in g.params if t not in kept and g.params[t].dtype == torch.float32]
+    assert cast and all(buffers["p_" + re.sub(r"\W", "_", t)].dtype == torch.bfloat16 for t in cast)
+    ex = Executor(g, dtype=torch.bfloat16)
+    with pytest.warns(Warning):  # the executor says once that the kernels need CUDA
+        want = ex.run(*inp)
+    got = gm(*inp)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype == torch.bfloat16 and a.shape == b.shape
+        assert rel(a, b) < 1e-2
+    torch._dynamo.reset()
+    for a, b in zip(compiled.torch_compile(dtype=torch.bfloat16)(*inp), got):  # inductor over the cast graph
+        assert a.dtype == torch.bfloat16 and rel(a, b) < 2e-2
+    f32 = compiled.graph_module()(*inp)
+    assert f32[0].dtype == torch.float32 and rel(got[0], f32[0]) < 5e-2
+    with pytest.raises(ValueError, match="floating torch dtype"):
+        compiled.graph_module(dtype=torch.int8)
