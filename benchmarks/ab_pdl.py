@@ -1,6 +1,6 @@
 """Programmatic dependent launch A/B on a GPU: each CUDA graph replays [a 1-row copy kernel writing x, the qlinear
-reading x] over weight copies past L2, with QCOMP_PDL=0 and 1 alternating (two rounds, best of each), so that the
-qlinear follows another kernel as in a decode step; the results must be equal bit for bit. One command:
+reading x] over weight copies past L2, with QCOMP_PDL=0, 1 and 2 alternating (two rounds, best of each), so that
+the qlinear follows another kernel as in a decode step; the results must be equal bit for bit. One command:
 
     python3 benchmarks/ab_pdl.py
 
@@ -15,6 +15,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_env import environment  # noqa: E402
 from bench_kernels import GROUP, copies_for, graph_time_us, make_qweight  # noqa: E402
 
 CASES = [(3, 64, 2, 8, 4096, 4096), (2, 128, 2, 16, 4096, 4096), (3, 64, 2, 8, 6144, 4096),
@@ -27,7 +28,7 @@ def main() -> int:
 
     gen = torch.Generator().manual_seed(0)
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__}")
-    print("| N x K | b | tile | split | PDL off µs | PDL on µs | on/off |\n|---|---|---|---|---|---|---|")
+    print("| N x K | b | tile | split | PDL 0 µs | PDL 1 µs | PDL 2 µs | 1/0 | 2/0 |\n|---|---|---|---|---|---|---|---|---|")
     for bits, bn, w, sk, n, k in CASES:
         spec = KernelSpec(bits=bits, grid="uniform", group_size=GROUP, act_dtype="bf16", had_block=128,
                           variant="gemv", block_m=1, block_n=bn, block_k=128, num_warps=w, num_stages=2)
@@ -38,16 +39,15 @@ def main() -> int:
         signs = (torch.randint(0, 2, (128,), generator=gen) * 2 - 1).float().cuda()
         lut32 = lut.float().contiguous()
         best, outs = {}, {}
-        for pdl in ("0", "1", "0", "1"):
-            os.environ["QCOMP_PDL"] = pdl
-            outs[pdl] = launch(spec, sk, xb.copy_(src), pcs[0], scales, lut32, None, None, signs, n, k).float()
-            fns = [lambda p_=p_: (xb.copy_(src), launch(spec, sk, xb, p_, scales, lut32, None, None, signs, n, k))
-                   for p_ in pcs]
-            best[pdl] = min(best.get(pdl, float("inf")), graph_time_us(fns))
-        os.environ.pop("QCOMP_PDL", None)
-        assert torch.equal(outs["0"], outs["1"]), "PDL changed the result"
-        print(f"| {n}x{k} | {bits} | n{bn} w{w} | {sk} | {best['0']:.2f} | {best['1']:.2f} | "
-              f"{best['1'] / best['0']:.3f} |", flush=True)
+        for pdl in ("0", "1", "2", "0", "1", "2"):
+            with environment({"QCOMP_PDL": pdl}):
+                outs[pdl] = launch(spec, sk, xb.copy_(src), pcs[0], scales, lut32, None, None, signs, n, k).float()
+                fns = [lambda p_=p_: (xb.copy_(src), launch(spec, sk, xb, p_, scales, lut32, None, None, signs, n, k))
+                       for p_ in pcs]
+                best[pdl] = min(best.get(pdl, float("inf")), graph_time_us(fns))
+        assert torch.equal(outs["0"], outs["1"]) and torch.equal(outs["0"], outs["2"]), "PDL changed the result"
+        print(f"| {n}x{k} | {bits} | n{bn} w{w} | {sk} | {best['0']:.2f} | {best['1']:.2f} | {best['2']:.2f} | "
+              f"{best['1'] / best['0']:.3f} | {best['2'] / best['0']:.3f} |", flush=True)
     return 0
 
 

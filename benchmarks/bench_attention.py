@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_env import environment  # noqa: E402
 
 SHAPES = [(1, 8, 4, 256, 128), (1, 8, 4, 4096, 128), (16, 8, 4, 256, 128), (1, 8, 4, 2048, 64)]
 
@@ -49,10 +53,9 @@ def main() -> int:
         t_q = graph_time_us([lambda c=c: attention(q, c[0], c[1], attn_mask=m) for c in caches])
         t_split = []
         for s in splits:
-            os.environ["QCOMP_ATTN_SPLIT"] = s
-            assert (attention(q, *caches[0], attn_mask=m).float() - ref).abs().max().item() < 2e-2
-            t_split.append(graph_time_us([lambda c=c: attention(q, c[0], c[1], attn_mask=m) for c in caches]))
-        os.environ.pop("QCOMP_ATTN_SPLIT", None)
+            with environment({"QCOMP_ATTN_SPLIT": s}):
+                assert (attention(q, *caches[0], attn_mask=m).float() - ref).abs().max().item() < 2e-2
+                t_split.append(graph_time_us([lambda c=c: attention(q, c[0], c[1], attn_mask=m) for c in caches]))
         refc = F.scaled_dot_product_attention(q.float(), k0.index_copy(2, pos, kn.float()),
                                               v0.index_copy(2, pos, vn.float()), attn_mask=m)
         errc = (torch.ops.qcomp.cached_attention(q, *caches[0], kn, vn, pos, m, None).float() - refc).abs().max().item()

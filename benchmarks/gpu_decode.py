@@ -13,7 +13,6 @@ Compile time is reported per budget (capture + passes; the sensitivity is measur
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
@@ -25,6 +24,9 @@ from pathlib import Path
 import torch
 
 from qcomp.runtime.torch_compile import inductor_options
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_env import environment  # noqa: E402  (re-exported: gpu_decode.environment)
 
 CONFIGS = {
     "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -214,21 +216,6 @@ def pipelines_of(arg: str, quantize_lm_head: bool = False, sensitivity_file: str
         label += "".join(f"@{k}={v}" for k, v in env.items())
         out.append((label, with_sensitivity_file(text, sensitivity_file), env))
     return out
-
-
-@contextlib.contextmanager
-def environment(env: dict):
-    """os.environ with `env` set inside the block, restored after it (a --pipeline entry's @VAR=VALUE settings)."""
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def allocation_histogram(report: dict) -> dict:
