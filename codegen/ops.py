@@ -10,12 +10,12 @@ Dispatch: CUDA tensors with fp16/bf16 activations run the generated kernel; CPU 
 TRITON_INTERPRET=1, for CI) forces the kernel. Blocks larger than MAX_FUSED_HADAMARD are rotated by a
 separate pass (rotate_blocks) before a kernel without rotation.
 
-`torch.ops.qcomp.qlinear_glu` takes x = [gate | up] ([..., 2k]) and computes qlinear(silu(gate) * up): the gemv
-kernels read the two halves and apply the activation while loading x (KernelSpec.x_glu); above
+`torch.ops.qcomp.qlinear_fused` holds the fusions of the prologue and epilogue (passes/fuse_glu.py,
+passes/fuse_norm.py, passes/fuse_residual.py):
+    y = residual + qlinear(rms_norm(x) * norm_weight)       (each part optional)
+    y = residual + qlinear(silu(gate) * up)                 (glu=True: x = [gate | up], [..., 2k])
+With glu the gemv kernels read the two halves and apply the activation while loading x (KernelSpec.x_glu); above
 FUSED_HADAMARD_MAX_M rows, torch computes silu(gate) * up first.
-
-`torch.ops.qcomp.qlinear_fused` adds two more fusions to those (passes/fuse_norm.py, passes/fuse_residual.py):
-    y = residual + qlinear(rms_norm(x) * norm_weight)       (either part optional; glu in place of the norm)
 with the residual added to y rounded to x's dtype, as the unfused graph adds it. The gemv kernels apply the norm
 themselves (KernelSpec.x_norm: weight * x in the loop, the row's 1 / rms after it, from the sum of squares of the x
 they load; equal to the reference up to roundings) and every kernel adds the residual in its epilogue (the HAS_RES
@@ -332,31 +332,6 @@ def _qlinear_fake(x, packed, scales, lut, offsets, bias, had_signs, bits, p, gro
     return x.new_empty((*x.shape[:-1], n))
 
 
-@torch.library.custom_op("qcomp::qlinear_glu", mutates_args=())
-def qlinear_glu_op(
-    x: torch.Tensor,
-    packed: torch.Tensor,
-    scales: torch.Tensor,
-    lut: torch.Tensor,
-    offsets: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor],
-    had_signs: Optional[torch.Tensor],
-    bits: int,
-    p: int,
-    group_size: int,
-    grid: str,
-    n: int,
-    k: int,
-    had_block: int,
-) -> torch.Tensor:
-    """qlinear of silu(gate) * up for x = [gate | up] [..., 2k]: the MLP activation read inside the gemv kernel."""
-    return _dispatch(x, (packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block),
-                     glu=True)
-
-
-qlinear_glu_op.register_fake(_qlinear_fake)  # the same output shape: [..., n]
-
-
 @torch.library.custom_op("qcomp::qlinear_fused", mutates_args=())
 def qlinear_fused_op(
     x: torch.Tensor,
@@ -393,9 +368,9 @@ def _qlinear_fused_fake(x, packed, scales, lut, offsets, bias, had_signs, norm_w
 def qlinear(x, packed, scales, lut, offsets, bias, *, bits, p, group_size, grid, n, k,
             had_block=0, had_seed=None, had_signs=None, glu=False, norm_weight=None, norm_eps=None, residual=None):
     """y = rot(x) @ W_hat^T + bias for x [..., k] -> [..., n] (see the module docstring); with glu, x [..., 2k] is
-    [gate | up] and the layer reads silu(gate) * up (torch.ops.qcomp.qlinear_glu); with norm_weight (and norm_eps)
-    it reads rms_norm(x) * norm_weight, and with residual [..., n] returns residual + y
-    (torch.ops.qcomp.qlinear_fused)."""
+    [gate | up] and the layer reads silu(gate) * up; with norm_weight (and norm_eps) it reads
+    rms_norm(x) * norm_weight, and with residual [..., n] returns residual + y (these through
+    torch.ops.qcomp.qlinear_fused)."""
     _check(x, packed, scales, lut, offsets, bits, p, group_size, grid, n, k, had_block, glu)
     _check_fusions(x, n, k, glu, norm_weight, norm_eps, residual)
     if had_block and had_signs is None:
@@ -411,13 +386,13 @@ def qlinear(x, packed, scales, lut, offsets, bias, *, bits, p, group_size, grid,
 def call_op(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block,
             glu=False, norm_weight=None, norm_eps=None, residual=None):
     """The registered op for these fusions, on arguments already checked and completed (signs, lut):
-    torch.ops.qcomp.qlinear_fused with a norm or a residual, else qlinear_glu for glu, else qlinear."""
-    if norm_weight is not None or residual is not None:
+    torch.ops.qcomp.qlinear_fused with glu, a norm or a residual, else torch.ops.qcomp.qlinear."""
+    if glu or norm_weight is not None or residual is not None:
         return torch.ops.qcomp.qlinear_fused(x, packed, scales, lut, offsets, bias, had_signs, norm_weight, residual,
                                              bits, p, group_size, grid, n, k, had_block, bool(glu),
                                              float(norm_eps or 0.0))
-    op = torch.ops.qcomp.qlinear_glu if glu else torch.ops.qcomp.qlinear
-    return op(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k, had_block)
+    return torch.ops.qcomp.qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, group_size, grid, n, k,
+                                   had_block)
 
 
 def _check_fusions(x, n, k, glu, norm_weight, norm_eps, residual) -> None:

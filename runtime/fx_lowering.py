@@ -44,7 +44,7 @@ def _attr_name(target: str, taken: set[str]) -> str:
 def qlinear_call(x, packed, scales, lut, offsets, bias, had_signs, bits: int, p: int, group_size: int, grid: str,
                  n: int, k: int, had_block: int, glu: bool = False, norm_weight=None, norm_eps: float = 0.0,
                  residual=None):
-    """torch.ops.qcomp.qlinear (qlinear_glu for x = [gate | up], qlinear_fused with a norm or a residual) with a bias
+    """torch.ops.qcomp.qlinear (qlinear_fused for x = [gate | up], a norm or a residual) with a bias
     cast to x's dtype (as the Executor does)."""
     from qcomp.codegen.ops import call_op
 

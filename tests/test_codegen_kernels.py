@@ -429,7 +429,7 @@ def test_gemv_glu_reads_silu_gate_times_up(bits, grid, p, act, had, scratch, m, 
 
 
 def test_glu_op_and_its_fallbacks(monkeypatch):
-    """The qlinear_glu op: the forced kernel (M <= 4, fused) and the paths where torch computes silu(gate) * up
+    """qlinear with glu (the qlinear_fused op): the forced kernel (M <= 4, fused) and the paths where torch computes silu(gate) * up
     first (M > 4; a rotation above the fused limit) match the CPU reference; a wrong width names the fix."""
     n, k = 32, 512
     for m, had in ((2, 128), (6, 128), (3, 512)):

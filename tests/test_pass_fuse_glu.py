@@ -46,7 +46,7 @@ def test_glu_ir_text(tiny_decode):
 
 
 def test_kernels_in_the_interpreter_match_the_reference(tiny_decode, monkeypatch):
-    """The fx lowering calls torch.ops.qcomp.qlinear_glu; forced onto the generated kernels (CPU interpreter; one
+    """The fx lowering calls torch.ops.qcomp.qlinear_fused (glu=True); forced onto the generated kernels (CPU interpreter; one
     token, so the gemv reads the two halves) it matches the same module on the reference path."""
     pytest.importorskip("triton")
     from qcomp.runtime.fx_lowering import to_graph_module
