@@ -58,6 +58,17 @@ def test_generate_speed_script_runs_on_the_cpu(tmp_path):
     assert dynamic["generator"].startswith("dynamic") and dynamic["ms_per_token"] > 0
 
 
+def test_cpu_decode_step_script_compares_the_three_paths(capsys):
+    """cpu_decode_step.py on the tiny config: the graph module computes the reference runtime's logits (the same
+    reference math on the CPU, up to float32 rounding), and the table names each path."""
+    import cpu_decode_step
+
+    assert cpu_decode_step.main(["--model", "tiny", "--max-len", "16", "--no-inductor"]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and "ms/step" not in ln]
+    assert [r.split(" | ")[0] for r in rows] == ["| reference runtime (compiled(...))", "| graph module"]
+    assert float(rows[1].rstrip(" |").split(" | ")[-1]) < 1e-5
+
+
 def test_per_call_table_pairs_kernels_with_qlinear_nodes():
     """profile_decode.per_call: the generated kernels in launch order next to the graph's qlinear nodes; other
     kernels ignored; a count mismatch gives no table rather than a misattributed one."""
