@@ -114,28 +114,30 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
     out = []
     sms = _sm_count(device)
     if m <= 16:
-        bm = m_bucket(m)
-        for bn, bk, warps in GEMV_TILES:
-            bn = max(16, bn // max(1, bm // 2))  # fewer rows per program as the accumulator sets multiply
-            bk = _fit_k(bk, base, k)
-            spec = dataclasses.replace(base, variant="gemv", block_m=bm, block_n=bn, block_k=bk,
-                                       num_warps=warps, num_stages=2)
-            for split in _gemv_splits(-(-n // bn) * -(-m // bm), -(-k // bk), sms):
-                out.append((spec, split))
-                if base.had_block:  # the rotated x through a scratch row (kernel_spec.had_scratch): fewer
-                    out.append((dataclasses.replace(spec, had_scratch=True), split))  # instructions, one more L2 trip
+        dots = []
         if m > 4 and not (base.had_block or base.x_glu or base.x_norm):  # (ops.py rotates x, and applies
             # silu(gate) * up or the norm, apart above FUSED_HADAMARD_MAX_M)
-            dots = []
             for bn, bk, warps, stages in DOT_SMALL_M:
                 spec = dataclasses.replace(base, variant="gemm", block_m=16, block_n=bn, block_k=_fit_k(bk, base, k),
                                            num_warps=warps, num_stages=stages, group_m=1)
                 dots += [(spec, s) for s in _dot_splits(-(-n // bn), -(-k // spec.block_k), sms)]
-            # on a GPU only the tensor-core tiles of 16 rows: they won every M=16 row of the H100 benchmark (the
-            # 16-row gemv ~10x slower), and an 8- or 16-row gemv takes 16-70 s to compile for sm_90 against
-            # 0.4-4.3 s for a tensor-core tile (session 20: batch-16 tuning spent 329 s compiling them). The CPU
-            # interpreter keeps the gemv first (its tl.dot is slow, and wrong for bf16)
-            out = dots if _on_cuda(device) else out + dots
+        # on a GPU only the tensor-core tiles of 16 rows where they apply: they won every M=16 row of the H100
+        # benchmark (the 16-row gemv ~10x slower), and an 8- or 16-row gemv takes 16-70 s to compile for sm_90
+        # against 0.4-4.3 s for a tensor-core tile (session 20: batch-16 tuning spent 329 s compiling them). The CPU
+        # interpreter keeps the gemv first (its tl.dot is slow, and wrong for bf16)
+        if not (dots and _on_cuda(device)):
+            bm = m_bucket(m)
+            for bn, bk, warps in GEMV_TILES:
+                bn = max(16, bn // max(1, bm // 2))  # fewer rows per program as the accumulator sets multiply
+                bk = _fit_k(bk, base, k)
+                spec = dataclasses.replace(base, variant="gemv", block_m=bm, block_n=bn, block_k=bk,
+                                           num_warps=warps, num_stages=2)
+                for split in _gemv_splits(-(-n // bn) * -(-m // bm), -(-k // bk), sms):
+                    out.append((spec, split))
+                    if base.had_block:  # the rotated x through a scratch row (kernel_spec.had_scratch): fewer
+                        # instructions, one more L2 trip
+                        out.append((dataclasses.replace(spec, had_scratch=True), split))
+        out += dots
     else:
         if base.had_block or base.x_glu or base.x_norm:
             raise ValueError("M > 16 takes no fused Hadamard, glu or norm: rotate x / apply silu(gate) * up / the "
