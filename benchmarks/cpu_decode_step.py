@@ -21,18 +21,18 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_decode import CONFIGS, rel_err  # noqa: E402
 
 
-def mean_ms(fn, args, n: int = 5):
-    out = fn(*args)  # warm-up (and, for torch.compile, the compile)
+def timed(fn, args, n: int = 5):
+    """(seconds of the first call: the warm-up, and for torch.compile the compile; mean ms of the next n; output)."""
+    t = time.perf_counter()
+    fn(*args)
+    first = time.perf_counter() - t
     t = time.perf_counter()
     for _ in range(n):
         out = fn(*args)
-    return (time.perf_counter() - t) / n * 1e3, out
-
-
-def rel(a, b) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
+    return first, (time.perf_counter() - t) / n * 1e3, out
 
 
 def main(argv=None) -> int:
@@ -49,8 +49,6 @@ def main(argv=None) -> int:
 
     torch.manual_seed(0)
     if args.model == "tiny":
-        from gpu_decode import CONFIGS
-
         lm = transformers.LlamaForCausalLM(transformers.LlamaConfig(**CONFIGS["tiny"])).eval()
     else:
         lm = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
@@ -63,18 +61,14 @@ def main(argv=None) -> int:
            torch.randn(gen.cache_shape, generator=g), torch.randn(gen.cache_shape, generator=g))
     rows = []
     with torch.no_grad():
-        ms, ref = mean_ms(compiled, inp)
+        _, ms, ref = timed(compiled, inp)
         rows.append(("reference runtime (compiled(...))", ms, 0.0, 0.0))
-        ms, out = mean_ms(compiled.graph_module(), inp)
-        rows.append(("graph module", ms, 0.0, rel(out[0], ref[0])))
+        _, ms, out = timed(compiled.graph_module(), inp)
+        rows.append(("graph module", ms, 0.0, rel_err(out[0], ref[0])))
         if not args.no_inductor:
             torch._dynamo.reset()
-            fn = compiled.torch_compile(pdl=False, combo=False)
-            t = time.perf_counter()
-            fn(*inp)
-            compile_s = time.perf_counter() - t
-            ms, out = mean_ms(fn, inp)
-            rows.append(("inductor (compiled.torch_compile())", ms, compile_s, rel(out[0], ref[0])))
+            compile_s, ms, out = timed(compiled.torch_compile(pdl=False, combo=False), inp)
+            rows.append(("inductor (compiled.torch_compile())", ms, compile_s, rel_err(out[0], ref[0])))
     print(f"{args.model} | budget {args.budget} | batch 1 | torch {torch.__version__} | {torch.get_num_threads()} threads")
     print("| path | ms/step | compile s | logits rel err vs reference |\n|---|---|---|---|")
     for name, ms, cs, err in rows:
