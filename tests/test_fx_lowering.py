@@ -2,8 +2,6 @@
 torch.compile traces it in one graph (the qlinear op opaque)."""
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 
@@ -115,7 +113,7 @@ def test_graph_module_dtype_casts_as_the_executor_does(compiled_step):
     """dtype=torch.bfloat16 on a float32 graph: floating inputs and parameters cast, packed weights / scales / tables
     kept, and the outputs equal the Executor's with the same dtype (both run the op's reference path on the CPU)."""
     from qcomp.runtime.executor import Executor
-    from qcomp.runtime.fx_lowering import quantized_param_targets
+    from qcomp.runtime.fx_lowering import _attr_name, quantized_param_targets
 
     compiled, step = compiled_step
     g = compiled.graph
@@ -123,10 +121,14 @@ def test_graph_module_dtype_casts_as_the_executor_does(compiled_step):
     gm = compiled.graph_module(dtype=torch.bfloat16)
     kept = quantized_param_targets(g)
     buffers = dict(gm.named_buffers())
-    assert kept and all(buffers["p_" + re.sub(r"\W", "_", t)].dtype == g.params[t].dtype for t in kept), \
+
+    def buffer_dtype(target):  # the module's buffer of a param target (its name as the lowering gives it)
+        return buffers[_attr_name(target, set())].dtype
+
+    assert kept and all(buffer_dtype(t) == g.params[t].dtype for t in kept), \
         "packed weights, scales and tables keep their storage dtypes"
     cast = [t for t in g.params if t not in kept and g.params[t].dtype == torch.float32]
-    assert cast and all(buffers["p_" + re.sub(r"\W", "_", t)].dtype == torch.bfloat16 for t in cast)
+    assert cast and all(buffer_dtype(t) == torch.bfloat16 for t in cast)
     ex = Executor(g, dtype=torch.bfloat16)
     with pytest.warns(Warning):  # the executor says once that the kernels need CUDA
         want = ex.run(*inp)
