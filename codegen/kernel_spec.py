@@ -10,6 +10,8 @@ Two spec families come from one renderer (render.py):
 * variant "gemm": tensor-core tiles, acc^T[block_n, block_m] += dot(W tile, x^T tile): the [block_n, block_k]
   weight tile is dequantized once per K step in registers in natural K order and meets the x^T tile in ONE
   tl.dot per K step (pipelined loads, num_stages); grouped program order for L2 reuse; split-K as above.
+  With a_regs (uniform grid, 1/2/4/8-bit codes, fp16): one tl.dot per slot of the packed words instead, so that
+  Triton keeps the dequantized weights in registers as the wgmma's A operand (gemm_regs.py).
 
 Fields that are not a kernel's text (the shape, the split count) stay out of it, so one compiled kernel
 serves every shape.
@@ -21,6 +23,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from . import gemm_regs
 from .packing import TRIO, planes
 
 GRID_KINDS = ("uniform", "uniform_asym", "lut")
@@ -52,6 +55,7 @@ class KernelSpec:
     had_scratch: bool = False  # gemv + fused Hadamard: rotated x goes through a scratch row (see render._hadamard_x)
     x_glu: bool = False  # gemv: x rows hold [gate | up] (2K wide); the kernel reads silu(gate) * up (render._x_expr)
     x_norm: bool = False  # gemv: y of rms_norm(x) * weight: weight * x in the loop, 1 / rms after it (render._norm_ssq)
+    a_regs: bool = False  # gemm: one tl.dot per slot, the dequantized weights stay in registers (gemm_regs.py)
 
     def __post_init__(self):
         self.validate()
@@ -95,6 +99,13 @@ class KernelSpec:
             bad("x_glu needs the gemv variant (ops.py applies silu(gate) * up in torch before a gemm)")
         if self.x_norm and (self.variant != "gemv" or self.x_glu):
             bad("x_norm needs the gemv variant without x_glu (ops.py applies the norm in torch before a gemm)")
+        if self.a_regs:
+            why = "needs the gemm variant" if self.variant != "gemm" else gemm_regs.eligible(
+                self.bits, self.grid, self.p, self.act_dtype, self.scale_per_tile)
+            if why is None and self.block_k < gemm_regs.min_block_k(self.bits):
+                why = f"needs block_k >= {gemm_regs.min_block_k(self.bits)} at {self.bits} bits (16 codes per slot and row)"
+            if why:
+                bad(f"a_regs (weights in registers) {why}")
         if self.block_k % (128 * self.p):
             bad(f"block_k must cover whole 128-code pack tiles: a multiple of {128 * self.p}")
         if h and self.block_k % h:
@@ -132,7 +143,10 @@ class KernelSpec:
         return self.group_size == -1 or self.group_size % self.block_k == 0
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.a_regs:  # (added later: off, it stays out, so earlier specs keep their JSON, digest and tuning keys)
+            del d["a_regs"]
+        return d
 
     def to_json(self) -> str:
         return json.dumps({"version": KERNEL_SPEC_VERSION, **self.to_dict()}, sort_keys=True)
@@ -151,6 +165,7 @@ class KernelSpec:
         return (
             f"qlinear_{self.variant}_w{self.bits}_{grid}_g{g}_{self.act_dtype}{had}{'_glu' if self.x_glu else ''}"
             f"{'_rms' if self.x_norm else ''}"
+            f"{'_ra' if self.a_regs else ''}"
             f"_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
         )
 

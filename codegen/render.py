@@ -16,6 +16,7 @@ import os
 import struct
 from pathlib import Path
 
+from . import gemm_regs
 from .kernel_spec import KernelSpec
 from .packing import ROW_GROUP, TRIO, planes, trio_bit, trio_word
 
@@ -942,6 +943,12 @@ def _gemm_body(s: KernelSpec, dt: str) -> list[str]:
         "offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)",
         "mask_m = offs_m < M",
         "x_col = x_ptr + offs_m[None, :] * stride_xm",
+    ]
+    if s.a_regs:  # one tl.dot per slot, the weights in registers (gemm_regs.py)
+        target = "part" if mode == "row" else "acc"
+        L += gemm_regs.prologue(s) + ["acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)"]
+        return L + _gemm_tail(s, mode, True, gemm_regs.loop(s, target), target)
+    L += [
         "offs_k = tl.arange(0, BLOCK_K)",
         f"t_idx = tl.arange(0, {T})[:, None]  # pack tile of the K step",
         f"q_idx = tl.arange(0, {W0})[None, :]  # column (word) within the tile",
@@ -1022,12 +1029,20 @@ def _gemm_body(s: KernelSpec, dt: str) -> list[str]:
         "kx = offs_k + step * BLOCK_K",
         "xt = tl.load(x_col + kx[:, None], mask=mask_m[None, :] & (kx < K)[:, None], other=0.0)",
     ]
+    return L + _gemm_tail(s, mode, after, loop, "")
+
+
+def _gemm_tail(s: KernelSpec, mode: str, after: bool, loop: list[str], part: str) -> list[str]:
+    """The K loop (its body `loop`, then the scale of the step) and everything after it. part: the name of the
+    step's partial sum that `loop` leaves, or "" for one tl.dot(wt, xt) per step."""
+    L = []
     half = " * 0.5" if s.grid == "uniform" and after else ""
     if mode == "row" and after:
         loop += [f"sc = tl.load(s_ptr + offs_n * stride_s + (step * BLOCK_K) // {s.group_size}, mask=mask_n, "
                  f"other=0.0).to(tl.float32){half}",
+                 f"acc += {part} * sc[:, None]" if part else
                  "acc += tl.dot(wt, xt) * sc[:, None]  # one tensor-core product per K step"]
-    else:
+    elif not part:
         loop.append("acc = tl.dot(wt, xt, acc)  # one tensor-core product per K step")
     L.append("for step in range(step_lo, step_hi):")
     L += ["    " + x for x in loop]
@@ -1064,12 +1079,14 @@ def kernel_source(spec: KernelSpec) -> str:
         "):",
     ]
     hdr = _header(s)
-    if use_half2(s) or s.x_glu or s.x_norm:
+    if use_half2(s) or s.x_glu or s.x_norm or s.a_regs:
         hdr = hdr[: hdr.index("import triton")] + ["import os", ""] + hdr[hdr.index("import triton"):]
     if s.x_glu or s.x_norm:
         hdr += _rne_helper() + (_glu_helper() if s.x_glu else _wx_helper())
     if use_half2(s):
         hdr += _half2_helpers(s)
+    if s.a_regs:
+        hdr += gemm_regs.helpers(s)
     return "\n".join(hdr + sig + ["    " + b for b in body]) + "\n"
 
 

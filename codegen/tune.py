@@ -23,7 +23,7 @@ import threading
 
 import torch
 
-from .kernel_spec import KernelSpec
+from .kernel_spec import KernelSpec, KernelSpecError
 from .render import cache_dir
 
 _CHOICES: dict[str, tuple[dict, int]] = {}
@@ -147,6 +147,7 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
                                        block_k=_fit_k(bk, base, k), num_warps=warps, num_stages=stages)
             progs = -(-m // bm) * -(-n // bn)
             out += [(spec, s) for s in _dot_splits(progs, -(-k // spec.block_k), sms)]
+    out = _a_regs_twins(out, device)
     seen, uniq = set(), []
     for c in out:
         if c not in seen:
@@ -155,10 +156,45 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
     return uniq
 
 
+def a_regs_setting(device) -> str:
+    """QCOMP_A_REGS: "0" tensor-core tiles keep the dequantized weights in shared memory; "1" every tile that may
+    (KernelSpec.a_regs: uniform grid, 1/2/4/8-bit codes, fp16) keeps them in registers instead; "both" tries each.
+    Default: "both" on CUDA, "0" elsewhere (the CPU interpreter's candidate list stays short)."""
+    raw = os.environ.get("QCOMP_A_REGS", "").strip()
+    if raw == "":
+        return "both" if _on_cuda(device) else "0"
+    if raw not in ("0", "1", "both"):
+        raise ValueError(f"QCOMP_A_REGS={raw!r}: use 0, 1 or both (unset: both on CUDA)")
+    return raw
+
+
+def _a_regs_twins(cands: list[tuple[KernelSpec, int]], device) -> list[tuple[KernelSpec, int]]:
+    """Per a_regs_setting: each tensor-core candidate that may keep its weights in registers, with (both) or
+    replaced by (1) that twin, right after it."""
+    how = a_regs_setting(device)
+    if how == "0":
+        return cands
+    out = []
+    for spec, split in cands:
+        twin = None
+        if spec.variant == "gemm":
+            try:
+                twin = dataclasses.replace(spec, a_regs=True)
+            except KernelSpecError:
+                pass
+        if twin is None or how == "both":
+            out.append((spec, split))
+        if twin is not None:
+            out.append((twin, split))
+    return out
+
+
 def _key(base: KernelSpec, m: int, n: int, k: int, device) -> str:
     gpu = torch.cuda.get_device_name(device) if device is not None and device.type == "cuda" else "cpu"
     splits = gemv_splits_setting()
     tried = "" if splits == GEMV_SPLITS else "|splits " + ",".join(map(str, splits))  # picks from other candidates
+    a_regs = a_regs_setting(device)
+    tried += "" if a_regs == ("both" if _on_cuda(device) else "0") else f"|a_regs {a_regs}"
     return f"{gpu}|m{m_bucket(m)}|{n}x{k}|{base.to_json()}{tried}"
 
 

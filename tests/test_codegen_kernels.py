@@ -132,6 +132,30 @@ def test_gemm_one_dot_per_k_step(bits, grid, p, g, bk):
     assert kernel_source(spec).count("tl.dot(") == 1
 
 
+@pytest.mark.parametrize("bits,g,bk,m,split", [(4, 128, 128, 33, 1), (4, -1, 256, 16, 2), (8, 128, 128, 20, 1),
+                                               (2, 256, 256, 37, 3), (1, -1, 512, 17, 1)])
+def test_gemm_weights_in_registers(bits, g, bk, m, split):
+    """a_regs: one tl.dot per slot of the packed words (gemm_regs.py), ragged M, N and K, split-K, scales per K step
+    and per row; the CPU interpreter runs the plain-Triton twin of each slot's PTX."""
+    n, k = 72, 1024 + (128 if g == -1 else g)  # per-row scales: K not a whole number of steps
+    d = make_case(bits, "uniform", 1, g, 0, m, n, k, seed=bits * 17 + bk + m)
+    spec = KernelSpec(bits=bits, grid="uniform", group_size=g, variant="gemm", block_m=16, block_n=32,
+                      block_k=bk, group_m=2, a_regs=True)
+    check(run_kernel(d, spec, split, n, k), reference(d, bits, 1, g, "uniform", n, k, 0))
+    src = kernel_source(spec)
+    assert src.count("tl.dot(") == 32 // bits and "tl.reshape" not in src
+
+
+@pytest.mark.parametrize("fields,why", [(dict(bits=3), "one code plane"), (dict(bits=5), "one code plane"),
+                                        (dict(grid="lut"), "uniform"), (dict(act_dtype="bf16"), "fp16"),
+                                        (dict(group_size=64), "one scale per"), (dict(bits=2), "block_k >= 256"),
+                                        (dict(variant="gemv", block_m=1), "gemm variant")])
+def test_gemm_weights_in_registers_scope(fields, why):
+    base = dict(bits=4, grid="uniform", group_size=128, variant="gemm", block_m=16, block_n=64, block_k=128)
+    with pytest.raises(KernelSpecError, match=why):
+        KernelSpec(**{**base, **fields, "a_regs": True})
+
+
 def test_gemm_bf16_source():
     """bf16 activations: the weight tile is made exactly in fp32 and cast (no fp16 magic). Numerics run on the
     GPU only: the Triton 3.9 CPU interpreter's tl.dot on bf16 operands returns garbage (checked by hand)."""

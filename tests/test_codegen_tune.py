@@ -1,4 +1,6 @@
 """Invariants of the autotuner's candidate lists (codegen/tune.py): every (spec, split) is valid for its shape."""
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -30,7 +32,13 @@ def test_candidates_are_valid_and_split_leaves_work(m, n, k_tiles, bits, had):
             assert spec.variant == "gemm"
     if m <= 16:
         assert cands[0][0].variant == "gemv", "the untuned default on CPU (interpreter) must be the gemv"
-    gpu = tune.candidates(base, m, n, k, torch.device("cuda"))
+    gpu_all = tune.candidates(base, m, n, k, torch.device("cuda"))
+    gpu = [c for c in gpu_all if not c[0].a_regs]
+    twins = [c for c in gpu_all if c[0].a_regs]
+    assert all((dataclasses.replace(t, a_regs=False), sp) in gpu for t, sp in twins), "a twin without its tile"
+    assert bool(twins) == (bits in (1, 2, 4, 8) and any(c[0].variant == "gemm" and c[0].block_k >= 128 * max(1, 4 // bits)
+                                                        and c[0].scale_per_tile for c in gpu)), \
+        "on a GPU every eligible tensor-core tile is also tried with its weights in registers"
     if 4 < m <= 16 and not base.had_block:
         assert gpu == [c for c in cands if c[0].variant == "gemm"], \
             "on a GPU, 4 < M <= 16 tries the tensor-core tiles alone (slow-compiling 16-row gemvs left out)"
@@ -130,3 +138,23 @@ def test_tune_timer_is_checked(monkeypatch):
         tune._timer(torch.device("cpu"))
     monkeypatch.setenv("QCOMP_TUNE_TIMER", "do_bench")
     assert callable(tune._timer(torch.device("cpu")))
+
+
+def test_a_regs_setting(monkeypatch):
+    """QCOMP_A_REGS: 0 leaves the twins out, 1 replaces each eligible tensor-core tile by its twin, a bad value names
+    the choices; a choice made under an override is cached apart."""
+    base = KernelSpec(bits=4, group_size=128, block_m=1)
+    cuda = torch.device("cuda")
+    both = tune.candidates(base, 64, 4096, 4096, cuda)
+    monkeypatch.setenv("QCOMP_A_REGS", "0")
+    off = tune.candidates(base, 64, 4096, 4096, cuda)
+    assert off == [c for c in both if not c[0].a_regs] and len(off) < len(both)
+    monkeypatch.setenv("QCOMP_A_REGS", "1")
+    on = tune.candidates(base, 64, 4096, 4096, cuda)
+    assert on == [c for c in both if c[0].a_regs or not any(t[0].a_regs and t[1] == c[1] and
+                                                            dataclasses.replace(t[0], a_regs=False) == c[0] for t in both)]
+    assert any(c[0].a_regs for c in on) and any(not c[0].a_regs for c in on)  # block_k 256 > group 128: no twin
+    assert tune._key(base, 64, 4096, 4096, torch.device("cpu")).endswith("|a_regs 1")
+    monkeypatch.setenv("QCOMP_A_REGS", "yes")
+    with pytest.raises(ValueError, match="use 0, 1 or both"):
+        tune.candidates(base, 64, 4096, 4096, cuda)

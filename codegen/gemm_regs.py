@@ -1,0 +1,118 @@
+"""The tensor-core tile with its dequantized weights in registers (KernelSpec.a_regs): text for render.py.
+
+Why: the plain gemm tile (render._gemm_body) builds one [BLOCK_N, BLOCK_K] weight tile with a reshape and feeds it
+to ONE tl.dot; Triton then stores the tile to shared memory and reads it back (STS + LDSM) before every wgmma.
+Triton 3.6 keeps the wgmma's A operand in registers only when every op between the weights' load and the dot is
+elementwise (arith, bitcast, pure unary inline asm) and every other input of that chain is a load or a constant
+(OptimizeDotOperands' MMAV3HoistLayoutConversion): no reshape, no shift tensor built from tl.arange.
+
+How: packing v5 (PACKING.md) already puts slot j of the W0 words of a tile on W0 consecutive codes
+(t = j * W0 + i). So a K step loads the words as [BLOCK_N, T * W0] once and makes one tl.dot per slot j, each with
+the [T * W0, BLOCK_M] activations at k = tile * 128 + j * W0 + i (runs of W0). The slot's codes come from the words
+by one elementwise function with constants only: on CUDA one PTX block per pair of weights (a PRMT joins the
+halves of two words that hold the slot, a shift and a LOP3 put 1024 + 2 * code in each fp16 half, a sub.f16x2
+leaves 2 * code - (2^w - 1)); under TRITON_INTERPRET=1 the same values in plain Triton. Scales multiply the
+K step's partial sum, as in the plain tile.
+
+Scope (KernelSpec.validate): uniform grid, one code plane of 1, 2, 4 or 8 bits, fp16 activations, one scale per
+(row, K step) or per row, and T * W0 >= 16 (tl.dot's K).
+"""
+from __future__ import annotations
+
+import struct
+
+from .packing import ROW_GROUP, planes
+
+FP16_MAGIC = 0x6400  # fp16 1024.0: its mantissa ulp is 1, so bits 0..9 OR-ed into it add exactly
+
+
+def eligible(bits: int, grid: str, p: int, act_dtype: str, scale_per_tile: bool) -> str | None:
+    """None if a spec with these fields may take a_regs, else why not (for KernelSpec.validate's message)."""
+    if grid != "uniform" or p != 1:
+        return "needs grid 'uniform' with p = 1"
+    if len(planes(bits)) != 1 or bits == 3:
+        return f"needs one code plane of 1, 2, 4 or 8 bits, got {bits}"
+    if act_dtype != "fp16":
+        return "needs fp16 activations"
+    if not scale_per_tile:
+        return "needs one scale per (row, K step): group_size -1 or a multiple of block_k"
+    return None
+
+
+def min_block_k(bits: int) -> int:
+    """Smallest K step whose slot has >= 16 codes per row (tl.dot's K): T * 4 * bits >= 16."""
+    return 128 * max(1, 4 // bits)
+
+
+def _f16x2(v: float) -> int:
+    h = struct.unpack("<H", struct.pack("<e", v))[0]
+    return h | h << 16
+
+
+def helpers(s) -> list[str]:
+    """One jitted function per slot j: _slot_<j>(words) -> fp16 2 * code - (2^w - 1) of slot j, elementwise."""
+    w = s.bits
+    S, nb = 32 // w, 2 ** w - 1
+    mask2 = ((2 ** w - 1) << 1) * 0x10001
+    z2 = _f16x2(1024.0 + nb)
+    L = [
+        "# slot j of each word -> fp16 2 * code - (2^w - 1), exact: PTX on CUDA (two weights per block), plain Triton in the",
+        "# CPU interpreter",
+        'USE_PTX = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")',
+        "",
+        "",
+    ]
+    for j in range(S):
+        h, pos = divmod(j * w, 16)
+        sel = "0x7632" if h else "0x5410"  # the high / low halves of the two words, first word low
+        shift = "shl.b32 p, p, 1; " if pos == 0 else (f"shr.b32 p, p, {pos - 1}; " if pos > 1 else "")
+        L += [
+            "@triton.jit",
+            f"def _slot_{j}(word):",
+            f"    # bits {j * w}..{j * w + w - 1}: 1024 + 2 * code in each half, minus {1024.0 + nb!r}",
+            "    if USE_PTX:",
+            "        return tl.inline_asm_elementwise(",
+            f'            "{{ .reg .b32 p, z; prmt.b32 p, $1, $2, {sel}; {shift}"',
+            f'            "lop3.b32 p, p, {mask2:#010x}, 0x64006400, 0xEA; mov.b32 z, {z2:#010x}; sub.rn.f16x2 $0, p, z; }}",',
+            '            "=r,r,r", [word], dtype=tl.float16, is_pure=True, pack=2)',
+            "    else:",
+            f"        code = (word >> {j * w}) & {2 ** w - 1}",
+            f"        return (code * 2 + {FP16_MAGIC:#x}).to(tl.int16).to(tl.float16, bitcast=True) - {1024.0 + nb!r}",
+            "",
+            "",
+        ]
+    return L
+
+
+def prologue(s) -> list[str]:
+    """Index tensors of the K step, built once: the columns' word offsets and the slot-0 code of each column."""
+    W0 = 4 * s.bits
+    return [
+        "offs_c = tl.arange(0, C)  # column = (tile, word) of the K step",
+        f"tile_c = offs_c // {W0}",
+        f"code_c = tile_c * 128 + offs_c % {W0}  # code of slot 0 of column c within the K step",
+        f"code_c = tl.max_contiguous(tl.multiple_of(code_c, {W0}), {W0})  # runs of {W0}: vector loads of x",
+        f"# packing v5: rows in groups of {ROW_GROUP}; a (group, tile) is one run of {ROW_GROUP} rows x {W0} words",
+        f"w_rows = w_ptr + (offs_n // {ROW_GROUP})[:, None] * ({ROW_GROUP} * stride_w) + (offs_n % {ROW_GROUP})[:, None] * {W0}",
+        f"w_cols = tile_c * {ROW_GROUP * W0} + offs_c % {W0}",
+    ]
+
+
+def loop(s, target: str) -> list[str]:
+    """One K step: the words once, then per slot j a tl.dot of its codes with x at k = code_c + j * W0, accumulated
+    into `target` (a fresh partial sum 'part' when scales follow per step, else acc)."""
+    W0 = 4 * s.bits
+    T = s.block_k // 128
+    L = [
+        f"words = tl.load(w_rows + step * {T * ROW_GROUP * W0} + w_cols[None, :], "
+        f"mask=mask_n[:, None] & (step * {T} + tile_c < plane_words // 4)[None, :], other=0)",
+    ]
+    if target != "acc":
+        L.append(f"{target} = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)")
+    for j in range(32 // s.bits):
+        L += [
+            f"kx = step * BLOCK_K + {j * W0} + code_c",
+            "xt = tl.load(x_col + kx[:, None], mask=mask_m[None, :] & (kx < K)[:, None], other=0.0)",
+            f"{target} = tl.dot(_slot_{j}(words), xt, {target})  # slot {j}: codes t * 128 + {j * W0} + i",
+        ]
+    return L
