@@ -98,21 +98,23 @@ def prologue(s) -> list[str]:
     ]
 
 
+def _load(target: str, ptr: str, mask: str, other: str) -> list[str]:
+    """`target = tl.load(ptr)`, unmasked when EVEN (whole K steps and M, N tiles; as render._even_load)."""
+    return ["if EVEN:", f"    {target} = tl.load({ptr})",
+            "else:", f"    {target} = tl.load({ptr}, mask={mask}, other={other})"]
+
+
 def loop(s, target: str) -> list[str]:
     """One K step: the words once, then per slot j a tl.dot of its codes with x at k = code_c + j * W0, accumulated
     into `target` (a fresh partial sum 'part' when scales follow per step, else acc)."""
     W0 = 4 * s.bits
     T = s.block_k // 128
-    L = [
-        f"words = tl.load(w_rows + step * {T * ROW_GROUP * W0} + w_cols[None, :], "
-        f"mask=mask_n[:, None] & (step * {T} + tile_c < plane_words // 4)[None, :], other=0)",
-    ]
+    L = _load("words", f"w_rows + step * {T * ROW_GROUP * W0} + w_cols[None, :]",
+              f"mask_n[:, None] & (step * {T} + tile_c < plane_words // 4)[None, :]", "0")
     if target != "acc":
         L.append(f"{target} = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)")
     for j in range(32 // s.bits):
-        L += [
-            f"kx = step * BLOCK_K + {j * W0} + code_c",
-            "xt = tl.load(x_col + kx[:, None], mask=mask_m[None, :] & (kx < K)[:, None], other=0.0)",
-            f"{target} = tl.dot(_slot_{j}(words), xt, {target})  # slot {j}: codes t * 128 + {j * W0} + i",
-        ]
+        L.append(f"kx = step * BLOCK_K + {j * W0} + code_c")
+        L += _load("xt", "x_col + kx[:, None]", "mask_m[None, :] & (kx < K)[:, None]", "0.0")
+        L.append(f"{target} = tl.dot(_slot_{j}(words), xt, {target})  # slot {j}: codes t * 128 + {j * W0} + i")
     return L

@@ -36,6 +36,9 @@ _FILE_LOADED = False
 GEMV_TILES = [(64, 128, 2), (128, 128, 2), (256, 128, 4), (128, 128, 8), (32, 128, 2)]
 GEMV_SPLITS = (16, 8, 4)  # split-K counts tried per tile (sweep: 8-16 beat the old 1-2 by 20-40 %)
 DOT_SMALL_M = [(128, 128, 4, 4), (64, 128, 4, 4), (64, 256, 4, 3), (128, 256, 4, 3)]  # gemm, 4 < M <= 16: (n, k, warps, stages)
+# 4 < M <= 16, weights in registers only (KernelSpec.a_regs): a wider tile halves the loop overhead per weight (sm_90
+# static counts, triton 3.6: 2.6 instead of 3.0 instructions per weight at w4)
+A_REGS_SMALL_M = [(256, 128, 4, 4)]
 DOT_SPLITS = (2, 4, 8)  # split-K counts tried besides the heuristic one for tensor-core tiles (few programs per SM)
 # gemm (M > 16) per M bucket: (m, n, k, warps, stages); acc^T is [n, m]: n feeds the wgmma M dimension
 GEMM_TILES = {
@@ -120,6 +123,13 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
             for bn, bk, warps, stages in DOT_SMALL_M:
                 spec = dataclasses.replace(base, variant="gemm", block_m=16, block_n=bn, block_k=_fit_k(bk, base, k),
                                            num_warps=warps, num_stages=stages, group_m=1)
+                dots += [(spec, s) for s in _dot_splits(-(-n // bn), -(-k // spec.block_k), sms)]
+            for bn, bk, warps, stages in A_REGS_SMALL_M if a_regs_setting(device) != "0" else []:
+                try:
+                    spec = dataclasses.replace(base, variant="gemm", block_m=16, block_n=bn, block_k=_fit_k(bk, base, k),
+                                               num_warps=warps, num_stages=stages, group_m=1, a_regs=True)
+                except KernelSpecError:  # not a width, grid or group the registers path takes
+                    continue
                 dots += [(spec, s) for s in _dot_splits(-(-n // bn), -(-k // spec.block_k), sms)]
         # on a GPU only the tensor-core tiles of 16 rows where they apply: they won every M=16 row of the H100
         # benchmark (the 16-row gemv ~10x slower), and an 8- or 16-row gemv takes 16-70 s to compile for sm_90

@@ -132,12 +132,13 @@ def test_gemm_one_dot_per_k_step(bits, grid, p, g, bk):
     assert kernel_source(spec).count("tl.dot(") == 1
 
 
-@pytest.mark.parametrize("bits,g,bk,m,split", [(4, 128, 128, 33, 1), (4, -1, 256, 16, 2), (8, 128, 128, 20, 1),
-                                               (2, 256, 256, 37, 3), (1, -1, 512, 17, 1)])
-def test_gemm_weights_in_registers(bits, g, bk, m, split):
-    """a_regs: one tl.dot per slot of the packed words (gemm_regs.py), ragged M, N and K, split-K, scales per K step
-    and per row; the CPU interpreter runs the plain-Triton twin of each slot's PTX."""
-    n, k = 72, 1024 + (128 if g == -1 else g)  # per-row scales: K not a whole number of steps
+@pytest.mark.parametrize("bits,g,bk,m,split,n,k", [(4, 128, 128, 33, 1, 72, 1152), (4, -1, 256, 16, 2, 72, 1152),
+                                                   (8, 128, 128, 20, 1, 72, 1152), (2, 256, 256, 37, 3, 72, 1280),
+                                                   (1, -1, 512, 17, 1, 72, 1152), (4, 128, 128, 32, 2, 64, 1024)])
+def test_gemm_weights_in_registers(bits, g, bk, m, split, n, k):
+    """a_regs: one tl.dot per slot of the packed words (gemm_regs.py), ragged M, N and K (per-row scales: K not a whole
+    number of steps), whole tiles (EVEN, unmasked loads), split-K, scales per K step and per row; the CPU interpreter
+    runs the plain-Triton twin of each slot's PTX."""
     d = make_case(bits, "uniform", 1, g, 0, m, n, k, seed=bits * 17 + bk + m)
     spec = KernelSpec(bits=bits, grid="uniform", group_size=g, variant="gemm", block_m=16, block_n=32,
                       block_k=bk, group_m=2, a_regs=True)
