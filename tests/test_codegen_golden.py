@@ -17,6 +17,9 @@ GOLDENS = {  # file in tests/golden -> spec
     "codegen_gemv_w3_bf16_h128_rms.py.txt": KernelSpec(bits=3, group_size=128, act_dtype="bf16", had_block=128,
                                                        variant="gemv", block_m=1, block_n=64, block_k=128,
                                                        num_warps=2, num_stages=2, x_norm=True),
+    # the tensor-core tile that keeps its weights in registers: one tl.dot per slot, PTX per weight pair
+    "codegen_gemm_w4_regs.py.txt": KernelSpec(bits=4, group_size=128, variant="gemm", block_m=16, block_n=128,
+                                              block_k=128, num_stages=4, group_m=1, a_regs=True),
 }
 
 
