@@ -39,3 +39,17 @@ def test_pdl_levels_compile_to_their_grid_dependency_instructions(pdl):
                      "num_stages": 2, "act_dtype": "bf16", "had_block": 128}, "--pdl", str(pdl))
     assert (r["pdl_wait"], r["pdl_trigger"]) == (pdl >= 1, pdl == 2)
     assert r["registers"] is None or 32 <= r["registers"] <= 255
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_weights_in_registers_feed_the_wgmma_from_registers(bits):
+    """a_regs (codegen/gemm_regs.py): its PTX assembles (ptxas) and the K loop reads no dequantized weight tile back
+    from shared memory (no LDSM; at most the one store Triton's pipeline keeps), with wgmma (HGMMA) doing the
+    products. The plain tile's loop, for contrast, is longer."""
+    spec = {"bits": bits, "variant": "gemm", "block_m": 16, "block_n": 128, "block_k": 128 * max(1, 4 // bits),
+            "group_size": -1, "num_warps": 4, "num_stages": 4}
+    regs = sass_report({**spec, "a_regs": True})
+    assert regs["kernel"].startswith(f"qlinear_gemm_w{bits}_uniform_gch_fp16_ra_")
+    assert any(op.startswith("HGMMA") for op in regs["opcodes"])
+    assert not any(op.startswith("LDSM") for op in regs["opcodes"]) and regs["shared_stores"] <= 1, regs["opcodes"]
+    assert regs["loop_instructions"] < sass_report(spec)["loop_instructions"]
