@@ -19,8 +19,6 @@ Scope (KernelSpec.validate): uniform grid, one code plane of 1, 2, 4 or 8 bits, 
 """
 from __future__ import annotations
 
-import struct
-
 from .packing import ROW_GROUP, planes
 
 FP16_MAGIC = 0x6400  # fp16 1024.0: its mantissa ulp is 1, so bits 0..9 OR-ed into it add exactly
@@ -44,17 +42,14 @@ def min_block_k(bits: int) -> int:
     return 128 * max(1, 4 // bits)
 
 
-def _f16x2(v: float) -> int:
-    h = struct.unpack("<H", struct.pack("<e", v))[0]
-    return h | h << 16
-
-
 def helpers(s) -> list[str]:
     """One jitted function per slot j: _slot_<j>(words) -> fp16 2 * code - (2^w - 1) of slot j, elementwise."""
+    from .render import _f16_bits  # (render imports this module)
+
     w = s.bits
     S, nb = 32 // w, 2 ** w - 1
     mask2 = ((2 ** w - 1) << 1) * 0x10001
-    z2 = _f16x2(1024.0 + nb)
+    z2 = _f16_bits(1024.0 + nb) * 0x10001
     L = [
         "# slot j of each word -> fp16 2 * code - (2^w - 1), exact: PTX on CUDA (two weights per block), plain Triton in the",
         "# CPU interpreter",
@@ -98,23 +93,19 @@ def prologue(s) -> list[str]:
     ]
 
 
-def _load(target: str, ptr: str, mask: str, other: str) -> list[str]:
-    """`target = tl.load(ptr)`, unmasked when EVEN (whole K steps and M, N tiles; as render._even_load)."""
-    return ["if EVEN:", f"    {target} = tl.load({ptr})",
-            "else:", f"    {target} = tl.load({ptr}, mask={mask}, other={other})"]
-
-
 def loop(s, target: str) -> list[str]:
     """One K step: the words once, then per slot j a tl.dot of its codes with x at k = code_c + j * W0, accumulated
     into `target` (a fresh partial sum 'part' when scales follow per step, else acc)."""
+    from .render import _even_load  # unmasked when EVEN (render imports this module)
+
     W0 = 4 * s.bits
     T = s.block_k // 128
-    L = _load("words", f"w_rows + step * {T * ROW_GROUP * W0} + w_cols[None, :]",
+    L = _even_load("words", f"w_rows + step * {T * ROW_GROUP * W0} + w_cols[None, :]",
               f"mask_n[:, None] & (step * {T} + tile_c < plane_words // 4)[None, :]", "0")
     if target != "acc":
         L.append(f"{target} = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)")
     for j in range(32 // s.bits):
         L.append(f"kx = step * BLOCK_K + {j * W0} + code_c")
-        L += _load("xt", "x_col + kx[:, None]", "mask_m[None, :] & (kx < K)[:, None]", "0.0")
+        L += _even_load("xt", "x_col + kx[:, None]", "mask_m[None, :] & (kx < K)[:, None]", "0.0")
         L.append(f"{target} = tl.dot(_slot_{j}(words), xt, {target})  # slot {j}: codes t * 128 + {j * W0} + i")
     return L

@@ -120,15 +120,14 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
         dots = []
         if m > 4 and not (base.had_block or base.x_glu or base.x_norm):  # (ops.py rotates x, and applies
             # silu(gate) * up or the norm, apart above FUSED_HADAMARD_MAX_M)
-            for bn, bk, warps, stages in DOT_SMALL_M:
-                spec = dataclasses.replace(base, variant="gemm", block_m=16, block_n=bn, block_k=_fit_k(bk, base, k),
-                                           num_warps=warps, num_stages=stages, group_m=1)
-                dots += [(spec, s) for s in _dot_splits(-(-n // bn), -(-k // spec.block_k), sms)]
-            for bn, bk, warps, stages in A_REGS_SMALL_M if a_regs_setting(device) != "0" else []:
+            regs_only = [(t, True) for t in A_REGS_SMALL_M] if a_regs_setting(device) != "0" else []
+            for (bn, bk, warps, stages), a_regs in [(t, False) for t in DOT_SMALL_M] + regs_only:
                 try:
                     spec = dataclasses.replace(base, variant="gemm", block_m=16, block_n=bn, block_k=_fit_k(bk, base, k),
-                                               num_warps=warps, num_stages=stages, group_m=1, a_regs=True)
-                except KernelSpecError:  # not a width, grid or group the registers path takes
+                                               num_warps=warps, num_stages=stages, group_m=1, a_regs=a_regs)
+                except KernelSpecError:  # (a_regs) not a width, grid or group the registers path takes
+                    if not a_regs:
+                        raise
                     continue
                 dots += [(spec, s) for s in _dot_splits(-(-n // bn), -(-k // spec.block_k), sms)]
         # on a GPU only the tensor-core tiles of 16 rows where they apply: they won every M=16 row of the H100
@@ -166,13 +165,17 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
     return uniq
 
 
+def _a_regs_default(device) -> str:
+    return "both" if _on_cuda(device) else "0"
+
+
 def a_regs_setting(device) -> str:
     """QCOMP_A_REGS: "0" tensor-core tiles keep the dequantized weights in shared memory; "1" every tile that may
     (KernelSpec.a_regs: uniform grid, 1/2/4/8-bit codes, fp16) keeps them in registers instead; "both" tries each.
     Default: "both" on CUDA, "0" elsewhere (the CPU interpreter's candidate list stays short)."""
     raw = os.environ.get("QCOMP_A_REGS", "").strip()
     if raw == "":
-        return "both" if _on_cuda(device) else "0"
+        return _a_regs_default(device)
     if raw not in ("0", "1", "both"):
         raise ValueError(f"QCOMP_A_REGS={raw!r}: use 0, 1 or both (unset: both on CUDA)")
     return raw
@@ -187,7 +190,7 @@ def _a_regs_twins(cands: list[tuple[KernelSpec, int]], device) -> list[tuple[Ker
     out = []
     for spec, split in cands:
         twin = None
-        if spec.variant == "gemm":
+        if spec.variant == "gemm" and not spec.a_regs:  # (A_REGS_SMALL_M tiles are their own twin)
             try:
                 twin = dataclasses.replace(spec, a_regs=True)
             except KernelSpecError:
@@ -204,7 +207,7 @@ def _key(base: KernelSpec, m: int, n: int, k: int, device) -> str:
     splits = gemv_splits_setting()
     tried = "" if splits == GEMV_SPLITS else "|splits " + ",".join(map(str, splits))  # picks from other candidates
     a_regs = a_regs_setting(device)
-    tried += "" if a_regs == ("both" if _on_cuda(device) else "0") else f"|a_regs {a_regs}"
+    tried += "" if a_regs == _a_regs_default(device) else f"|a_regs {a_regs}"
     return f"{gpu}|m{m_bucket(m)}|{n}x{k}|{base.to_json()}{tried}"
 
 
