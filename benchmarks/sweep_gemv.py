@@ -65,6 +65,7 @@ def main():
     ap.add_argument("--block-n", default=",".join(map(str, BLOCK_N)))
     ap.add_argument("--block-k", default=",".join(map(str, BLOCK_K)))
     ap.add_argument("--warps", default=",".join(map(str, WARPS)))
+    ap.add_argument("--splits", default=",".join(map(str, SPLITS)), help="split-K counts to time (1 = none)")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     ap.add_argument("--budget", type=float, default=400, help="seconds; later cases are skipped past it")
     ap.add_argument("--top", type=int, default=5)
@@ -83,6 +84,7 @@ def main():
     hads = [int(h) for h in args.hads.split(",")]
     ms = [int(m) for m in args.ms.split(",")]
     stages = [int(v) for v in args.stages.split(",")]
+    splits = [int(v) for v in args.splits.split(",")]
     space = dict(act=args.act, block_n=[int(v) for v in args.block_n.split(",")],
                  block_k=[int(v) for v in args.block_k.split(",")], warps=[int(v) for v in args.warps.split(",")])
     dtype = torch.bfloat16 if args.act == "bf16" else torch.float16
@@ -114,7 +116,7 @@ def main():
         lut32 = lut.float().contiguous()
         res = []
         for spec in specs_for(bits, had, m, stages, **space):
-            for sk in SPLITS:
+            for sk in splits:
                 if sk > 1 and -(-k // spec.block_k) < 2 * sk:
                     continue
                 try:
