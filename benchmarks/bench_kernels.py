@@ -290,7 +290,8 @@ def main():
                             emit(contestant=tag, b=bits, grid=grid, had=had, NxK=f"{n}x{k}", M=m, us=us,
                                  TBs=nbytes / us / 1e6, x_copy=nbytes / us / 1e6 / bw, x_fp16=fp16_us[m] / us,
                                  relerr=err, kernel=f"{spec.variant}:n{spec.block_n}k{spec.block_k}m{spec.block_m}"
-                                 f"w{spec.num_warps}s{spec.num_stages}x{split}{'ra' if spec.a_regs else ''}",
+                                 f"w{spec.num_warps}s{spec.num_stages}x{split}{'ra' if spec.a_regs else ''}"
+                                 f"{'s' if spec.a_scales else ''}",
                                  status="ok" if err < 1e-2 else "BAD")
                         except Exception as e:
                             traceback.print_exc()

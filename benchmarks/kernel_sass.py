@@ -43,7 +43,7 @@ def compile_spec(spec, arch: int, even: bool = True, pdl: int | None = None, res
     from qcomp.codegen.render import load_kernel
 
     act = "*fp16" if spec.act_dtype == "fp16" else "*bf16"
-    sig = {"x_ptr": act, "w_ptr": "*i32", "s_ptr": act, "o_ptr": act, "lut_ptr": "*fp32",
+    sig = {"x_ptr": act, "w_ptr": "*i32", "s_ptr": act, "o_ptr": "*i32" if spec.a_scales else act, "lut_ptr": "*fp32",
            "sgn_ptr": "*fp32" if spec.had_block else act, "bias_ptr": act, "y_ptr": act,
            "ws_ptr": "*fp32", "cnt_ptr": "*i32", "nw_ptr": act, "res_ptr": act,
            "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_ym": "i32", "stride_w": "i32",

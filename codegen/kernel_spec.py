@@ -11,7 +11,8 @@ Two spec families come from one renderer (render.py):
   weight tile is dequantized once per K step in registers in natural K order and meets the x^T tile in ONE
   tl.dot per K step (pipelined loads, num_stages); grouped program order for L2 reuse; split-K as above.
   With a_regs (uniform grid, 1/2/4/8-bit codes, fp16): one tl.dot per slot of the packed words instead, so that
-  Triton keeps the dequantized weights in registers as the wgmma's A operand (gemm_regs.py).
+  Triton keeps the dequantized weights in registers as the wgmma's A operand (gemm_regs.py); a_scales also
+  multiplies the group scales into A, so the K steps' tl.dots chain into one accumulator.
 
 Fields that are not a kernel's text (the shape, the split count) stay out of it, so one compiled kernel
 serves every shape.
@@ -56,6 +57,8 @@ class KernelSpec:
     x_glu: bool = False  # gemv: x rows hold [gate | up] (2K wide); the kernel reads silu(gate) * up (render._x_expr)
     x_norm: bool = False  # gemv: y of rms_norm(x) * weight: weight * x in the loop, 1 / rms after it (render._norm_ssq)
     a_regs: bool = False  # gemm: one tl.dot per slot, the dequantized weights stay in registers (gemm_regs.py)
+    a_scales: bool = False  # a_regs: the row scale multiplies the dequantized weights (A) instead of each K step's
+    # partial sum, so every tl.dot accumulates into one chain; the kernel reads the scales widened to int32 (o_ptr)
 
     def __post_init__(self):
         self.validate()
@@ -106,6 +109,9 @@ class KernelSpec:
                 why = f"needs block_k >= {gemm_regs.min_block_k(self.bits)} at {self.bits} bits (16 codes per slot and row)"
             if why:
                 bad(f"a_regs (weights in registers) {why}")
+        if self.a_scales and not (self.a_regs and self.group_size != -1 and self.scale_per_tile):
+            bad("a_scales needs a_regs and one scale per (row, K step) from groups: group_size a multiple of "
+                "block_k, not -1 (a per-row scale is applied once after the K loop anyway)")
         if self.block_k % (128 * self.p):
             bad(f"block_k must cover whole 128-code pack tiles: a multiple of {128 * self.p}")
         if h and self.block_k % h:
@@ -144,8 +150,9 @@ class KernelSpec:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        if not self.a_regs:  # (added later: off, it stays out, so earlier specs keep their JSON, digest and tuning keys)
-            del d["a_regs"]
+        for late in ("a_regs", "a_scales"):  # (added later: off, they stay out, so earlier specs keep their JSON,
+            if not d[late]:  # digest and tuning keys)
+                del d[late]
         return d
 
     def to_json(self) -> str:
@@ -165,7 +172,7 @@ class KernelSpec:
         return (
             f"qlinear_{self.variant}_w{self.bits}_{grid}_g{g}_{self.act_dtype}{had}{'_glu' if self.x_glu else ''}"
             f"{'_rms' if self.x_norm else ''}"
-            f"{'_ra' if self.a_regs else ''}"
+            f"{'_ra' if self.a_regs else ''}{'s' if self.a_scales else ''}"
             f"_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
         )
 

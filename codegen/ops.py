@@ -112,6 +112,39 @@ def reference_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p,
     return y.to(x.dtype)
 
 
+FP16_MAX = 65504.0
+
+
+def widened_scales(scales: torch.Tensor, bits: int) -> torch.Tensor:
+    """fp16 scales [n, groups] as int32 whose low half holds each scale's bits, for KernelSpec.a_scales tiles: they
+    read one 4-byte word per scale so that Triton's pipeliner copies it asynchronously (see gemm_regs.loop).
+
+    Cached on the scales tensor and rebuilt when it is written in place; built inside a CUDA-graph capture (no
+    warm-up call first) it is part of the graph. The first build outside a capture checks that
+    (2^bits - 1) * max|scale| (the largest dequantized value before the kernel's final * 0.5) fits fp16."""
+    if scales.dtype != torch.float16:
+        raise ValueError(f"a_scales tiles read fp16 scales, got {scales.dtype}: convert the scales to float16 or "
+                         "use a spec without a_scales")
+    if scales.dim() != 2 or scales.stride(-1) != 1:
+        raise ValueError(f"a_scales tiles need scales [n, groups] with unit column stride, got shape "
+                         f"{tuple(scales.shape)} strides {scales.stride()}")
+    key = (scales._version, scales.data_ptr(), bits)
+    hit = getattr(scales, "_qcomp_widened", None)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    wide = torch.empty_strided(scales.shape, scales.stride(), dtype=torch.int32, device=scales.device)
+    wide.copy_(scales.view(torch.int16))  # (the same strides: the kernel indexes both with stride_s)
+    if scales.is_cuda and torch.cuda.is_current_stream_capturing():
+        return wide
+    top = float(scales.abs().amax()) * (2 ** bits - 1) if scales.numel() else 0.0
+    if not top < FP16_MAX:
+        raise ValueError(f"scales up to {top / (2 ** bits - 1):.4g} at {bits} bits overflow fp16 in an a_scales tile "
+                         f"({top:.4g} >= {FP16_MAX}): set QCOMP_A_SCALES=0 (scales after the dot) or use smaller "
+                         "groups")
+    scales._qcomp_widened = (key, wide)
+    return wide
+
+
 def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bias, signs, n, k,
            out: Optional[torch.Tensor] = None, warmup: bool = False, norm: Optional[tuple] = None,
            residual: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -145,6 +178,8 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
     run = functools.partial(kern.warmup, grid=grid) if warmup else kern[grid]
     pdl = use_pdl(spec, dev)
     nw, eps = norm if spec.x_norm else (scales, 0.0)
+    if spec.a_scales:  # the kernel reads the scales as int32 words (o_ptr: a_scales takes the uniform grid only)
+        offsets = widened_scales(scales, spec.bits)
     run(
         x2, packed, scales, offsets if offsets is not None else scales, lut, sg,
         bias if bias is not None else scales, y, ws, cnt, nw, residual if residual is not None else y,

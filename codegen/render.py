@@ -945,7 +945,7 @@ def _gemm_body(s: KernelSpec, dt: str) -> list[str]:
         "x_col = x_ptr + offs_m[None, :] * stride_xm",
     ]
     if s.a_regs:  # one tl.dot per slot, the weights in registers (gemm_regs.py)
-        target = "part" if mode == "row" else "acc"
+        target = "part" if mode == "row" and not s.a_scales else "acc"
         L += gemm_regs.prologue(s) + ["acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)"]
         return L + _gemm_tail(s, mode, True, gemm_regs.loop(s, target), target)
     L += [
@@ -1037,7 +1037,7 @@ def _gemm_tail(s: KernelSpec, mode: str, after: bool, loop: list[str], part: str
     step's partial sum that `loop` leaves, or "" for one tl.dot(wt, xt) per step."""
     L = []
     half = " * 0.5" if s.grid == "uniform" and after else ""
-    if mode == "row" and after:
+    if mode == "row" and after and not s.a_scales:
         loop += [f"sc = tl.load(s_ptr + offs_n * stride_s + (step * BLOCK_K) // {s.group_size}, mask=mask_n, "
                  f"other=0.0).to(tl.float32){half}",
                  f"acc += {part} * sc[:, None]" if part else
@@ -1048,6 +1048,8 @@ def _gemm_tail(s: KernelSpec, mode: str, after: bool, loop: list[str], part: str
     L += ["    " + x for x in loop]
     if mode == "channel" and after:
         L += [f"acc = acc * (tl.load(s_ptr + offs_n * stride_s, mask=mask_n, other=0.0).to(tl.float32){half})[:, None]"]
+    if s.a_scales:  # the scales went into A, the 0.5 of 2 * (code - z) is left
+        L.append("acc = acc * 0.5")
     L += [
         "if HAS_BIAS:",
         "    if pid_k == 0:  # split-K: one program per output tile adds the bias",

@@ -173,27 +173,46 @@ def a_regs_setting(device) -> str:
     """QCOMP_A_REGS: "0" tensor-core tiles keep the dequantized weights in shared memory; "1" every tile that may
     (KernelSpec.a_regs: uniform grid, 1/2/4/8-bit codes, fp16) keeps them in registers instead; "both" tries each.
     Default: "both" on CUDA, "0" elsewhere (the CPU interpreter's candidate list stays short)."""
-    raw = os.environ.get("QCOMP_A_REGS", "").strip()
+    return _twin_setting("QCOMP_A_REGS", device)
+
+
+def _twin_setting(var: str, device) -> str:
+    """The environment variable `var` as "0", "1" or "both"; unset: _a_regs_default(device)."""
+    raw = os.environ.get(var, "").strip()
     if raw == "":
         return _a_regs_default(device)
     if raw not in ("0", "1", "both"):
-        raise ValueError(f"QCOMP_A_REGS={raw!r}: use 0, 1 or both (unset: both on CUDA)")
+        raise ValueError(f"{var}={raw!r}: use 0, 1 or both (unset: both on CUDA)")
     return raw
 
 
-def _a_regs_twins(cands: list[tuple[KernelSpec, int]], device) -> list[tuple[KernelSpec, int]]:
-    """Per a_regs_setting: each tensor-core candidate that may keep its weights in registers, with (both) or
-    replaced by (1) that twin, right after it."""
-    how = a_regs_setting(device)
+def a_scales_setting(device) -> str:
+    """QCOMP_A_SCALES, for the tiles that keep their weights in registers (KernelSpec.a_regs) with group scales:
+    "0" scales multiply each K step's partial sum; "1" they multiply the weights in A (KernelSpec.a_scales);
+    "both" tries each. Default: as a_regs_setting's default."""
+    return _twin_setting("QCOMP_A_SCALES", device)
+
+
+# scales in A (KernelSpec.a_scales) only for tiles of this many activation rows or more. H100, 28672x8192, w4
+# (benchmarks/results/time_specs_v24_scales_in_a_h100.tsv): M=16 (m16 n256) 70.2 -> 99.3 us, M=64 mixed (m64 n128
+# 114.2 -> 126.4, at 8192x28672 split 2 124.5 -> 121.3), M=128 (m128 n128) 210.4 -> 181.0, M=256 (m128 n256)
+# 470.2 -> 295.2: the product per weight costs more than the chained dots save until M reaches ~64
+A_SCALES_MIN_BLOCK_M = 64
+
+
+def _twins(cands: list[tuple[KernelSpec, int]], field: str, how: str, min_block_m: int = 1
+           ) -> list[tuple[KernelSpec, int]]:
+    """Each candidate of >= min_block_m rows that may set `field`, with (how == "both") or replaced by ("1") that
+    twin right after it."""
     if how == "0":
         return cands
     out = []
     for spec, split in cands:
         twin = None
-        if spec.variant == "gemm" and not spec.a_regs:  # (A_REGS_SMALL_M tiles are their own twin)
+        if spec.variant == "gemm" and not getattr(spec, field) and spec.block_m >= min_block_m:
             try:
-                twin = dataclasses.replace(spec, a_regs=True)
-            except KernelSpecError:
+                twin = dataclasses.replace(spec, **{field: True})
+            except KernelSpecError:  # not a width, grid, group or tile that takes it
                 pass
         if twin is None or how == "both":
             out.append((spec, split))
@@ -202,12 +221,24 @@ def _a_regs_twins(cands: list[tuple[KernelSpec, int]], device) -> list[tuple[Ker
     return out
 
 
+def _a_regs_twins(cands: list[tuple[KernelSpec, int]], device) -> list[tuple[KernelSpec, int]]:
+    """Per a_regs_setting, each tensor-core candidate that may keep its weights in registers with or replaced by
+    that twin (A_REGS_SMALL_M tiles are their own twin); then, per a_scales_setting, each such tile of >=
+    A_SCALES_MIN_BLOCK_M rows with group scales with or replaced by its scales-in-A twin."""
+    if a_regs_setting(device) == "0":
+        return cands
+    return _twins(_twins(cands, "a_regs", a_regs_setting(device)), "a_scales", a_scales_setting(device),
+                  A_SCALES_MIN_BLOCK_M)
+
+
 def _key(base: KernelSpec, m: int, n: int, k: int, device) -> str:
     gpu = torch.cuda.get_device_name(device) if device is not None and device.type == "cuda" else "cpu"
     splits = gemv_splits_setting()
     tried = "" if splits == GEMV_SPLITS else "|splits " + ",".join(map(str, splits))  # picks from other candidates
     a_regs = a_regs_setting(device)
     tried += "" if a_regs == _a_regs_default(device) else f"|a_regs {a_regs}"
+    a_scales = a_scales_setting(device)
+    tried += "" if a_scales == _a_regs_default(device) else f"|a_scales {a_scales}"
     return f"{gpu}|m{m_bucket(m)}|{n}x{k}|{base.to_json()}{tried}"
 
 

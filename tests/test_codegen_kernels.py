@@ -147,6 +147,40 @@ def test_gemm_weights_in_registers(bits, g, bk, m, split, n, k):
     assert src.count("tl.dot(") == 32 // bits and "tl.reshape" not in src
 
 
+@pytest.mark.parametrize("bits,g,bk,m,split,n,k", [(4, 128, 128, 33, 1, 72, 1152), (8, 128, 128, 20, 2, 72, 1152),
+                                                   (2, 256, 256, 37, 3, 72, 1280), (4, 256, 128, 32, 2, 64, 1024),
+                                                   (1, 512, 512, 17, 1, 72, 1536)])
+def test_gemm_scales_in_registers(bits, g, bk, m, split, n, k):
+    """a_scales: the group scales multiply the slots' fp16 values before each tl.dot (read as int32 words from
+    ops.widened_scales), one accumulator for all K steps, * 0.5 after the loop; ragged and whole tiles, split-K,
+    a group spanning two K steps, negative scales."""
+    d = make_case(bits, "uniform", 1, g, 0, m, n, k, seed=bits * 29 + bk + m)
+    d["scales"][::3] *= -1  # the sign bit travels through the int32 widening
+    spec = KernelSpec(bits=bits, grid="uniform", group_size=g, variant="gemm", block_m=16, block_n=32,
+                      block_k=bk, group_m=2, a_regs=True, a_scales=True)
+    check(run_kernel(d, spec, split, n, k), reference(d, bits, 1, g, "uniform", n, k, 0))
+    src = kernel_source(spec)
+    assert src.count("* scl, xt, acc)") == 32 // bits and "part = " not in src and "o_ptr +" in src
+
+
+def test_widened_scales_checks():
+    from qcomp.codegen.ops import widened_scales
+
+    s = torch.tensor([[0.5, -2.0], [3.0, 1e-3]]).half()
+    w = widened_scales(s, 4)
+    assert w.dtype == torch.int32 and torch.equal((w & 0xFFFF).to(torch.int16).view(torch.float16), s)
+    assert widened_scales(s, 4) is w  # cached
+    s[0, 0] = 0.25  # written in place: rebuilt
+    assert int(widened_scales(s, 4)[0, 0]) & 0xFFFF == int(torch.tensor(0.25).half().view(torch.int16)) & 0xFFFF
+    cols = torch.zeros(2, 4).half()[:, ::2]
+    with pytest.raises(ValueError, match="unit column stride"):
+        widened_scales(cols, 4)
+    with pytest.raises(ValueError, match="fp16 scales"):
+        widened_scales(s.float(), 4)
+    with pytest.raises(ValueError, match="overflow fp16"):
+        widened_scales(torch.tensor([[300.0]]).half(), 8)
+
+
 @pytest.mark.parametrize("fields,why", [(dict(bits=3), "one code plane"), (dict(bits=5), "one code plane"),
                                         (dict(grid="lut"), "uniform"), (dict(act_dtype="bf16"), "fp16"),
                                         (dict(group_size=64), "one scale per"), (dict(bits=2), "block_k >= 256"),
@@ -155,6 +189,15 @@ def test_gemm_weights_in_registers_scope(fields, why):
     base = dict(bits=4, grid="uniform", group_size=128, variant="gemm", block_m=16, block_n=64, block_k=128)
     with pytest.raises(KernelSpecError, match=why):
         KernelSpec(**{**base, **fields, "a_regs": True})
+
+
+@pytest.mark.parametrize("fields,why", [(dict(a_regs=False), "a_scales needs a_regs"),
+                                        (dict(group_size=-1), "a_scales needs a_regs")])
+def test_gemm_scales_in_registers_scope(fields, why):
+    base = dict(bits=4, grid="uniform", group_size=128, variant="gemm", block_m=16, block_n=64, block_k=128,
+                a_regs=True)
+    with pytest.raises(KernelSpecError, match=why):
+        KernelSpec(**{**base, **fields, "a_scales": True})
 
 
 def test_gemm_bf16_source():

@@ -35,8 +35,12 @@ def test_candidates_are_valid_and_split_leaves_work(m, n, k_tiles, bits, had):
     gpu_all = tune.candidates(base, m, n, k, torch.device("cuda"))
     gpu = [c for c in gpu_all if not c[0].a_regs]
     twins = [c for c in gpu_all if c[0].a_regs]
-    assert all((dataclasses.replace(t, a_regs=False), sp) in gpu or (t.block_n, t.block_k // base.p, t.num_warps,
-               t.num_stages) in tune.A_REGS_SMALL_M for t, sp in twins), "a twin without its tile"
+    assert all((dataclasses.replace(t, a_regs=False, a_scales=False), sp) in gpu or (t.block_n, t.block_k // base.p,
+               t.num_warps, t.num_stages) in tune.A_REGS_SMALL_M for t, sp in twins), "a twin without its tile"
+    assert all(((dataclasses.replace(t, a_scales=True), sp) in twins) == (t.group_size != -1 and t.scale_per_tile)
+               for t, sp in twins if not t.a_scales and t.block_m >= tune.A_SCALES_MIN_BLOCK_M), \
+        "every registers tile of >= A_SCALES_MIN_BLOCK_M rows with group scales also tries them in A"
+    assert not any(t.a_scales and t.block_m < tune.A_SCALES_MIN_BLOCK_M for t, _ in twins)
     assert bool(twins) == (bits in (1, 2, 4, 8) and any(c[0].variant == "gemm" and c[0].block_k >= 128 * max(1, 4 // bits)
                                                         and c[0].scale_per_tile for c in gpu)), \
         "on a GPU every eligible tensor-core tile is also tried with its weights in registers"
@@ -153,9 +157,28 @@ def test_a_regs_setting(monkeypatch):
     monkeypatch.setenv("QCOMP_A_REGS", "1")
     on = tune.candidates(base, 64, 4096, 4096, cuda)
     assert on == [c for c in both if c[0].a_regs or not any(t[0].a_regs and t[1] == c[1] and
-                                                            dataclasses.replace(t[0], a_regs=False) == c[0] for t in both)]
+                                                            dataclasses.replace(t[0], a_regs=False, a_scales=False) == c[0]
+                                                            for t in both)]
     assert any(c[0].a_regs for c in on) and any(not c[0].a_regs for c in on)  # block_k 256 > group 128: no twin
     assert tune._key(base, 64, 4096, 4096, torch.device("cpu")).endswith("|a_regs 1")
     monkeypatch.setenv("QCOMP_A_REGS", "yes")
     with pytest.raises(ValueError, match="use 0, 1 or both"):
+        tune.candidates(base, 64, 4096, 4096, cuda)
+
+
+def test_a_scales_setting(monkeypatch):
+    """QCOMP_A_SCALES: 0 leaves the scales-in-A twins out, 1 replaces each registers tile with group scales by its
+    twin; a choice made under an override is cached apart."""
+    base = KernelSpec(bits=4, group_size=128, block_m=1)
+    cuda = torch.device("cuda")
+    both = tune.candidates(base, 64, 4096, 4096, cuda)
+    assert any(c[0].a_scales for c in both)
+    monkeypatch.setenv("QCOMP_A_SCALES", "0")
+    assert tune.candidates(base, 64, 4096, 4096, cuda) == [c for c in both if not c[0].a_scales]
+    monkeypatch.setenv("QCOMP_A_SCALES", "1")
+    on = tune.candidates(base, 64, 4096, 4096, cuda)
+    assert on == [c for c in both if c[0].a_scales or not c[0].a_regs]
+    assert tune._key(base, 64, 4096, 4096, torch.device("cpu")).endswith("|a_scales 1")
+    monkeypatch.setenv("QCOMP_A_SCALES", "2")
+    with pytest.raises(ValueError, match="QCOMP_A_SCALES='2'"):
         tune.candidates(base, 64, 4096, 4096, cuda)
