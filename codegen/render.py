@@ -16,7 +16,7 @@ import os
 import struct
 from pathlib import Path
 
-from . import gemm_regs
+from . import gemm_regs, lut_half2
 from .kernel_spec import KernelSpec
 from .packing import ROW_GROUP, TRIO, planes, trio_bit, trio_word
 
@@ -97,10 +97,10 @@ def _header(s: KernelSpec) -> list[str]:
 def use_half2(s: KernelSpec) -> bool:
     """GEMV with two weights per 32-bit op: uniform grid, fp16 or bf16 x (scaled into fp16's range per program by a
     power of two, see _half2_x_scale), codes of 1..7 bits (any planes), scales per row or per K step (w8 stays on
-    fp32 arithmetic, already near the copy bandwidth)."""
+    fp32 arithmetic, already near the copy bandwidth); or 2- and 4-bit lookup-table codes (lut_half2.py)."""
     mode, _ = _scale_mode(s)
-    return (s.variant == "gemv" and s.grid == "uniform" and s.p == 1
-            and s.code_bits <= 7 and mode in ("row", "channel"))
+    return (s.variant == "gemv" and (s.grid == "uniform" and s.p == 1 and s.code_bits <= 7 or lut_half2.eligible(s))
+            and mode in ("row", "channel"))
 
 
 def _f16_bits(v: float) -> int:
@@ -132,7 +132,7 @@ def _half2_helpers(s: KernelSpec) -> list[str]:
         "    return (lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (hi.to(tl.int16, bitcast=True).to(tl.int32) << 16)",
         "",
         "",
-    ] + (_magic_helpers(s) if len(planes(s.code_bits)) == 1 else [
+    ] + (lut_half2.helpers(s) if s.grid == "lut" else _magic_helpers(s) if len(planes(s.code_bits)) == 1 else [
         "@triton.jit",
         "def _deq2(h):",
         f"    # h = (2 * code | 0x6000) per half = {512.0!r} + code; minus {z!r} = code - {z - 512.0!r}, exact",
@@ -281,8 +281,14 @@ def _half2_slots(s: KernelSpec, ms) -> list[str]:
     names = {}  # one plane: the shifted copies of the words, each defined where first used
     for w, off in narrow:  # each column's slot-0 bits of this plane at bit 0 (a per-column shift, once per word)
         L.append(f"ws_{w} = word_{w} >> sh_{w}[None, :]")
+    looked_up = []
+    if s.grid == "lut":  # one PRMT chain per word gives all its pairs (lut_half2.py)
+        lines, looked_up = lut_half2.pair_lines(s, f"word_{w0}")
+        L += lines
     for i, (lo, hi) in enumerate(pairs):
-        if w0 == TRIO and trio_word(lo) is None:
+        if looked_up:
+            deq = looked_up[i]
+        elif w0 == TRIO and trio_word(lo) is None:
             deq = f"_deq2_p1({_trio_spare(s, 15, 1, both_halves=True)} | mg)"
         elif single:  # one AND-OR into the magic 1024 (see single_plane_pairs)
             word, jj = (word_names(s)[trio_word(lo)], lo % 5) if w0 == TRIO else (f"word_{w0}", lo)
@@ -300,7 +306,7 @@ def _half2_slots(s: KernelSpec, ms) -> list[str]:
                 # 16 + off + w)
                 pair += f" | ({_shifted(f'ws_{w}', off + 1 - jj * w0)} & pm_{w})"
             deq = f"_deq2({pair} | 0x60006000)"
-        L.append(f"v = {deq}  # code - z of slots {lo} and {hi}")
+        L.append(f"v = {deq}  # {'table values' if looked_up else 'code - z'} of slots {lo} and {hi}")
         for m in ms:
             L.append(f"hp{m} = _mul2(v, xp{m}_{i}[None, :])" if i == 0 else
                      f"hp{m} = _fma2(v, xp{m}_{i}[None, :], hp{m})")
@@ -345,7 +351,8 @@ def _half2_x_scale(s: KernelSpec, m: int) -> list[str]:
         + ".to(tl.float32)))",
         f"eb{m} = ((tl.max(amax{m}, axis=0).to(tl.int32, bitcast=True) >> 23) & 0xFF)"
         + (f" + {bump}  # |rotated x| <= 2^{bump} max |x|" if bump else "  # biased exponent of max |x|"),
-        f"xsb{m} = tl.minimum(tl.maximum({254 + t} - eb{m}, {lo}), {hi})  # biased exponent of xs{m}",
+        f"xsb{m} = tl.minimum(tl.maximum({254 + t} - eb{m}{' - ev' if s.grid == 'lut' else ''}, {lo}), {hi})"
+        f"  # biased exponent of xs{m}",
         f"xs{m} = (xsb{m} << 23).to(tl.float32, bitcast=True)",
         f"inv{m} = ((254 - xsb{m}) << 23).to(tl.float32, bitcast=True)",
     ] + ([f"xs2_{m} = _pack(xs{m}.to(tl.float16), xs{m}.to(tl.float16))  # xs in both fp16 halves"]
@@ -358,7 +365,7 @@ X_SCAN = 1024  # activations per load of the GEMV's max |x| scan (a [X_SCAN] vec
 def half2_x_exponent(s: KernelSpec) -> int:
     """t: the half2 path scales x so that max |x| < 2^(t+1) with (S/2) * zmax * 2^(t+1) <= 2^15 (half fp16's max)."""
     S = s.col_slots
-    zmax = (2 ** s.bits - 1) / 2
+    zmax = 1 if s.grid == "lut" else (2 ** s.bits - 1) / 2  # lut: |value| < 2^ev, subtracted at run time
     return int(math.floor(math.log2(2 ** 15 / ((S // 2) * zmax)))) - 1
 
 
@@ -755,6 +762,8 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
     L = []
     if prefetch_distance(s):
         L += _prefetch_prologue(s)  # first, so that its DRAM round trip overlaps the x scan below
+    if h2 and s.grid == "lut":
+        L += lut_half2.table_setup(s)
     L += _pdl_wait()
     for m in ms:
         L += [f"row{m} = pid_m * BLOCK_M + {m}", f"rmask{m} = row{m} < M",

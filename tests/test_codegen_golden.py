@@ -35,11 +35,15 @@ def test_generated_source_matches_golden(name):
 def test_source_is_specialised_per_spec():
     a = kernel_source(GOLDENS["codegen_gemv_w3_lut_g32_h128.py.txt"])
     b = kernel_source(KernelSpec(bits=5, grid="uniform", group_size=128, block_m=2, block_k=128))
-    c = kernel_source(KernelSpec(bits=2, grid="lut", group_size=128, block_m=1, block_k=128))
+    c = kernel_source(KernelSpec(bits=2, grid="lut", group_size=32, block_m=1, block_k=128))
     d = kernel_source(KernelSpec(bits=4, grid="uniform", group_size=128, variant="gemm", block_m=32, block_k=128))
     assert "4-bit plane" in b and "1-bit plane" in b and "2-bit plane" not in b
     assert "lut_ptr + code" in a and "lut_ptr + code" not in b and "lut_ptr + code" not in c  # c: select tree
     assert "tl.where((code & 2) != 0" in c
+    # 2- and 4-bit tables with one scale per K step: the table in registers, PRMT lookups in the half2 path
+    for bits in (2, 4):
+        f = kernel_source(KernelSpec(bits=bits, grid="lut", group_size=128, block_m=1, block_k=128))
+        assert "= _lut_pairs(word_" in f and "prmt.b32" in f and "lut_ptr + code" not in f and " - ev, " in f
     assert "butterfly" in a and "butterfly" not in b and "tl.dot" not in a + b + c and "tl.dot" in d
     assert "acc1" in b and "acc2" not in b  # one accumulator set per activation row (block_m = 2)
     # 5-bit codes (planes 4 + 1) take the packed-half2 path: the 1-bit plane's two slots join each pair

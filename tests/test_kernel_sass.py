@@ -53,3 +53,23 @@ def test_weights_in_registers_feed_the_wgmma_from_registers(bits):
     assert any(op.startswith("HGMMA") for op in regs["opcodes"])
     assert not any(op.startswith("LDSM") for op in regs["opcodes"]) and regs["shared_stores"] <= 1, regs["opcodes"]
     assert regs["loop_instructions"] < sass_report(spec)["loop_instructions"]
+
+
+def test_scales_in_a_keep_the_weights_in_registers():
+    """a_scales: the group scale read as an int32 word and multiplied into A keeps the wgmma's A operand in registers
+    at num_stages 4 (no shared-memory store of weights in the K loop)."""
+    spec = {"bits": 4, "variant": "gemm", "block_m": 64, "block_n": 128, "block_k": 128, "num_warps": 4,
+            "num_stages": 4, "a_regs": True, "a_scales": True}
+    r = sass_report(spec)
+    assert r["kernel"].startswith("qlinear_gemm_w4_uniform_g128_fp16_ras_")
+    assert any(op.startswith("HGMMA") for op in r["opcodes"]) and r["shared_stores"] == 0, r["opcodes"]
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_lut_gemv_looks_up_in_registers(bits):
+    """lut_half2: the table's PTX assembles (ptxas), its lookups are PRMT and the K loop loads no table entry (the
+    loop's global loads are the words, x and scales only: fewer than one per 8 codes)."""
+    r = sass_report({"bits": bits, "grid": "lut", "variant": "gemv", "block_m": 1, "block_n": 64, "block_k": 128,
+                     "num_warps": 2, "num_stages": 2})
+    assert r["opcodes"].get("PRMT", 0) >= r["codes_per_thread_per_step"] // 8
+    assert r["global_loads"] < r["codes_per_thread_per_step"] / 4, r["opcodes"]
