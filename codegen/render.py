@@ -16,7 +16,7 @@ import os
 import struct
 from pathlib import Path
 
-from . import gemm_regs, lut_half2
+from . import gemm_regs, lut_regs
 from .kernel_spec import KernelSpec
 from .packing import ROW_GROUP, TRIO, planes, trio_bit, trio_word
 
@@ -97,9 +97,9 @@ def _header(s: KernelSpec) -> list[str]:
 def use_half2(s: KernelSpec) -> bool:
     """GEMV with two weights per 32-bit op: uniform grid, fp16 or bf16 x (scaled into fp16's range per program by a
     power of two, see _half2_x_scale), codes of 1..7 bits (any planes), scales per row or per K step (w8 stays on
-    fp32 arithmetic, already near the copy bandwidth); or 2- and 4-bit lookup-table codes (lut_half2.py)."""
+    fp32 arithmetic, already near the copy bandwidth); or 2- and 4-bit lookup-table codes (lut_regs.py)."""
     mode, _ = _scale_mode(s)
-    return (s.variant == "gemv" and (s.grid == "uniform" and s.p == 1 and s.code_bits <= 7 or lut_half2.eligible(s))
+    return (s.variant == "gemv" and (s.grid == "uniform" and s.p == 1 and s.code_bits <= 7 or lut_regs.eligible(s))
             and mode in ("row", "channel"))
 
 
@@ -132,7 +132,7 @@ def _half2_helpers(s: KernelSpec) -> list[str]:
         "    return (lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (hi.to(tl.int16, bitcast=True).to(tl.int32) << 16)",
         "",
         "",
-    ] + (lut_half2.helpers(s) if s.grid == "lut" else _magic_helpers(s) if len(planes(s.code_bits)) == 1 else [
+    ] + (lut_regs.helpers(s) if s.grid == "lut" else _magic_helpers(s) if len(planes(s.code_bits)) == 1 else [
         "@triton.jit",
         "def _deq2(h):",
         f"    # h = (2 * code | 0x6000) per half = {512.0!r} + code; minus {z!r} = code - {z - 512.0!r}, exact",
@@ -282,8 +282,8 @@ def _half2_slots(s: KernelSpec, ms) -> list[str]:
     for w, off in narrow:  # each column's slot-0 bits of this plane at bit 0 (a per-column shift, once per word)
         L.append(f"ws_{w} = word_{w} >> sh_{w}[None, :]")
     looked_up = []
-    if s.grid == "lut":  # one PRMT chain per word gives all its pairs (lut_half2.py)
-        lines, looked_up = lut_half2.pair_lines(s, f"word_{w0}")
+    if s.grid == "lut":  # one PRMT chain per word gives all its pairs (lut_regs.py)
+        lines, looked_up = lut_regs.pair_lines(s, f"word_{w0}")
         L += lines
     for i, (lo, hi) in enumerate(pairs):
         if looked_up:
@@ -763,7 +763,7 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
     if prefetch_distance(s):
         L += _prefetch_prologue(s)  # first, so that its DRAM round trip overlaps the x scan below
     if h2 and s.grid == "lut":
-        L += lut_half2.table_setup(s)
+        L += lut_regs.table_setup(s)
     L += _pdl_wait()
     for m in ms:
         L += [f"row{m} = pid_m * BLOCK_M + {m}", f"rmask{m} = row{m} < M",
@@ -1018,6 +1018,9 @@ def _gemm_body(s: KernelSpec, dt: str) -> list[str]:
             loop.append(f"val = (code | 0x4b000000).to(tl.float32, bitcast=True) - {2.0 ** 23!r} - {nb / 2!r}  # code - z")
         elif s.grid == "uniform_asym":
             loop.append(f"val = (code | 0x4b000000).to(tl.float32, bitcast=True) - {2.0 ** 23!r}  # code")
+        elif lut_regs.tile_eligible(s):
+            L += lut_regs.tile_table_setup(s, dt)
+            loop.append(lut_regs.tile_lookup(s))
         elif P == 1:
             loop.append("val = tl.load(lut_ptr + code)  # table gather (L1-resident)")
         else:
@@ -1090,7 +1093,7 @@ def kernel_source(spec: KernelSpec) -> str:
         "):",
     ]
     hdr = _header(s)
-    if use_half2(s) or s.x_glu or s.x_norm or s.a_regs:
+    if use_half2(s) or s.x_glu or s.x_norm or s.a_regs or lut_regs.tile_eligible(s):
         hdr = hdr[: hdr.index("import triton")] + ["import os", ""] + hdr[hdr.index("import triton"):]
     if s.x_glu or s.x_norm:
         hdr += _rne_helper() + (_glu_helper() if s.x_glu else _wx_helper())
@@ -1098,6 +1101,8 @@ def kernel_source(spec: KernelSpec) -> str:
         hdr += _half2_helpers(s)
     if s.a_regs:
         hdr += gemm_regs.helpers(s)
+    if lut_regs.tile_eligible(s):
+        hdr += lut_regs.tile_helpers(s, _DT[s.act_dtype])
     return "\n".join(hdr + sig + ["    " + b for b in body]) + "\n"
 
 

@@ -67,9 +67,18 @@ def test_scales_in_a_keep_the_weights_in_registers():
 
 @pytest.mark.parametrize("bits", [2, 4])
 def test_lut_gemv_looks_up_in_registers(bits):
-    """lut_half2: the table's PTX assembles (ptxas), its lookups are PRMT and the K loop loads no table entry (the
+    """lut_regs: the table's PTX assembles (ptxas), its lookups are PRMT and the K loop loads no table entry (the
     loop's global loads are the words, x and scales only: fewer than one per 8 codes)."""
     r = sass_report({"bits": bits, "grid": "lut", "variant": "gemv", "block_m": 1, "block_n": 64, "block_k": 128,
                      "num_warps": 2, "num_stages": 2})
     assert r["opcodes"].get("PRMT", 0) >= r["codes_per_thread_per_step"] // 8
     assert r["global_loads"] < r["codes_per_thread_per_step"] / 4, r["opcodes"]
+
+
+def test_lut_tile_looks_up_in_registers():
+    """lut_regs in the tensor-core tile (3-bit trio codes): PRMT lookups, no table load per weight in the K loop."""
+    r = sass_report({"bits": 3, "grid": "lut", "variant": "gemm", "block_m": 32, "block_n": 64, "block_k": 128,
+                     "num_warps": 4, "num_stages": 3})
+    assert r["opcodes"].get("PRMT", 0) > 0 and any(op.startswith("HGMMA") for op in r["opcodes"])
+    # a thread dequantizes 64 x 128 / 128 = 64 weights per K step; a table load per weight would be 64 loads
+    assert r["global_loads"] < 64 / 2, r["opcodes"]

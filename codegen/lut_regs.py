@@ -1,4 +1,5 @@
-"""Lookup-table codes in the packed-half2 GEMV: the table in registers, two weights per PRMT chain (text for render).
+"""Lookup tables of up to 16 entries held in registers and read by PRMT byte selects (text for render.py): in the
+packed-half2 GEMV (all codes of a word per PRMT chain) and in the plain tensor-core tile (two codes per chain).
 
 Why: the plain lookup-table GEMV loads every weight from the table (`tl.load(lut_ptr + code)`, one global load per
 weight, L1-resident): on the H100 it ran 4x slower than the uniform grid at M=1 (w4 28672x8192: 213 vs 51 us,
@@ -12,6 +13,10 @@ Scope (eligible): gemv, grid "lut" with p = 1, 2- or 4-bit codes (one plane), sc
 bf16 activations (the half2 path computes in fp16, x scaled by a power of two). Table values are rounded to fp16
 (the reference uses them in float32: relative error ~2^-12 per weight) and must be finite in fp16 (|v| < 65504);
 the x scale leaves room for the table's largest |v| (read at run time: table_setup's `ev`).
+
+The plain tensor-core tile (render._gemm_body, M > 16 and the 16-row tiles) builds a [BLOCK_N, T, S, W0] tensor of
+codes for any layout (the 3-bit trio too); tile_eligible tables (p = 1, codes of <= 4 bits) replace its table load
+per weight by _lut_one: two codes per PTX block, the table's byte planes in the activation dtype.
 
 The CPU interpreter cannot run inline asm: there each pair is two table loads (the plain-Triton twin), same values.
 """
@@ -77,7 +82,7 @@ def helpers(s) -> list[str]:
         "@triton.jit",
         f"def _lut_pairs(word, lut_ptr, {table_args(s)}):",
         f"    # the {H} pairs (slot jj, slot jj + {H}) of each word as fp16 table values: the table's byte planes in",
-        "    # registers, PRMT selects (lut_half2.py); under the interpreter two table loads per pair",
+        "    # registers, PRMT selects (lut_regs.py); under the interpreter two table loads per pair",
         "    if USE_PTX:",
         "        return tl.inline_asm_elementwise(",
         f"            {ptx!r},",
@@ -94,7 +99,7 @@ def helpers(s) -> list[str]:
 def table_setup(s) -> list[str]:
     """Before the K loop: the table's fp16 byte planes (tl<k>, th<k>) and ev with max |table| < 2^ev."""
     n = 2 ** s.bits
-    L = [f"# the {n}-entry table as fp16 byte planes in registers (lut_half2.py), and its largest |value|"]
+    L = [f"# the {n}-entry table as fp16 byte planes in registers (lut_regs.py), and its largest |value|"]
     for i in range(n):
         L.append(f"lb{i} = tl.load(lut_ptr + {i}).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF")
     for k in range(n_tables(s)):
@@ -117,3 +122,60 @@ def pair_lines(s, word: str) -> tuple[list[str], list[str]]:
     H = 16 // s.bits
     names = [f"lp{i}" for i in range(H)]
     return [f"{', '.join(names)} = _lut_pairs({word}, lut_ptr, {table_args(s)})"], names
+
+
+def tile_eligible(s) -> bool:
+    return s.variant == "gemm" and s.grid == "lut" and s.p == 1 and s.code_bits <= 4
+
+
+def _ptx_one() -> str:
+    """Output $0: the fp16/bf16 pair (lookup of code $1, lookup of code $2); pack 2, so each argument comes twice:
+    $3, $5, $7, $9 are TL0..3 and $11, $13, $15, $17 TH0..3 (their second copies unused)."""
+    return " ".join([
+        "{ .reg .b32 c, s, t, a, b, lo, hi;",
+        "shl.b32 c, $2, 4; or.b32 c, c, $1; and.b32 s, c, 0x77; shr.b32 t, c, 1; lop3.b32 t, t, 0x44, 0x10, 0xEA;",
+        "prmt.b32 a, $3, $5, s; prmt.b32 b, $7, $9, s; prmt.b32 lo, a, b, t;",
+        "prmt.b32 a, $11, $13, s; prmt.b32 b, $15, $17, s; prmt.b32 hi, a, b, t;",
+        "prmt.b32 $0, lo, hi, 0x5140; }",
+    ])
+
+
+def tile_helpers(s, dt: str) -> list[str]:
+    """_lut_one(code, lut_ptr, tables...) -> the table value of each code (codes 0..15), in `dt`."""
+    args = ", ".join([f"tl{k}" for k in range(4)] + [f"th{k}" for k in range(4)])
+    return [
+        'USE_PTX = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")',
+        "",
+        "",
+        "@triton.jit",
+        f"def _lut_one(code, lut_ptr, {args}):",
+        "    # each code's table value: the table's byte planes in registers, PRMT selects, two codes per block",
+        "    # (lut_regs.py); under the interpreter a table load",
+        "    if USE_PTX:",
+        "        return tl.inline_asm_elementwise(",
+        f"            {_ptx_one()!r},",
+        f"            \"{','.join(['=r'] + ['r'] * 18)}\",",
+        f"            [code, {args}], dtype={dt}, is_pure=True, pack=2)",
+        "    else:",
+        f"        return tl.load(lut_ptr + code).to({dt})",
+        "",
+        "",
+    ]
+
+
+def tile_table_setup(s, dt: str) -> list[str]:
+    """Before the K loop: the table's byte planes tl0..3, th0..3 in `dt` (entries past the table: zero)."""
+    n = 2 ** s.code_bits
+    L = [f"# the {n}-entry table as byte planes in registers (lut_regs.py)"]
+    for i in range(n):
+        L.append(f"lb{i} = tl.load(lut_ptr + {i}).to({dt}).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF")
+    for k in range(4):
+        idx = range(4 * k, min(n, 4 * k + 4))
+        L.append(f"tl{k} = " + (" | ".join(f"((lb{i} & 0xFF) << {8 * (i - 4 * k)})" for i in idx) or "K * 0"))
+        L.append(f"th{k} = " + (" | ".join(f"((lb{i} >> 8) << {8 * (i - 4 * k)})" for i in idx) or "K * 0"))
+    return L
+
+
+def tile_lookup(s) -> str:
+    return "val = _lut_one(code, lut_ptr, " + ", ".join([f"tl{k}" for k in range(4)] + [f"th{k}" for k in range(4)]) \
+        + ")  # table values, PRMT lookups in registers (lut_regs.py)"
