@@ -39,7 +39,7 @@ def table_args(s) -> str:
 def _ptx_w4() -> str:
     """Outputs $0..$3: pairs (jj, jj + 4); inputs: $4 the word, $5..$8 TL0..3, $9..$12 TH0..3."""
     half = []
-    for src, sel, tsel, lo, hi in (("s", "s", "t", "la", "ha"), ("s2", "s2", "t2", "lb", "hb")):
+    for sel, tsel, lo, hi in (("s", "t", "la", "ha"), ("s2", "t2", "lb", "hb")):  # codes 0-3, then 4-7
         half += [f"prmt.b32 a, $5, $6, {sel}; prmt.b32 b, $7, $8, {sel}; prmt.b32 {lo}, a, b, {tsel};",
                  f"prmt.b32 a, $9, $10, {sel}; prmt.b32 b, $11, $12, {sel}; prmt.b32 {hi}, a, b, {tsel};"]
     return " ".join([
