@@ -27,6 +27,7 @@ same shapes so that autotuning (tune.py) has run.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Optional
@@ -131,6 +132,8 @@ def widened_scales(scales: torch.Tensor, bits: int) -> torch.Tensor:
     key = (scales._version, scales.data_ptr(), bits)
     hit = getattr(scales, "_qcomp_widened", None)
     if hit is not None and hit[0] == key:
+        if hit[1] is None:
+            raise ValueError(hit[2])
         return hit[1]
     wide = torch.empty_strided(scales.shape, scales.stride(), dtype=torch.int32, device=scales.device)
     wide.copy_(scales.view(torch.int16))  # (the same strides: the kernel indexes both with stride_s)
@@ -138,9 +141,10 @@ def widened_scales(scales: torch.Tensor, bits: int) -> torch.Tensor:
         return wide
     top = float(scales.abs().amax()) * (2 ** bits - 1) if scales.numel() else 0.0
     if not top < FP16_MAX:
-        raise ValueError(f"scales up to {top / (2 ** bits - 1):.4g} at {bits} bits overflow fp16 in an a_scales tile "
-                         f"({top:.4g} >= {FP16_MAX}): set QCOMP_A_SCALES=0 (scales after the dot) or use smaller "
-                         "groups")
+        why = (f"scales up to {top / (2 ** bits - 1):.4g} at {bits} bits overflow fp16 in an a_scales tile "
+               f"({top:.4g} >= {FP16_MAX}): use a spec without a_scales (scales after the dot)")
+        scales._qcomp_widened = (key, None, why)  # (checked once per scales tensor)
+        raise ValueError(why)
     scales._qcomp_widened = (key, wide)
     return wide
 
@@ -313,6 +317,11 @@ def triton_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, gr
     if spec is None:
         spec, chosen = tune.choose(base, x2.shape[0], n, k, x.device, lambda s, sk: launch(s, sk, *args, **extra))
         split_k = chosen if split_k is None else split_k
+        if spec.a_scales:  # a choice cached for these shapes may meet scales it cannot take (not fp16, or too large)
+            try:
+                widened_scales(scales, spec.bits)
+            except ValueError:
+                spec = dataclasses.replace(spec, a_scales=False)  # the same tile, scales after each K step
     elif spec.had_block and not had_block:
         raise ValueError(f"spec {spec.name()} fuses a Hadamard of {spec.had_block} but x was rotated separately")
     elif spec.x_glu != glu or spec.x_norm != (norm is not None):
