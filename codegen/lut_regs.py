@@ -32,8 +32,25 @@ def n_tables(s) -> int:
     return max(1, 2 ** s.bits // 4)
 
 
+def _plane_names(count: int) -> str:
+    """The byte-plane registers: low-byte planes tl0.., then high-byte planes th0.."""
+    return ", ".join([f"tl{k}" for k in range(count)] + [f"th{k}" for k in range(count)])
+
+
 def table_args(s) -> str:
-    return ", ".join([f"tl{k}" for k in range(n_tables(s))] + [f"th{k}" for k in range(n_tables(s))])
+    return _plane_names(n_tables(s))
+
+
+def _byte_planes(n: int, count: int, dt: str) -> list[str]:
+    """Lines that load the n table entries once (lv<i>, float32) and pack them, rounded to `dt`, into `count` low-
+    and high-byte planes of 4 entries each (planes past the table: zero)."""
+    L = [f"lv{i} = tl.load(lut_ptr + {i})" for i in range(n)]
+    L += [f"lb{i} = lv{i}.to({dt}).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF" for i in range(n)]
+    for k in range(count):
+        idx = range(4 * k, min(n, 4 * k + 4))
+        L.append(f"tl{k} = " + (" | ".join(f"((lb{i} & 0xFF) << {8 * (i - 4 * k)})" for i in idx) or "K * 0"))
+        L.append(f"th{k} = " + (" | ".join(f"((lb{i} >> 8) << {8 * (i - 4 * k)})" for i in idx) or "K * 0"))
+    return L
 
 
 def _ptx_w4() -> str:
@@ -100,13 +117,8 @@ def table_setup(s) -> list[str]:
     """Before the K loop: the table's fp16 byte planes (tl<k>, th<k>) and ev with max |table| < 2^ev."""
     n = 2 ** s.bits
     L = [f"# the {n}-entry table as fp16 byte planes in registers (lut_regs.py), and its largest |value|"]
-    for i in range(n):
-        L.append(f"lb{i} = tl.load(lut_ptr + {i}).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF")
-    for k in range(n_tables(s)):
-        idx = range(4 * k, min(n, 4 * k + 4))
-        L.append(f"tl{k} = " + " | ".join(f"((lb{i} & 0xFF) << {8 * (i - 4 * k)})" for i in idx))
-        L.append(f"th{k} = " + " | ".join(f"((lb{i} >> 8) << {8 * (i - 4 * k)})" for i in idx))
-    L.append("vmax = " + _max_tree([f"tl.abs(tl.load(lut_ptr + {i}))" for i in range(n)]))
+    L += _byte_planes(n, n_tables(s), "tl.float16")
+    L.append("vmax = " + _max_tree([f"tl.abs(lv{i})" for i in range(n)]))
     L.append("ev = ((vmax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 126  # max |table| < 2^ev")
     return L
 
@@ -140,9 +152,9 @@ def _ptx_one() -> str:
     ])
 
 
-def tile_helpers(s, dt: str) -> list[str]:
+def tile_helpers(dt: str) -> list[str]:
     """_lut_one(code, lut_ptr, tables...) -> the table value of each code (codes 0..15), in `dt`."""
-    args = ", ".join([f"tl{k}" for k in range(4)] + [f"th{k}" for k in range(4)])
+    args = _plane_names(4)
     return [
         'USE_PTX = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")',
         "",
@@ -166,16 +178,8 @@ def tile_helpers(s, dt: str) -> list[str]:
 def tile_table_setup(s, dt: str) -> list[str]:
     """Before the K loop: the table's byte planes tl0..3, th0..3 in `dt` (entries past the table: zero)."""
     n = 2 ** s.code_bits
-    L = [f"# the {n}-entry table as byte planes in registers (lut_regs.py)"]
-    for i in range(n):
-        L.append(f"lb{i} = tl.load(lut_ptr + {i}).to({dt}).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF")
-    for k in range(4):
-        idx = range(4 * k, min(n, 4 * k + 4))
-        L.append(f"tl{k} = " + (" | ".join(f"((lb{i} & 0xFF) << {8 * (i - 4 * k)})" for i in idx) or "K * 0"))
-        L.append(f"th{k} = " + (" | ".join(f"((lb{i} >> 8) << {8 * (i - 4 * k)})" for i in idx) or "K * 0"))
-    return L
+    return [f"# the {n}-entry table as byte planes in registers (lut_regs.py)"] + _byte_planes(n, 4, dt)
 
 
-def tile_lookup(s) -> str:
-    return "val = _lut_one(code, lut_ptr, " + ", ".join([f"tl{k}" for k in range(4)] + [f"th{k}" for k in range(4)]) \
-        + ")  # table values, PRMT lookups in registers (lut_regs.py)"
+def tile_lookup() -> str:
+    return f"val = _lut_one(code, lut_ptr, {_plane_names(4)})  # table values, PRMT lookups in registers (lut_regs.py)"

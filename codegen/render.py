@@ -1020,7 +1020,7 @@ def _gemm_body(s: KernelSpec, dt: str) -> list[str]:
             loop.append(f"val = (code | 0x4b000000).to(tl.float32, bitcast=True) - {2.0 ** 23!r}  # code")
         elif lut_regs.tile_eligible(s):
             L += lut_regs.tile_table_setup(s, dt)
-            loop.append(lut_regs.tile_lookup(s))
+            loop.append(lut_regs.tile_lookup())
         elif P == 1:
             loop.append("val = tl.load(lut_ptr + code)  # table gather (L1-resident)")
         else:
@@ -1102,7 +1102,7 @@ def kernel_source(spec: KernelSpec) -> str:
     if s.a_regs:
         hdr += gemm_regs.helpers(s)
     if lut_regs.tile_eligible(s):
-        hdr += lut_regs.tile_helpers(s, _DT[s.act_dtype])
+        hdr += lut_regs.tile_helpers(_DT[s.act_dtype])
     return "\n".join(hdr + sig + ["    " + b for b in body]) + "\n"
 
 
