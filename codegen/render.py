@@ -32,8 +32,16 @@ def _triton_version() -> tuple[int, int]:
         return (0, 0)
 
 
-# how a GEMV loads per-row scales (see _gemv_body): the layout Triton picks for the load differs by version
-ROW_SCALE_TILE = _triton_version() >= (3, 9)
+# how a GEMV loads per-row scales (_load_row_scales): "tile", a [BLOCK_N, C] tl.load (triton >= 3.9 gives it the
+# words' register layout); "asm", the same tile read by an inline-asm load, whose layout follows its users (triton
+# < 3.9 on CUDA); "vector", a [BLOCK_N] tl.load broadcast over the columns (a shared-memory layout conversion and
+# two barriers per K step on triton 3.6)
+ROW_SCALE_LOADS = ("tile", "asm", "vector")
+ROW_SCALE_LOAD = "tile" if _triton_version() >= (3, 9) else "vector"  # "asm": no barriers (static); not yet timed
+# GEMV K loop unrolled by prefetch distance + 1 (tl.range loop_unroll_factor): the prefetch buffers then take turns
+# without register moves (32 of a w4 s3 step's 411 instructions on triton 3.6), but ptxas then holds more in flight:
+# 96 -> 167 registers (w4 s2), so it stays off (NOTES_kernels.md, session 25)
+GEMV_UNROLL = False
 _LOADED: dict[KernelSpec, object] = {}
 
 
@@ -132,7 +140,8 @@ def _half2_helpers(s: KernelSpec) -> list[str]:
         "    return (lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (hi.to(tl.int16, bitcast=True).to(tl.int32) << 16)",
         "",
         "",
-    ] + (lut_regs.helpers(s) if s.grid == "lut" else _magic_helpers(s) if len(planes(s.code_bits)) == 1 else [
+    ] + (lut_regs.helpers(s) if s.grid == "lut" else [] if subnormal_codes(s) else _magic_helpers(s)
+         if len(planes(s.code_bits)) == 1 else [
         "@triton.jit",
         "def _deq2(h):",
         f"    # h = (2 * code | 0x6000) per half = {512.0!r} + code; minus {z!r} = code - {z - 512.0!r}, exact",
@@ -155,6 +164,17 @@ def _half2_helpers(s: KernelSpec) -> list[str]:
         "        return _pack(_lo(a) * _lo(b), _hi(a) * _hi(b))",
         "",
         "",
+    ] + ([
+        "@triton.jit",
+        "def _add2(a, b):",
+        "    if USE_PTX:",
+        '        return tl.inline_asm_elementwise("add.rn.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32,',
+        "                                         is_pure=True, pack=1)",
+        "    else:",
+        "        return _pack(_lo(a) + _lo(b), _hi(a) + _hi(b))",
+        "",
+        "",
+    ] if subnormal_codes(s) else []) + [
         "@triton.jit",
         "def _fma2(a, b, c):",
         "    if USE_PTX:",
@@ -189,6 +209,23 @@ def _half2_helpers(s: KernelSpec) -> list[str]:
 
 
 MAGIC_BITS = 10  # fp16 1024.0 (0x6400) has a mantissa ulp of 1: bits 0..9 of a half OR-ed into it add exactly
+# single-plane uniform GEMV codes read as fp16 subnormals (subnormal_codes): 13-15 % fewer loop instructions (static,
+# triton 3.6), about twice the fp16 rounding error of the magic-1024 path (~1e-3 relative); off until timed on a GPU
+HALF2_SUBNORMAL = False
+SUBNORMAL_X_EXPONENT = 5  # subnormal path: max |x * xs| < 2^6, so x * xs * 2^(9 - pos) < 2^15 at every position
+SUBNORMAL_UNSCALE = 2.0 ** 15  # its products are code * x * xs * 2^-15: the fp32 result is multiplied back once
+
+
+def subnormal_codes(s: KernelSpec) -> bool:
+    """Single-plane uniform codes (1, 2, 4 bits and the 3-bit trio) in the half2 GEMV: the AND of a word with a pair's
+    mask leaves code * 2^(pos - 24) in each fp16 half, a subnormal, exact, with no magic number to remove, so the
+    fma with x that follows is the only arithmetic per pair (the magic path needs a second fma for code - z). x is
+    paired as x * xs * 2^(9 - pos) (products code * x * xs * 2^-15, normal for all but tiny x, whose rounding
+    error is absolute: 2^-25); the zero point enters once per column and step: each column's first fma adds to
+    -z * 2^-15 * (the sum of its x * xs pairs) instead of zero. Positions start at bit 0: one shift per word at
+    most (the magic path: two)."""
+    return (HALF2_SUBNORMAL and s.grid == "uniform" and s.variant == "gemv" and len(planes(s.code_bits)) == 1
+            and use_half2(s))
 
 
 def single_plane_pairs(s: KernelSpec) -> list[tuple[int, str]]:
@@ -199,12 +236,32 @@ def single_plane_pairs(s: KernelSpec) -> list[tuple[int, str]]:
     word instead of one per pair. (Position 0 would need the offset 1024 + z, not an fp16 for half-integer z.)"""
     w0 = s.widest_plane
     H = 16 // w0
+    if subnormal_codes(s):  # positions from bit 0: the first pairs in place, the rest after one right shift
+        first = [jj for jj in range(H) if jj * w0 + w0 <= MAGIC_BITS]
+        right = len(first) * w0
+        out = [(jj * w0, "") for jj in first] + [(jj * w0 - right, f">> {right}") for jj in range(len(first), H)]
+        assert all(0 <= pos and pos + w0 <= MAGIC_BITS for pos, _ in out), (w0, out)
+        return out
     first = [jj for jj in range(H) if jj * w0 + 1 + w0 <= MAGIC_BITS]
     right = len(first) * w0 - 1  # the rest: pair len(first) lands at bit 1
     out = [(jj * w0 + 1, "<< 1") for jj in first]
     out += [(jj * w0 - right, f">> {right}") for jj in range(len(first), H)]
     assert all(1 <= pos and pos + w0 <= MAGIC_BITS for pos, _ in out), (w0, out)
     return out
+
+
+def subnormal_positions(s: KernelSpec) -> list[int]:
+    """Subnormal path: the bit of each half2 pair (half2_pairs) inside the word it is read from; the trio's spare-bit
+    pair is assembled at bit 0."""
+    single = single_plane_pairs(s)
+    if s.widest_plane != TRIO:
+        return [single[lo][0] for lo, _ in half2_pairs(s)]
+    return [0 if trio_word(lo) is None else single[lo % 5][0] for lo, _ in half2_pairs(s)]
+
+
+def _i32(bits: int) -> int:
+    """A 32-bit pattern as the signed int32 Triton takes as a literal."""
+    return bits - (1 << 32) if bits >= 1 << 31 else bits
 
 
 def _magic_helpers(s: KernelSpec) -> list[str]:
@@ -285,18 +342,31 @@ def _half2_slots(s: KernelSpec, ms) -> list[str]:
     if s.grid == "lut":  # one PRMT chain per word gives all its pairs (lut_regs.py)
         lines, looked_up = lut_regs.pair_lines(s, f"word_{w0}")
         L += lines
+    sub = subnormal_codes(s)
+    if sub:
+        for m in ms:
+            L.append(f"zi{m} = xp{m}_0")
+            L += [f"zi{m} = _add2(zi{m}, xp{m}_{i})" for i in range(1, len(pairs))]
+            L.append(f"zi{m} = _mul2(zi{m}, zc)  # -z * 2^-15 * the column's sum of x * xs, per half: where its sum starts")
+            for i, pos in enumerate(subnormal_positions(s)):
+                L.append(f"xq{m}_{i} = _mul2(xp{m}_{i}, bq_{pos})  # x * xs * 2^{9 - pos}: pair {i} is read at bit {pos}")
     for i, (lo, hi) in enumerate(pairs):
         if looked_up:
             deq = looked_up[i]
+        elif sub and w0 == TRIO and trio_word(lo) is None:
+            deq = _trio_spare(s, 15, 0, both_halves=True)
         elif w0 == TRIO and trio_word(lo) is None:
             deq = f"_deq2_p1({_trio_spare(s, 15, 1, both_halves=True)} | mg)"
         elif single:  # one AND-OR into the magic 1024 (see single_plane_pairs)
             word, jj = (word_names(s)[trio_word(lo)], lo % 5) if w0 == TRIO else (f"word_{w0}", lo)
             pos, shift = single[jj]
             if (word, shift) not in names:
-                names[word, shift] = f"wsh{len(names)}_{w0}"
-                L.append(f"{names[word, shift]} = {word} {shift}  # pairs' codes at bits 1..{MAGIC_BITS - 1} of each half")
-            deq = f"_deq2_p{pos}(({names[word, shift]} & {((2 ** w0 - 1) << pos) * 0x10001:#x}) | mg)"
+                names[word, shift] = word if not shift else f"wsh{len(names)}_{w0}"
+                if shift:
+                    L.append(f"{names[word, shift]} = {word} {shift}  # pairs' codes at bits "
+                             f"{0 if sub else 1}..{MAGIC_BITS - 1} of each half")
+            mask = f"{((2 ** w0 - 1) << pos) * 0x10001:#x}"
+            deq = f"{names[word, shift]} & {mask}" if sub else f"_deq2_p{pos}(({names[word, shift]} & {mask}) | mg)"
         else:
             jj = lo
             pair = f"({_shifted(f'word_{w0}', 1 - jj * w0)} & pm_{w0})"
@@ -306,10 +376,14 @@ def _half2_slots(s: KernelSpec, ms) -> list[str]:
                 # 16 + off + w)
                 pair += f" | ({_shifted(f'ws_{w}', off + 1 - jj * w0)} & pm_{w})"
             deq = f"_deq2({pair} | 0x60006000)"
-        L.append(f"v = {deq}  # {'table values' if looked_up else 'code - z'} of slots {lo} and {hi}")
+        what = "table values" if looked_up else "code * 2^(pos - 24)" if sub else "code - z"
+        L.append(f"v = {deq}  # {what} of slots {lo} and {hi}")
         for m in ms:
-            L.append(f"hp{m} = _mul2(v, xp{m}_{i}[None, :])" if i == 0 else
-                     f"hp{m} = _fma2(v, xp{m}_{i}[None, :], hp{m})")
+            if sub:
+                L.append(f"hp{m} = _fma2(v, xq{m}_{i}[None, :], {f'zi{m}[None, :]' if i == 0 else f'hp{m}'})")
+            else:
+                L.append(f"hp{m} = _mul2(v, xp{m}_{i}[None, :])" if i == 0 else
+                         f"hp{m} = _fma2(v, xp{m}_{i}[None, :], hp{m})")
     for m in ms:
         L.append(f"part{m} = _sum2(hp{m})")
     return L
@@ -320,6 +394,11 @@ def _half2_masks(s: KernelSpec) -> list[str]:
     cannot fold (K > 0 is unknown at compile time), so they stay in registers; as immediates, ptxas re-materialized
     them with a MOV at nearly every use (~8 % of a w4 K loop's instructions)."""
     w0 = s.widest_plane
+    if subnormal_codes(s):
+        z = (2 ** s.bits - 1) / 2
+        return [f"zc = tl.full((), {_i32(_f16_bits(-z / SUBNORMAL_UNSCALE) * 0x10001)}, tl.int32)  # -z * 2^-15, both halves"] + [
+            f"bq_{pos} = tl.full((), {_i32(_f16_bits(2.0 ** (9 - pos)) * 0x10001)}, tl.int32)  # 2^{9 - pos}, both halves"
+            for pos in sorted(set(subnormal_positions(s)))]
     if len(planes(s.code_bits)) == 1:
         return ["mg = tl.where(K > 0, 0x64006400, 0)  # fp16 1024.0 in both halves, kept in a register"]
     L = [f"pm_{w0} = tl.where(K > 0, {((2 ** w0 - 1) << 1) * 0x10001:#x}, 0)  # 2 * code of a {w0}-bit slot, both halves"]
@@ -364,6 +443,8 @@ X_SCAN = 1024  # activations per load of the GEMV's max |x| scan (a [X_SCAN] vec
 
 def half2_x_exponent(s: KernelSpec) -> int:
     """t: the half2 path scales x so that max |x| < 2^(t+1) with (S/2) * zmax * 2^(t+1) <= 2^15 (half fp16's max)."""
+    if subnormal_codes(s):
+        return SUBNORMAL_X_EXPONENT
     S = s.col_slots
     zmax = 1 if s.grid == "lut" else (2 ** s.bits - 1) / 2  # lut: |value| < 2^ev, subtracted at run time
     return int(math.floor(math.log2(2 ** 15 / ((S // 2) * zmax)))) - 1
@@ -432,7 +513,7 @@ def _setup(s: KernelSpec) -> list[str]:
            "along rows (a thread holds four rows of one column)"] if s.widest_plane == TRIO else []),
         f"tile_c = offs_c // {W0}  # pack tile of column c within the K step",
     ]
-    if _scale_mode(s)[0] == "row" and ROW_SCALE_TILE:
+    if _scale_mode(s)[0] == "row" and ROW_SCALE_LOAD != "vector":
         L.append("zero_c = offs_c[None, :] * 0  # [1, C] zeros: per-row scales loaded in the words' register layout")
     for w, off in planes(s.code_bits)[1:]:
         Wp = 4 * w
@@ -723,12 +804,21 @@ def _row_scale_names(s: KernelSpec) -> list[str]:
 
 def _load_row_scales(s: KernelSpec, step: str, suffix: str = "") -> list[str]:
     """Load the scales (and offsets) of K step `step` (an expression) in row mode (one scale per row and step)."""
-    if ROW_SCALE_TILE:
+    if ROW_SCALE_LOAD not in ROW_SCALE_LOADS:
+        raise ValueError(f"render.ROW_SCALE_LOAD = {ROW_SCALE_LOAD!r}: use one of {ROW_SCALE_LOADS}")
+    if ROW_SCALE_LOAD == "tile":
         # the row's scale as a [BLOCK_N, C] tile (every column reads the same address, an L1 hit): triton >= 3.9
         # gives it the words' register layout, so the K loop has no shared-memory layout conversion (a [BLOCK_N]
         # load cost two barriers per K step). H200: rotated bf16 decode kernels 25-31 % faster, fp16 within 5 %
         sptr = f"offs_n[:, None] * stride_s + (({step}) * BLOCK_K) // {s.group_size} + zero_c"
         mask, tail = "mask_n[:, None]", ".to(tl.float32)"
+    elif ROW_SCALE_LOAD == "asm":
+        # the same tile through an inline-asm load (_ld_row_scale): triton < 3.9 gives a tl.load of it a rows-across-
+        # threads layout that the loop-carried accumulator follows; an elementwise asm op takes its users' layout,
+        # and LLVM merges the columns' equal addresses into one load per row. Rows past N read row N - 1 (unstored)
+        sptr = f"tl.minimum(offs_n, N - 1)[:, None] * stride_s + (({step}) * BLOCK_K) // {s.group_size} + zero_c"
+        return [f"{v}{suffix} = _ld_row_scale({ptr} + {sptr}).to(tl.float32)"
+                for v, ptr in zip(_row_scale_names(s), ("s_ptr", "o_ptr"))]
     else:
         # triton < 3.9 gives that tile a rows-across-threads layout, and the loop-carried accumulator follows it:
         # every K step converted the [BLOCK_N, C] partial sums through shared memory (4 stmatrix + 8 barriers in
@@ -739,6 +829,22 @@ def _load_row_scales(s: KernelSpec, step: str, suffix: str = "") -> list[str]:
     for v, ptr in zip(_row_scale_names(s), ("s_ptr", "o_ptr")):
         L += _even_load(f"{v}{suffix}", f"{ptr} + {sptr}", mask, "0.0", tail)
     return L
+
+
+def _row_scale_helper(have_use_ptx: bool) -> list[str]:
+    """_ld_row_scale (ROW_SCALE_LOAD "asm"): a pure inline-asm load on CUDA, tl.load in the CPU interpreter."""
+    return ([] if have_use_ptx else ['USE_PTX = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")', "", ""]) + [
+        "@triton.jit",
+        "def _ld_row_scale(p):",
+        "    # scales are never written while a kernel runs: a pure load (the non-coherent path), merged per address",
+        "    if USE_PTX:",
+        '        return tl.inline_asm_elementwise("ld.global.nc.b16 $0, [$1];", "=h,l", [p], dtype=p.dtype.element_ty,',
+        "                                         is_pure=True, pack=1)",
+        "    else:",
+        "        return tl.load(p)",
+        "",
+        "",
+    ]
 
 
 def _pdl_wait() -> list[str]:
@@ -833,7 +939,9 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
                     loop.append(f"xsum{m} += xs{m}")
     if mode == "channel" and s.grid == "uniform_asym":
         L += [f"xsum{m} = tl.zeros((C,), dtype=tl.float32)" for m in ms]
-    L.append("for step in range(step_lo, step_hi):")
+    unroll = prefetch_distance(s) + 1 if GEMV_UNROLL and prefetch_distance(s) else 1
+    L.append(f"for step in tl.range(step_lo, step_hi, loop_unroll_factor={unroll}):  # buffers take turns, no moves"
+             if unroll > 1 else "for step in range(step_lo, step_hi):")
     L += ["    " + x for x in loop]
     # epilogue: one reduction per row
     if mode == "channel":
@@ -851,7 +959,8 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
         "        bias += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)",
     ])
     for m in ms:
-        red = f"tl.sum(acc{m}, axis=1)" + (f" * inv{m}" if h2 else "")
+        red = f"tl.sum(acc{m}, axis=1)" + (f" * inv{m}" if h2 else "") + (
+            f" * {SUBNORMAL_UNSCALE!r}" if subnormal_codes(s) else "")
         if mode == "channel":
             red = f"{red} * sc" + (f" + tl.sum(xsum{m}) * of" if s.grid == "uniform_asym" else "")
         if s.x_norm:  # the bias after the norm's scale: partials carry none, the last split adds it (_split_k_fixup)
@@ -1093,7 +1202,8 @@ def kernel_source(spec: KernelSpec) -> str:
         "):",
     ]
     hdr = _header(s)
-    if use_half2(s) or s.x_glu or s.x_norm or s.a_regs or lut_regs.tile_eligible(s):
+    asm_scales = s.variant == "gemv" and _scale_mode(s)[0] == "row" and ROW_SCALE_LOAD == "asm"
+    if use_half2(s) or s.x_glu or s.x_norm or s.a_regs or lut_regs.tile_eligible(s) or asm_scales:
         hdr = hdr[: hdr.index("import triton")] + ["import os", ""] + hdr[hdr.index("import triton"):]
     if s.x_glu or s.x_norm:
         hdr += _rne_helper() + (_glu_helper() if s.x_glu else _wx_helper())
@@ -1103,6 +1213,8 @@ def kernel_source(spec: KernelSpec) -> str:
         hdr += gemm_regs.helpers(s)
     if lut_regs.tile_eligible(s):
         hdr += lut_regs.tile_helpers(_DT[s.act_dtype])
+    if asm_scales:
+        hdr += _row_scale_helper(any(h.startswith("USE_PTX = ") for h in hdr))
     return "\n".join(hdr + sig + ["    " + b for b in body]) + "\n"
 
 

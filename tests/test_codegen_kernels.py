@@ -289,21 +289,42 @@ def test_gemv_prefetch_distances(stages, bits, had, n, k, split):
     check(run_kernel(d, spec, split, n, k), reference(d, bits, 1, 128, "uniform", n, k, had))
 
 
-@pytest.mark.parametrize("grid,bits", [("uniform", 4), ("uniform_asym", 3), ("uniform", 8)])
-def test_gemv_row_scales_as_a_vector(grid, bits, monkeypatch, tmp_path):
-    """The per-row scale load emitted for triton < 3.9 (a [BLOCK_N] vector broadcast over the columns, see
-    render.ROW_SCALE_TILE) computes the same result as the [BLOCK_N, C] tile form."""
+def test_gemv_unrolled_loop_matches_reference(monkeypatch, tmp_path):
+    """render.GEMV_UNROLL: the K loop unrolled by prefetch distance + 1 (tl.range loop_unroll_factor), over a step
+    count that is not a multiple of it, with split-K."""
     import qcomp.codegen.render as render
 
-    monkeypatch.setattr(render, "ROW_SCALE_TILE", False)
+    monkeypatch.setattr(render, "GEMV_UNROLL", True)
     monkeypatch.setattr(render, "_LOADED", {})
     monkeypatch.setenv("QCOMP_KERNEL_CACHE", str(tmp_path))
-    n, k, m = 48, 384, 2
+    n, k, m = 40, 640, 2
+    d = make_case(4, "uniform", 1, 128, 0, m, n, k, seed=3)
+    spec = KernelSpec(bits=4, group_size=128, variant="gemv", block_m=2, block_n=16, block_k=128, num_stages=3)
+    assert "loop_unroll_factor=3" in kernel_source(spec)
+    check(run_kernel(d, spec, 2, n, k), reference(d, 4, 1, 128, "uniform", n, k, 0))
+
+
+@pytest.mark.parametrize("load", ["vector", "asm"])
+@pytest.mark.parametrize("grid,bits", [("uniform", 4), ("uniform_asym", 3), ("uniform", 8)])
+def test_gemv_row_scale_loads(grid, bits, load, monkeypatch, tmp_path):
+    """The per-row scale loads emitted for triton < 3.9 (render.ROW_SCALE_LOAD: "vector", a [BLOCK_N] load broadcast
+    over the columns; "asm", the [BLOCK_N, C] tile through _ld_row_scale, whose CPU twin is tl.load) compute what the
+    tile form does, on a ragged N (rows past N read a clamped address) and with split-K."""
+    import qcomp.codegen.render as render
+
+    monkeypatch.setattr(render, "ROW_SCALE_LOAD", load)
+    monkeypatch.setattr(render, "_LOADED", {})
+    monkeypatch.setenv("QCOMP_KERNEL_CACHE", str(tmp_path))
+    n, k, m = 40, 384, 2
     d = make_case(bits, grid, 1, 128, 0, m, n, k, seed=bits)
     spec = KernelSpec(bits=bits, grid=grid, group_size=128, variant="gemv", block_m=2, block_n=16, block_k=128,
                       num_stages=2)
     src = kernel_source(spec)
-    assert "zero_c" not in src and ".to(tl.float32)[:, None]" in src
+    if load == "vector":
+        assert "zero_c" not in src and ".to(tl.float32)[:, None]" in src and "_ld_row_scale" not in src
+    else:
+        assert "sc_ahead = _ld_row_scale(s_ptr + tl.minimum(offs_n, N - 1)[:, None]" in src
+        assert src.count("USE_PTX = ") == 1 and "ld.global.nc.b16" in src
     check(run_kernel(d, spec, 2, n, k), reference(d, bits, 1, 128, grid, n, k, 0))
 
 
@@ -408,13 +429,71 @@ def test_pdl_level_reads_qcomp_pdl(monkeypatch):
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
-def test_single_plane_magic_is_exact(bits):
+def test_single_plane_subnormal_codes_are_exact(bits, monkeypatch):
+    """Subnormal path (render.subnormal_codes): every pair of a 1/2/4-bit word (and of a 3-bit trio word) is read by
+    one AND, after at most one shift per word, as code * 2^(pos - 24) per fp16 half, exactly; x paired as
+    x * xs * 2^(9 - pos) keeps below 2^15 for max |x * xs| < 2^6, so every product is code * x * xs * 2^-15; the
+    zero point's constant -z * 2^-15 is an fp16."""
+    import numpy as np
+
+    import qcomp.codegen.render as render
+    from qcomp.codegen.render import (MAGIC_BITS, SUBNORMAL_UNSCALE, SUBNORMAL_X_EXPONENT, half2_x_exponent,
+                                      single_plane_pairs, subnormal_codes, subnormal_positions)
+
+    monkeypatch.setattr(render, "HALF2_SUBNORMAL", True)
+    spec = KernelSpec(bits=bits, grid="uniform", group_size=128, variant="gemv", block_m=1, block_n=32, block_k=128)
+    assert subnormal_codes(spec) and half2_x_exponent(spec) == SUBNORMAL_X_EXPONENT
+    pairs = single_plane_pairs(spec)
+    assert len(pairs) == 16 // bits and len({s for _, s in pairs if s}) <= 1  # at most one shift per word
+    positions = subnormal_positions(spec)
+    assert len(positions) == spec.col_slots // 2
+    z = (2 ** bits - 1) / 2
+    assert float(np.float16(-z / SUBNORMAL_UNSCALE)) == -z / SUBNORMAL_UNSCALE
+    for pos in positions:
+        assert 0 <= pos and pos + bits <= MAGIC_BITS
+        assert 2.0 ** (SUBNORMAL_X_EXPONENT + 1) * 2.0 ** (9 - pos) <= 2 ** 15  # x * xs * 2^(9 - pos) stays finite
+        for c in range(2 ** bits):
+            h = np.array([c << pos], dtype=np.uint16).view(np.float16)[0]
+            assert float(h) == c * 2.0 ** (pos - 24)
+            assert float(h) * 2.0 ** (9 - pos) * SUBNORMAL_UNSCALE == c * 2.0 ** 0  # the product's scale is 2^-15
+
+
+@pytest.mark.parametrize("bits,act,had,x_scale,m", [(1, "fp16", 0, 1.0, 1), (2, "fp16", 0, 2e3, 2), (3, "fp16", 0, 1e-4, 3),
+                                                (4, "fp16", 128, 1.0, 2), (2, "bf16", 0, 1e6, 1), (3, "bf16", 64, 1.0, 2),
+                                                (4, "bf16", 0, 1e-15, 1)])
+def test_gemv_subnormal_codes_match_reference(bits, act, had, x_scale, m, monkeypatch, tmp_path):
+    """The subnormal path (render.HALF2_SUBNORMAL) on ragged shapes with split-K, fused Hadamard, and activations far
+    outside fp16's range; its fp16 sums of uncentered products carry about twice the magic path's rounding."""
+    import qcomp.codegen.render as render
+
+    monkeypatch.setattr(render, "HALF2_SUBNORMAL", True)
+    monkeypatch.setattr(render, "_LOADED", {})
+    monkeypatch.setenv("QCOMP_KERNEL_CACHE", str(tmp_path))
+    n, k = 40, 384
+    dt = torch.float16 if act == "fp16" else torch.bfloat16
+    d = make_case(bits, "uniform", 1, 128, had, m, n, k, seed=bits * 7 + m)
+    d["x"] = (d["x"].float() * x_scale).to(dt)
+    d["x"][0, 5] *= 8  # one outlier column
+    if x_scale > 1:
+        d["scales"] = d["scales"] * 0.01
+    spec = KernelSpec(bits=bits, grid="uniform", group_size=128, act_dtype=act, had_block=had, variant="gemv",
+                      block_m=4, block_n=16, block_k=128, num_stages=2)
+    src = kernel_source(spec)
+    assert "zi0 = _mul2(zi0, zc)" in src and "_deq2" not in src and "* 32768.0" in src
+    check(run_kernel(d, spec, 2, n, k), reference(d, bits, 1, 128, "uniform", n, k, had),
+          tol=4e-3 if act == "fp16" else 8e-3)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_single_plane_magic_is_exact(bits, monkeypatch):
     """Every pair of a 1/2/4-bit word (and of a 3-bit trio word) is read as 1024 + 2^pos * code per fp16 half (one AND-OR) and turned into
     code - z by one fma with 2^-pos and -(1024 * 2^-pos + z): exact for every code at every position used."""
     import numpy as np
 
+    import qcomp.codegen.render as render
     from qcomp.codegen.render import MAGIC_BITS, single_plane_pairs
 
+    monkeypatch.setattr(render, "HALF2_SUBNORMAL", False)  # the magic-1024 path (the default)
     spec = KernelSpec(bits=bits, grid="uniform", group_size=128, variant="gemv", block_m=1, block_n=32, block_k=128)
     pairs = single_plane_pairs(spec)
     assert len(pairs) == 16 // bits and len({s for _, s in pairs}) <= 2  # at most two shifts per word
