@@ -35,9 +35,11 @@ def _triton_version() -> tuple[int, int]:
 # how a GEMV loads per-row scales (_load_row_scales): "tile", a [BLOCK_N, C] tl.load (triton >= 3.9 gives it the
 # words' register layout); "asm", the same tile read by an inline-asm load, whose layout follows its users (triton
 # < 3.9 on CUDA); "vector", a [BLOCK_N] tl.load broadcast over the columns (a shared-memory layout conversion and
-# two barriers per K step on triton 3.6)
-ROW_SCALE_LOADS = ("tile", "asm", "vector")
-ROW_SCALE_LOAD = "tile" if _triton_version() >= (3, 9) else "vector"  # "asm": no barriers (static); not yet timed
+# two barriers per K step on triton 3.6); "auto", per spec (row_scale_load): "asm" where a program has at least 64
+# rows per warp, else "vector" (H100, session 26 A/B: "asm" 1.5-6 % faster at n128 2 warps and n256 4 warps, 1-4 %
+# slower at n64 2 warps, n32 2 warps and n128 8 warps)
+ROW_SCALE_LOADS = ("tile", "asm", "vector", "auto")
+ROW_SCALE_LOAD = "tile" if _triton_version() >= (3, 9) else "auto"
 # GEMV K loop unrolled by prefetch distance + 1 (tl.range loop_unroll_factor): the prefetch buffers then take turns
 # without register moves (32 of a w4 s3 step's 411 instructions on triton 3.6), but ptxas then holds more in flight:
 # 96 -> 167 registers (w4 s2), so it stays off (NOTES_kernels.md, session 25)
@@ -209,9 +211,10 @@ def _half2_helpers(s: KernelSpec) -> list[str]:
 
 
 MAGIC_BITS = 10  # fp16 1024.0 (0x6400) has a mantissa ulp of 1: bits 0..9 of a half OR-ed into it add exactly
-# single-plane uniform GEMV codes read as fp16 subnormals (subnormal_codes): 13-15 % fewer loop instructions (static,
-# triton 3.6), about twice the fp16 rounding error of the magic-1024 path (~1e-3 relative); off until timed on a GPU
-HALF2_SUBNORMAL = False
+# single-plane uniform GEMV codes read as fp16 subnormals (subnormal_codes): 13-18 % fewer loop instructions (static,
+# triton 3.6); H100 (session 26, with the "asm" scale loads): w2 8-10 % faster, w4 1-3 %, w3 within 2 %; about twice
+# the fp16 rounding error of the magic-1024 path (~1e-3 relative against the float32 reference)
+HALF2_SUBNORMAL = True
 SUBNORMAL_X_EXPONENT = 5  # subnormal path: max |x * xs| < 2^6, so x * xs * 2^(9 - pos) < 2^15 at every position
 SUBNORMAL_UNSCALE = 2.0 ** 15  # its products are code * x * xs * 2^-15: the fp32 result is multiplied back once
 
@@ -223,9 +226,11 @@ def subnormal_codes(s: KernelSpec) -> bool:
     paired as x * xs * 2^(9 - pos) (products code * x * xs * 2^-15, normal for all but tiny x, whose rounding
     error is absolute: 2^-25); the zero point enters once per column and step: each column's first fma adds to
     -z * 2^-15 * (the sum of its x * xs pairs) instead of zero. Positions start at bit 0: one shift per word at
-    most (the magic path: two)."""
+    most (the magic path: two). Not with a fused Hadamard: the bound on rotated x (sqrt(h) max |x|) leaves typical
+    products 2^-4 of their room, near fp16's subnormals (CPU interpreter, w2 had128 with outlier columns: 3-5e-3
+    relative error against 7e-4 on the magic path)."""
     return (HALF2_SUBNORMAL and s.grid == "uniform" and s.variant == "gemv" and len(planes(s.code_bits)) == 1
-            and use_half2(s))
+            and not s.had_block and use_half2(s))
 
 
 def single_plane_pairs(s: KernelSpec) -> list[tuple[int, str]]:
@@ -513,7 +518,7 @@ def _setup(s: KernelSpec) -> list[str]:
            "along rows (a thread holds four rows of one column)"] if s.widest_plane == TRIO else []),
         f"tile_c = offs_c // {W0}  # pack tile of column c within the K step",
     ]
-    if _scale_mode(s)[0] == "row" and ROW_SCALE_LOAD != "vector":
+    if _scale_mode(s)[0] == "row" and row_scale_load(s) != "vector":
         L.append("zero_c = offs_c[None, :] * 0  # [1, C] zeros: per-row scales loaded in the words' register layout")
     for w, off in planes(s.code_bits)[1:]:
         Wp = 4 * w
@@ -802,17 +807,25 @@ def _row_scale_names(s: KernelSpec) -> list[str]:
     return ["sc", "of"] if s.grid == "uniform_asym" else ["sc"]
 
 
-def _load_row_scales(s: KernelSpec, step: str, suffix: str = "") -> list[str]:
-    """Load the scales (and offsets) of K step `step` (an expression) in row mode (one scale per row and step)."""
+def row_scale_load(s: KernelSpec) -> str:
+    """How this GEMV loads its per-row scales: ROW_SCALE_LOAD, with "auto" resolved for the spec's tile."""
     if ROW_SCALE_LOAD not in ROW_SCALE_LOADS:
         raise ValueError(f"render.ROW_SCALE_LOAD = {ROW_SCALE_LOAD!r}: use one of {ROW_SCALE_LOADS}")
-    if ROW_SCALE_LOAD == "tile":
+    if ROW_SCALE_LOAD == "auto":
+        return "asm" if s.block_n >= 64 * s.num_warps else "vector"
+    return ROW_SCALE_LOAD
+
+
+def _load_row_scales(s: KernelSpec, step: str, suffix: str = "") -> list[str]:
+    """Load the scales (and offsets) of K step `step` (an expression) in row mode (one scale per row and step)."""
+    how = row_scale_load(s)
+    if how == "tile":
         # the row's scale as a [BLOCK_N, C] tile (every column reads the same address, an L1 hit): triton >= 3.9
         # gives it the words' register layout, so the K loop has no shared-memory layout conversion (a [BLOCK_N]
         # load cost two barriers per K step). H200: rotated bf16 decode kernels 25-31 % faster, fp16 within 5 %
         sptr = f"offs_n[:, None] * stride_s + (({step}) * BLOCK_K) // {s.group_size} + zero_c"
         mask, tail = "mask_n[:, None]", ".to(tl.float32)"
-    elif ROW_SCALE_LOAD == "asm":
+    elif how == "asm":
         # the same tile through an inline-asm load (_ld_row_scale): triton < 3.9 gives a tl.load of it a rows-across-
         # threads layout that the loop-carried accumulator follows; an elementwise asm op takes its users' layout,
         # and LLVM merges the columns' equal addresses into one load per row. Rows past N read row N - 1 (unstored)
@@ -1202,7 +1215,7 @@ def kernel_source(spec: KernelSpec) -> str:
         "):",
     ]
     hdr = _header(s)
-    asm_scales = s.variant == "gemv" and _scale_mode(s)[0] == "row" and ROW_SCALE_LOAD == "asm"
+    asm_scales = s.variant == "gemv" and _scale_mode(s)[0] == "row" and row_scale_load(s) == "asm"
     if use_half2(s) or s.x_glu or s.x_norm or s.a_regs or lut_regs.tile_eligible(s) or asm_scales:
         hdr = hdr[: hdr.index("import triton")] + ["import os", ""] + hdr[hdr.index("import triton"):]
     if s.x_glu or s.x_norm:
