@@ -10,8 +10,9 @@ How: packing v5 (PACKING.md) already puts slot j of the W0 words of a tile on W0
 (t = j * W0 + i). So a K step loads the words as [BLOCK_N, T * W0] once and makes one tl.dot per slot j, each with
 the [T * W0, BLOCK_M] activations at k = tile * 128 + j * W0 + i (runs of W0). The slot's codes come from the words
 by one elementwise function with constants only: on CUDA one PTX block per pair of weights (a PRMT joins the
-halves of two words that hold the slot, a shift and a LOP3 put 1024 + 2 * code in each fp16 half, a sub.f16x2
-leaves 2 * code - (2^w - 1)); under TRITON_INTERPRET=1 the same values in plain Triton. Scales multiply the
+halves of two words that hold the slot, a shift and a LOP3 put 1024 + 2^a * code in each fp16 half, a sub.f16x2
+or fma.f16x2 leaves 2 * code - (2^w - 1); the slots of a half share the PRMT and one of two shifts: slot_position);
+under TRITON_INTERPRET=1 the same values in plain Triton. Scales multiply the
 K step's partial sum, as in the plain tile; or, with a_scales, the slot's values (fp16, before the tl.dot), so that
 the tl.dots of all K steps chain into one accumulator: the plain form waits for each step's products before it
 scales them, which cost 14 % at M=64 and 30 % at M=256 on the H100 (session 23, against per-row scales).
@@ -44,14 +45,48 @@ def min_block_k(bits: int) -> int:
     return 128 * max(1, 4 // bits)
 
 
-def helpers(s) -> list[str]:
-    """One jitted function per slot j: _slot_<j>(words) -> fp16 2 * code - (2^w - 1) of slot j, elementwise."""
+# the slots of a half share two shifted copies of its words (slot_position): static (triton 3.6, sm_90) 424 -> 394
+# loop instructions per w4 K step of an m64 n128 a_scales tile, 384 -> 353 at m16; off (each slot shifts its code to
+# bit 1, one shift per pair of weights) until an H100 A/B times it: benchmarks/cases/gemm_regs_shared_shifts.json
+SHARED_SHIFTS = False
+
+
+def slot_position(bits: int, j: int) -> tuple[str, int]:
+    """Slot j's PTX shift of the PRMT-joined halves and the bit its code lands at inside each fp16 half: bits below
+    10 - w move left by 1, the rest right by 7, so every slot of a half shares one of two shifted copies (ptxas
+    computes each once) and its code ends by bit 9 (OR-ed into 1024's mantissa, it adds exactly)."""
+    pos = (j * bits) % 16
+    if not SHARED_SHIFTS:  # every code to bit 1
+        return ("shl.b32 p, p, 1; " if pos == 0 else f"shr.b32 p, p, {pos - 1}; " if pos > 1 else ""), 1
+    if pos + 1 + bits <= 10:
+        return "shl.b32 p, p, 1; ", pos + 1
+    return "shr.b32 p, p, 7; ", pos - 7
+
+
+def slot_ptx(bits: int, j: int) -> tuple[str, str]:
+    """Slot j's PTX block ($0 = its two fp16 2 * code - (2^w - 1) from words $1, $2) and what it computes."""
     from .render import _f16_bits  # (render imports this module)
 
+    nb = 2 ** bits - 1
+    sel = "0x7632" if (j * bits) // 16 else "0x5410"  # the high / low halves of the two words, first word low
+    shift, at = slot_position(bits, j)
+    mask = ((2 ** bits - 1) << at) * 0x10001
+    if at == 1:  # 1024 + 2 * code: minus 1024 + nb
+        what = f"1024 + 2 * code in each half, minus {1024.0 + nb!r}"
+        arith = f"mov.b32 z, {_f16_bits(1024.0 + nb) * 0x10001:#010x}; sub.rn.f16x2 $0, p, z; "
+    else:  # 1024 + 2^at * code: times 2^(1 - at), minus 2^(11 - at) + nb (exact: an integer result)
+        what = f"1024 + {2 ** at} * code in each half, times {2.0 ** (1 - at)!r} minus {2.0 ** (11 - at) + nb!r}"
+        arith = (f"mov.b32 a, {_f16_bits(2.0 ** (1 - at)) * 0x10001:#010x}; "
+                 f"mov.b32 z, {_f16_bits(-(2.0 ** (11 - at) + nb)) * 0x10001:#010x}; fma.rn.f16x2 $0, p, a, z; ")
+    regs = "p, z" if at == 1 else "p, a, z"
+    return (f"{{ .reg .b32 {regs}; prmt.b32 p, $1, $2, {sel}; {shift}"
+            f"lop3.b32 p, p, {mask:#010x}, 0x64006400, 0xEA; {arith}}}"), what
+
+
+def helpers(s) -> list[str]:
+    """One jitted function per slot j: _slot_<j>(words) -> fp16 2 * code - (2^w - 1) of slot j, elementwise."""
     w = s.bits
-    S, nb = 32 // w, 2 ** w - 1
-    mask2 = ((2 ** w - 1) << 1) * 0x10001
-    z2 = _f16_bits(1024.0 + nb) * 0x10001
+    nb = 2 ** w - 1
     L = [
         "# slot j of each word -> fp16 2 * code - (2^w - 1), exact: PTX on CUDA (two weights per block), plain Triton in the",
         "# CPU interpreter",
@@ -59,18 +94,17 @@ def helpers(s) -> list[str]:
         "",
         "",
     ]
-    for j in range(S):
-        h, pos = divmod(j * w, 16)
-        sel = "0x7632" if h else "0x5410"  # the high / low halves of the two words, first word low
-        shift = "shl.b32 p, p, 1; " if pos == 0 else (f"shr.b32 p, p, {pos - 1}; " if pos > 1 else "")
+    for j in range(32 // w):
+        ptx, what = slot_ptx(w, j)
+        cut = ptx.index("lop3")
         L += [
             "@triton.jit",
             f"def _slot_{j}(word):",
-            f"    # bits {j * w}..{j * w + w - 1}: 1024 + 2 * code in each half, minus {1024.0 + nb!r}",
+            f"    # bits {j * w}..{j * w + w - 1}: {what}",
             "    if USE_PTX:",
             "        return tl.inline_asm_elementwise(",
-            f'            "{{ .reg .b32 p, z; prmt.b32 p, $1, $2, {sel}; {shift}"',
-            f'            "lop3.b32 p, p, {mask2:#010x}, 0x64006400, 0xEA; mov.b32 z, {z2:#010x}; sub.rn.f16x2 $0, p, z; }}",',
+            f'            "{ptx[:cut]}"',
+            f'            "{ptx[cut:]}",',
             '            "=r,r,r", [word], dtype=tl.float16, is_pure=True, pack=2)',
             "    else:",
             f"        code = (word >> {j * w}) & {2 ** w - 1}",

@@ -8,52 +8,7 @@ from hypothesis import strategies as st
 from qcomp.codegen import lut_regs
 from qcomp.codegen.kernel_spec import KernelSpec
 
-M32 = 0xFFFFFFFF
-
-
-def prmt(a: int, b: int, c: int) -> int:
-    """PTX prmt.b32 (default mode): byte i of the result is byte c[4i+2:4i] of {b, a}; c[4i+3] replicates its sign."""
-    src = [(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)]
-    out = 0
-    for i in range(4):
-        nib = (c >> (4 * i)) & 0xF
-        byte = src[nib & 7]
-        out |= ((0xFF if byte & 0x80 else 0) if nib & 8 else byte) << (8 * i)
-    return out
-
-
-def run_ptx(text: str, regs: dict) -> dict:
-    """Execute the straight-line PTX block (.reg, and, or, shl, shr, lop3 0xEA, prmt) over the named 32-bit
-    registers."""
-    r = dict(regs)
-
-    def val(x):
-        return r[x] if x.startswith("$") or x in r else int(x, 0)
-
-    body = text.strip()
-    assert body[0] == "{" and body[-1] == "}"
-    for ins in body[1:-1].split(";"):
-        ins = ins.strip()
-        if not ins or ins.startswith(".reg"):
-            continue
-        op, rest = ins.split(None, 1)
-        a = [t.strip() for t in rest.split(",")]
-        if op == "and.b32":
-            v = val(a[1]) & val(a[2])
-        elif op == "shr.b32":
-            v = val(a[1]) >> val(a[2])  # (unsigned: every shifted value here is non-negative)
-        elif op == "shl.b32":
-            v = val(a[1]) << val(a[2])
-        elif op == "or.b32":
-            v = val(a[1]) | val(a[2])
-        elif op == "lop3.b32" and a[4] == "0xEA":
-            v = (val(a[1]) & val(a[2])) | val(a[3])
-        elif op == "prmt.b32":
-            v = prmt(val(a[1]), val(a[2]), val(a[3]))
-        else:
-            raise AssertionError(f"the model does not know {ins!r}")
-        r[a[0]] = v & M32
-    return r
+from ptx_model import M32, run_ptx
 
 
 @settings(max_examples=300, deadline=None)
