@@ -33,6 +33,7 @@ def main(argv=None) -> int:
                 errs = []
                 for sub in (False, True):
                     render.HALF2_SUBNORMAL = sub
+                    render.SUBNORMAL_WITH_HADAMARD = sub  # (off by default: this is why)
                     render._LOADED.clear()
                     d = T.make_case(bits, "uniform", 1, 128, had, 1, n, k, seed=5, bias=False)
                     x = d["x"].float()
@@ -41,7 +42,6 @@ def main(argv=None) -> int:
                     d["x"] = x.half()
                     spec = KernelSpec(bits=bits, grid="uniform", group_size=128, had_block=had, variant="gemv",
                                       block_m=1, block_n=16, block_k=128)
-                    render.SUBNORMAL_WITH_HADAMARD = sub  # (off by default: this is why)
                     y = T.run_kernel(d, spec, 1, n, k)
                     ref = T.reference(d, bits, 1, 128, "uniform", n, k, had)
                     errs.append(float((y.float() - ref.float()).norm() / ref.float().norm()))

@@ -519,7 +519,7 @@ def _setup(s: KernelSpec) -> list[str]:
            "along rows (a thread holds four rows of one column)"] if s.widest_plane == TRIO else []),
         f"tile_c = offs_c // {W0}  # pack tile of column c within the K step",
     ]
-    if _scale_mode(s)[0] == "row" and row_scale_load(s) != "vector":
+    if _gemv_row_scales(s) in ("tile", "asm"):
         L.append("zero_c = offs_c[None, :] * 0  # [1, C] zeros: per-row scales loaded in the words' register layout")
     for w, off in planes(s.code_bits)[1:]:
         Wp = 4 * w
@@ -815,6 +815,11 @@ def row_scale_load(s: KernelSpec) -> str:
     if ROW_SCALE_LOAD == "auto":
         return "asm" if s.block_n >= 64 * s.num_warps else "vector"
     return ROW_SCALE_LOAD
+
+
+def _gemv_row_scales(s: KernelSpec) -> str | None:
+    """row_scale_load(s) for a GEMV that loads one scale per row and K step (_load_row_scales), else None."""
+    return row_scale_load(s) if s.variant == "gemv" and _scale_mode(s)[0] == "row" else None
 
 
 def _load_row_scales(s: KernelSpec, step: str, suffix: str = "") -> list[str]:
@@ -1216,7 +1221,7 @@ def kernel_source(spec: KernelSpec) -> str:
         "):",
     ]
     hdr = _header(s)
-    asm_scales = s.variant == "gemv" and _scale_mode(s)[0] == "row" and row_scale_load(s) == "asm"
+    asm_scales = _gemv_row_scales(s) == "asm"
     if use_half2(s) or s.x_glu or s.x_norm or s.a_regs or lut_regs.tile_eligible(s) or asm_scales:
         hdr = hdr[: hdr.index("import triton")] + ["import os", ""] + hdr[hdr.index("import triton"):]
     if s.x_glu or s.x_norm:
