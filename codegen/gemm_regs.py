@@ -46,30 +46,43 @@ def min_block_k(bits: int) -> int:
 
 
 # the slots of a half share two shifted copies of its words (slot_position): static (triton 3.6, sm_90) 424 -> 394
-# loop instructions per w4 K step of an m64 n128 a_scales tile, 384 -> 353 at m16; off (each slot shifts its code to
-# bit 1, one shift per pair of weights) until an H100 A/B times it: benchmarks/cases/gemm_regs_shared_shifts.json
-SHARED_SHIFTS = False
+# loop instructions per w4 K step of an m64 n128 a_scales tile, 384 -> 353 at m16. H100 A/B (session 27,
+# benchmarks/cases/gemm_regs_shared_shifts.json, two rounds each): M=64 tiles 6-10 % faster (w4 m64 n128 4 warps
+# 127.6 / 125.8 -> 118.1 / 115.3 us, m64 n256 8 warps 153.8 / 149.9 -> 138.1 / 138.4), M=256 tiles within 1 %, M=16
+# m16 n128 within 2 % and m16 n256 3-5 % slower. "auto": shared where the tile has >= 64 rows of M; True / False force.
+SHARED_SHIFTS = "auto"
+SHARED_SHIFTS_MIN_BLOCK_M = 64
 
 
-def slot_position(bits: int, j: int) -> tuple[str, int]:
-    """Slot j's PTX shift of the PRMT-joined halves and the bit its code lands at inside each fp16 half: bits below
-    10 - w move left by 1, the rest right by 7, so every slot of a half shares one of two shifted copies (ptxas
-    computes each once) and its code ends by bit 9 (OR-ed into 1024's mantissa, it adds exactly)."""
+def shared_shifts(block_m: int) -> bool:
+    """Whether a registers tile of block_m activation rows takes the shared shifts (SHARED_SHIFTS)."""
+    if SHARED_SHIFTS == "auto":
+        return block_m >= SHARED_SHIFTS_MIN_BLOCK_M
+    if not isinstance(SHARED_SHIFTS, bool):
+        raise ValueError(f"gemm_regs.SHARED_SHIFTS is {SHARED_SHIFTS!r}; expected 'auto', True or False")
+    return SHARED_SHIFTS
+
+
+def slot_position(bits: int, j: int, shared: bool) -> tuple[str, int]:
+    """Slot j's PTX shift of the PRMT-joined halves and the bit its code lands at inside each fp16 half. shared:
+    bits below 10 - w move left by 1, the rest right by 7, so every slot of a half shares one of two shifted copies
+    (ptxas computes each once) and its code ends by bit 9 (OR-ed into 1024's mantissa, it adds exactly); else
+    every code moves to bit 1 (one shift per slot)."""
     pos = (j * bits) % 16
-    if not SHARED_SHIFTS:  # every code to bit 1
+    if not shared:  # every code to bit 1
         return ("shl.b32 p, p, 1; " if pos == 0 else f"shr.b32 p, p, {pos - 1}; " if pos > 1 else ""), 1
     if pos + 1 + bits <= 10:
         return "shl.b32 p, p, 1; ", pos + 1
     return "shr.b32 p, p, 7; ", pos - 7
 
 
-def slot_ptx(bits: int, j: int) -> tuple[str, str]:
+def slot_ptx(bits: int, j: int, shared: bool) -> tuple[str, str]:
     """Slot j's PTX block ($0 = its two fp16 2 * code - (2^w - 1) from words $1, $2) and what it computes."""
     from .render import _f16_bits  # (render imports this module)
 
     nb = 2 ** bits - 1
     sel = "0x7632" if (j * bits) // 16 else "0x5410"  # the high / low halves of the two words, first word low
-    shift, at = slot_position(bits, j)
+    shift, at = slot_position(bits, j, shared)
     mask = ((2 ** bits - 1) << at) * 0x10001
     if at == 1:  # 1024 + 2 * code: minus 1024 + nb
         what = f"1024 + 2 * code in each half, minus {1024.0 + nb!r}"
@@ -94,8 +107,9 @@ def helpers(s) -> list[str]:
         "",
         "",
     ]
+    shared = shared_shifts(s.block_m)
     for j in range(32 // w):
-        ptx, what = slot_ptx(w, j)
+        ptx, what = slot_ptx(w, j, shared)
         cut = ptx.index("lop3")
         L += [
             "@triton.jit",
