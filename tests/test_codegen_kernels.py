@@ -18,7 +18,7 @@ from qcomp.codegen.hadamard_util import rotate_blocks, sylvester  # noqa: E402
 from qcomp.codegen.kernel_spec import KernelSpec, KernelSpecError  # noqa: E402
 from qcomp.codegen.ops import launch, qlinear, reference_qlinear  # noqa: E402
 from qcomp.codegen.packing import pack_codes  # noqa: E402
-from qcomp.codegen.render import kernel_source  # noqa: E402
+from qcomp.codegen.render import kernel_source, subnormal_codes  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
 
@@ -76,7 +76,10 @@ def test_gemv_matches_reference(bits, grid, p, g, had):
     d = make_case(bits, grid, p, g, had, m, n, k, seed)
     spec = KernelSpec(bits=bits, grid=grid, p=p, group_size=g, had_block=had, variant="gemv", block_m=4,
                       block_n=32, block_k=128 * p)
-    check(run_kernel(d, spec, 1, n, k), reference(d, bits, p, g, grid, n, k, had))
+    # the subnormal path's uncentered fp16 sums about double the rounding (render.subnormal_codes): w3 g128 measured
+    # 1.4e-3 median, 2.3e-3 max over 60 seeds (the seed changes per process: hash() of a str is salted)
+    tol = 4e-3 if subnormal_codes(spec) else 2e-3
+    check(run_kernel(d, spec, 1, n, k), reference(d, bits, p, g, grid, n, k, had), tol=tol)
 
 
 @pytest.mark.parametrize("act,x_scale,bits,had", [("fp16", 2e3, 7, 0), ("fp16", 2e3, 4, 128), ("fp16", 1e-4, 3, 0),
