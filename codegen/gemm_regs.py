@@ -40,16 +40,6 @@ def eligible(bits: int, grid: str, p: int, act_dtype: str, scale_per_tile: bool)
     return None
 
 
-# KernelSpec.a_async: one fp32 accumulator tile per slot (32 // bits slots), so widths with at most 8 slots. Why: Triton
-# (3.6, WGMMAPipeline's dotCanBeProperlyAsync) makes a wgmma asynchronous only where its result feeds nothing in the
-# loop but the loop's yield; in one chain each slot's dot feeds the next one's accumulator, so it is followed by a
-# wait for all (SASS: WARPGROUP.DEPBAR.LE gsb0, 0x0 after every slot) and the tensor cores idle while the next slot
-# is dequantized. With a tile per slot every dot is properly async and Triton waits only for the same slot of the
-# previous K step (DEPBAR.LE gsb0, 0x7 at w4): up to 7 wgmmas in flight. Registers bound the tiles that take it:
-# 8 * BLOCK_N * BLOCK_M / (32 * num_warps) accumulator registers; where ptxas spills, it serializes the wgmmas again.
-ASYNC_BITS = (4, 8)
-
-
 def min_block_k(bits: int) -> int:
     """Smallest K step whose slot has >= 16 codes per row (tl.dot's K): T * 4 * bits >= 16."""
     return 128 * max(1, 4 // bits)
@@ -175,24 +165,5 @@ def loop(s, target: str) -> list[str]:
     for j in range(32 // s.bits):
         L.append(f"kx = step * BLOCK_K + {j * W0} + code_c")
         L += _even_load("xt", "x_col + kx[:, None]", "mask_m[None, :] & (kx < K)[:, None]", "0.0")
-        acc = f"acc_{j}" if s.a_async else target  # (a_async: the slot's own accumulator, see ASYNC_BITS)
-        L.append(f"{acc} = tl.dot(_slot_{j}(words){scaled}, xt, {acc})  # slot {j}: codes t * 128 + {j * W0} + i")
+        L.append(f"{target} = tl.dot(_slot_{j}(words){scaled}, xt, {target})  # slot {j}: codes t * 128 + {j * W0} + i")
     return L
-
-
-def accumulators(s) -> list[str]:
-    """Before the K loop: the accumulator(s) the slots' tl.dots add to (one per slot with a_async)."""
-    if not s.a_async:
-        return ["acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)"]
-    return [f"acc_{j} = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # slot {j}'s products (a_async)"
-            for j in range(32 // s.bits)]
-
-
-def sum_accumulators(s) -> list[str]:
-    """After the K loop: acc, the sum of the slots' accumulators (a_async), pairwise."""
-    if not s.a_async:
-        return []
-    names = [f"acc_{j}" for j in range(32 // s.bits)]
-    while len(names) > 1:
-        names = [f"({a} + {b})" for a, b in zip(names[::2], names[1::2])]
-    return [f"acc = {names[0]}"]

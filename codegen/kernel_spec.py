@@ -59,8 +59,6 @@ class KernelSpec:
     a_regs: bool = False  # gemm: one tl.dot per slot, the dequantized weights stay in registers (gemm_regs.py)
     a_scales: bool = False  # a_regs: the row scale multiplies the dequantized weights (A) instead of each K step's
     # partial sum, so every tl.dot accumulates into one chain; the kernel reads the scales widened to int32 (o_ptr)
-    a_async: bool = False  # a_scales: one accumulator per slot instead of one chain, so Triton issues each slot's
-    # wgmma without waiting for the slot before it (gemm_regs.py); costs a [BLOCK_N, BLOCK_M] fp32 tile per slot
 
     def __post_init__(self):
         self.validate()
@@ -114,9 +112,6 @@ class KernelSpec:
         if self.a_scales and not (self.a_regs and self.group_size != -1 and self.scale_per_tile):
             bad("a_scales needs a_regs and one scale per (row, K step) from groups: group_size a multiple of "
                 "block_k, not -1 (a per-row scale is applied once after the K loop anyway)")
-        if self.a_async and not (self.a_scales and self.bits in gemm_regs.ASYNC_BITS):
-            bad(f"a_async needs a_scales and {' or '.join(map(str, gemm_regs.ASYNC_BITS))} bits (one accumulator per "
-                f"slot: 32 // bits of them), got bits {self.bits}, a_scales {self.a_scales}")
         if self.block_k % (128 * self.p):
             bad(f"block_k must cover whole 128-code pack tiles: a multiple of {128 * self.p}")
         if h and self.block_k % h:
@@ -155,7 +150,7 @@ class KernelSpec:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for late in ("a_regs", "a_scales", "a_async"):  # (added later: off, they stay out, so earlier specs keep their JSON,
+        for late in ("a_regs", "a_scales"):  # (added later: off, they stay out, so earlier specs keep their JSON,
             if not d[late]:  # digest and tuning keys)
                 del d[late]
         return d
@@ -177,7 +172,7 @@ class KernelSpec:
         return (
             f"qlinear_{self.variant}_w{self.bits}_{grid}_g{g}_{self.act_dtype}{had}{'_glu' if self.x_glu else ''}"
             f"{'_rms' if self.x_norm else ''}"
-            f"{'_ra' if self.a_regs else ''}{'s' if self.a_scales else ''}{'a' if self.a_async else ''}"
+            f"{'_ra' if self.a_regs else ''}{'s' if self.a_scales else ''}"
             f"_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
         )
 

@@ -1083,7 +1083,7 @@ def _gemm_body(s: KernelSpec, dt: str) -> list[str]:
     ]
     if s.a_regs:  # one tl.dot per slot, the weights in registers (gemm_regs.py)
         target = "part" if mode == "row" and not s.a_scales else "acc"
-        L += gemm_regs.prologue(s) + gemm_regs.accumulators(s)
+        L += gemm_regs.prologue(s) + ["acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)"]
         return L + _gemm_tail(s, mode, True, gemm_regs.loop(s, target), target)
     L += [
         "offs_k = tl.arange(0, BLOCK_K)",
@@ -1189,7 +1189,7 @@ def _gemm_tail(s: KernelSpec, mode: str, after: bool, loop: list[str], part: str
     if mode == "channel" and after:
         L += [f"acc = acc * (tl.load(s_ptr + offs_n * stride_s, mask=mask_n, other=0.0).to(tl.float32){half})[:, None]"]
     if s.a_scales:  # the scales went into A, the 0.5 of 2 * (code - z) is left
-        L += gemm_regs.sum_accumulators(s) + ["acc = acc * 0.5"]
+        L.append("acc = acc * 0.5")
     L += [
         "if HAS_BIAS:",
         "    if pid_k == 0:  # split-K: one program per output tile adds the bias",

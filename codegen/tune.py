@@ -49,17 +49,6 @@ GEMM_TILES = {
           (128, 128, 128, 4, 4)],
 }
 
-# registers tiles with one accumulator per slot (KernelSpec.a_async) per M bucket: (m, n, k, warps, stages). sm_90
-# static counts (triton 3.6, w4): each keeps 7 slots' wgmmas in flight (DEPBAR.LE gsb0, 0x7) within 215-254
-# registers and no spills; wider tiles (m64 n128, m128) need > 255 and ptxas serializes their wgmmas again
-A_ASYNC_TILES = {
-    16: [(16, 128, 128, 4, 4)],
-    32: [(32, 128, 128, 8, 4), (32, 64, 128, 4, 4)],
-    64: [(64, 64, 128, 8, 4), (32, 128, 128, 8, 4)],
-    128: [(64, 64, 128, 8, 4), (32, 128, 128, 8, 4)],
-    256: [(64, 64, 128, 8, 4)],
-}
-
 
 def m_bucket(m: int) -> int:
     return 1 if m <= 1 else min(2 ** math.ceil(math.log2(m)), 4096)
@@ -141,7 +130,6 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
                         raise
                     continue
                 dots += [(spec, s) for s in _dot_splits(-(-n // bn), -(-k // spec.block_k), sms)]
-            dots += _async_tiles(base, 16, m, n, k, sms, device)
         # on a GPU only the tensor-core tiles of 16 rows where they apply: they won every M=16 row of the H100
         # benchmark (the 16-row gemv ~10x slower), and an 8- or 16-row gemv takes 16-70 s to compile for sm_90
         # against 0.4-4.3 s for a tensor-core tile (session 20: batch-16 tuning spent 329 s compiling them). The CPU
@@ -168,7 +156,6 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
                                        block_k=_fit_k(bk, base, k), num_warps=warps, num_stages=stages)
             progs = -(-m // bm) * -(-n // bn)
             out += [(spec, s) for s in _dot_splits(progs, -(-k // spec.block_k), sms)]
-        out += _async_tiles(base, min(256, max(32, m_bucket(m))), m, n, k, sms, device)
     out = _a_regs_twins(out, device)
     seen, uniq = set(), []
     for c in out:
@@ -211,24 +198,6 @@ def a_scales_setting(device) -> str:
 # 114.2 -> 126.4, at 8192x28672 split 2 124.5 -> 121.3), M=128 (m128 n128) 210.4 -> 181.0, M=256 (m128 n256)
 # 470.2 -> 295.2: the product per weight costs more than the chained dots save until M reaches ~64
 A_SCALES_MIN_BLOCK_M = 64
-
-
-def _async_tiles(base: KernelSpec, bucket: int, m: int, n: int, k: int, sms: int, device
-                 ) -> list[tuple[KernelSpec, int]]:
-    """A_ASYNC_TILES of the M bucket as candidates (with their split-K counts) where the width, grid and group take
-    them and the registers tile with scales in A is on (a_regs_setting, a_scales_setting not "0")."""
-    if a_regs_setting(device) == "0" or a_scales_setting(device) == "0":
-        return []
-    out = []
-    for bm, bn, bk, warps, stages in A_ASYNC_TILES[bucket]:
-        try:
-            spec = dataclasses.replace(base, variant="gemm", block_m=bm, block_n=bn, block_k=_fit_k(bk, base, k),
-                                       num_warps=warps, num_stages=stages, group_m=1 if bucket == 16 else base.group_m,
-                                       a_regs=True, a_scales=True, a_async=True)
-        except KernelSpecError:  # not a width, grid or group the registers tile with one accumulator per slot takes
-            continue
-        out += [(spec, s) for s in _dot_splits(-(-m // bm) * -(-n // bn), -(-k // spec.block_k), sms)]
-    return out
 
 
 def _twins(cands: list[tuple[KernelSpec, int]], field: str, how: str, min_block_m: int = 1

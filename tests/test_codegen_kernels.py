@@ -168,30 +168,6 @@ def test_gemm_scales_in_registers(bits, g, bk, m, split, n, k):
     assert src.count("* scl, xt, acc)") == 32 // bits and "part = " not in src and "o_ptr +" in src
 
 
-@pytest.mark.parametrize("bits,g,m,split,n,k", [(4, 128, 33, 1, 72, 1152), (8, 128, 20, 2, 72, 1152),
-                                               (4, 256, 32, 2, 64, 1024)])
-def test_gemm_async_accumulators(bits, g, m, split, n, k):
-    """a_async: each slot's tl.dot adds to its own accumulator (so Triton need not wait for one slot's wgmma before
-    the next), summed after the K loop; ragged and whole tiles, split-K, a group spanning two K steps."""
-    d = make_case(bits, "uniform", 1, g, 0, m, n, k, seed=bits * 37 + m)
-    d["scales"][::3] *= -1
-    spec = KernelSpec(bits=bits, grid="uniform", group_size=g, variant="gemm", block_m=16, block_n=32,
-                      block_k=128, group_m=2, a_regs=True, a_scales=True, a_async=True)
-    check(run_kernel(d, spec, split, n, k), reference(d, bits, 1, g, "uniform", n, k, 0))
-    src = kernel_source(spec)
-    slots = 32 // bits
-    assert all(f"acc_{j} = tl.dot(_slot_{j}(words) * scl, xt, acc_{j})" in src for j in range(slots))
-    assert src.count("tl.dot(") == slots and f"acc_{slots - 1})" in src.split("acc = acc * 0.5")[0]
-
-
-@pytest.mark.parametrize("fields,why", [(dict(bits=2, a_scales=True), "a_async needs a_scales and 4 or 8 bits"),
-                                        (dict(bits=4, a_scales=False), "a_async needs a_scales")])
-def test_gemm_async_accumulators_refused(fields, why):
-    with pytest.raises(KernelSpecError, match=why):
-        KernelSpec(group_size=256 if fields["bits"] == 2 else 128, variant="gemm", block_m=16, block_n=32,
-                   block_k=256 if fields["bits"] == 2 else 128, a_regs=True, a_async=True, **fields)
-
-
 def test_widened_scales_checks():
     from qcomp.codegen.ops import widened_scales
 

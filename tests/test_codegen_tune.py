@@ -34,13 +34,7 @@ def test_candidates_are_valid_and_split_leaves_work(m, n, k_tiles, bits, had):
         assert cands[0][0].variant == "gemv", "the untuned default on CPU (interpreter) must be the gemv"
     gpu_all = tune.candidates(base, m, n, k, torch.device("cuda"))
     gpu = [c for c in gpu_all if not c[0].a_regs]
-    twins = [c for c in gpu_all if c[0].a_regs and not c[0].a_async]
-    asyncs = [c[0] for c in gpu_all if c[0].a_async]  # their own tiles (A_ASYNC_TILES), not twins
-    bucket = 16 if m <= 16 else min(256, max(32, tune.m_bucket(m)))
-    assert all(t.a_scales and t.bits in (4, 8) and (t.block_m, t.block_n, t.block_k, t.num_warps, t.num_stages)
-               in tune.A_ASYNC_TILES[bucket] for t in asyncs)
-    assert bool(asyncs) == (bits in (4, 8) and not (m <= 4 or (m <= 16 and had))), \
-        "a GPU tries the one-accumulator-per-slot tiles wherever a 4- or 8-bit tensor-core tile may run"
+    twins = [c for c in gpu_all if c[0].a_regs]
     assert all((dataclasses.replace(t, a_regs=False, a_scales=False), sp) in gpu or (t.block_n, t.block_k // base.p,
                t.num_warps, t.num_stages) in tune.A_REGS_SMALL_M for t, sp in twins), "a twin without its tile"
     assert all(((dataclasses.replace(t, a_scales=True), sp) in twins) == (t.group_size != -1 and t.scale_per_tile)
@@ -156,12 +150,12 @@ def test_a_regs_setting(monkeypatch):
     the choices; a choice made under an override is cached apart."""
     base = KernelSpec(bits=4, group_size=128, block_m=1)
     cuda = torch.device("cuda")
-    both = [c for c in tune.candidates(base, 64, 4096, 4096, cuda) if not c[0].a_async]  # (own tiles, not twins)
+    both = tune.candidates(base, 64, 4096, 4096, cuda)
     monkeypatch.setenv("QCOMP_A_REGS", "0")
     off = tune.candidates(base, 64, 4096, 4096, cuda)
     assert off == [c for c in both if not c[0].a_regs] and len(off) < len(both)
     monkeypatch.setenv("QCOMP_A_REGS", "1")
-    on = [c for c in tune.candidates(base, 64, 4096, 4096, cuda) if not c[0].a_async]
+    on = tune.candidates(base, 64, 4096, 4096, cuda)
     assert on == [c for c in both if c[0].a_regs or not any(t[0].a_regs and t[1] == c[1] and
                                                             dataclasses.replace(t[0], a_regs=False, a_scales=False) == c[0]
                                                             for t in both)]
