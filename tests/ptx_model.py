@@ -16,7 +16,8 @@ def prmt(a: int, b: int, c: int) -> int:
     return out
 
 
-def _f16x2(v: int) -> np.ndarray:
+def f16x2(v: int) -> np.ndarray:
+    """The two fp16 halves of a 32-bit register, low half first."""
     return np.array([v & 0xFFFF, v >> 16], dtype=np.uint16).view(np.float16)
 
 
@@ -45,9 +46,9 @@ def run_ptx(text: str, regs: dict) -> dict:
         if op == "mov.b32":
             v = val(a[1])
         elif op == "sub.rn.f16x2":
-            v = _bits(_f16x2(val(a[1])).astype(np.float64) - _f16x2(val(a[2])).astype(np.float64))
+            v = _bits(f16x2(val(a[1])).astype(np.float64) - f16x2(val(a[2])).astype(np.float64))
         elif op == "fma.rn.f16x2":
-            x, y, z = (_f16x2(val(t)).astype(np.float64) for t in a[1:4])
+            x, y, z = (f16x2(val(t)).astype(np.float64) for t in a[1:4])
             v = _bits(x * y + z)
         elif op == "and.b32":
             v = val(a[1]) & val(a[2])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ptx_model import M32, run_ptx
+from ptx_model import M32, f16x2, run_ptx
 
 from qcomp.codegen import gemm_regs
 
@@ -19,7 +19,7 @@ def test_slot_ptx_gives_every_code_exactly(bits, shared, a, b):
     for j in range(32 // bits):
         ptx, _ = gemm_regs.slot_ptx(bits, j, shared)
         out = run_ptx(ptx, {"$1": a, "$2": b})["$0"]
-        got = np.array([out & 0xFFFF, out >> 16], dtype=np.uint16).view(np.float16).astype(np.float64)
+        got = f16x2(out).astype(np.float64)
         want = [2 * ((word >> (j * bits)) & nb) - nb for word in (a, b)]
         assert list(got) == want, f"slot {j} of words {a:#010x}, {b:#010x} at {bits} bits"
 
