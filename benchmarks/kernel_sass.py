@@ -34,8 +34,10 @@ def compile_spec(spec, arch: int, even: bool = True, pdl: int | None = None, res
     sm_90 and later)."""
     from qcomp.codegen.ops import DEFAULT_PDL, PDL_LEVELS
 
-    pdl = (PDL_LEVELS[DEFAULT_PDL] if arch >= 90 else 0) if pdl is None else pdl
     os.environ["TRITON_INTERPRET"] = "0"  # the interpreter would be used otherwise (set by the CPU tests)
+    if spec.variant == "wgmma":
+        return compile_wgmma(spec, arch, even)
+    pdl = (PDL_LEVELS[DEFAULT_PDL] if arch >= 90 else 0) if pdl is None else pdl
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -55,6 +57,30 @@ def compile_spec(spec, arch: int, even: bool = True, pdl: int | None = None, res
                     attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),
                           options={"num_warps": spec.num_warps, "num_stages": spec.num_stages, "launch_pdl": bool(pdl)})
+
+
+def compile_wgmma(spec, arch: int, even: bool = True, split_k: int = 1):
+    """triton.compile of a Gluon wgmma kernel (gemm_wgmma.py) for sm_<arch> (90: wgmma exists only there), with x's
+    TMA descriptor as the runtime builds it; split_k 1 is a constant, as Triton specializes an int argument of 1."""
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    from qcomp.codegen.gemm_wgmma import x_descriptor
+    from qcomp.codegen.render import load_kernel
+
+    desc = x_descriptor(torch.empty(spec.block_m, 128, dtype=torch.float16), spec.block_m)
+    sig = {"x_desc": mangle_type(desc), "w_ptr": "*i32", "s_ptr": "*fp16", "bias_ptr": "*fp16", "y_ptr": "*fp16",
+           "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_w": "i32",
+           "stride_s": "i32", "stride_ym": "i32", "SPLIT_K": "constexpr" if split_k == 1 else "i32",
+           "HAS_BIAS": "constexpr", "EVEN": "constexpr"}
+    consts = {"HAS_BIAS": False, "EVEN": even, **({"SPLIT_K": 1} if split_k == 1 else {})}
+    aligned = (1, 2, 3, 4, 5, 6, 9, 10, 11, 12)  # pointers and the K-like sizes: multiples of 16
+    src = GluonASTSource(load_kernel(spec), sig, constexprs=consts,
+                         attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": spec.num_warps})
 
 
 def disassemble(cubin: bytes) -> str:
@@ -85,15 +111,19 @@ def registers(cubin: bytes) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def loop_body(sass: str) -> list[str]:
-    """Instructions (opcode + operands) of the longest loop: label ... backward branch to it."""
+def loop_body(sass: str, holding: str | None = None) -> list[str]:
+    """Instructions (opcode + operands) of the longest loop: label ... backward branch to it; with `holding` (an
+    opcode prefix), of the shortest loop that holds it instead (a wgmma kernel's mbarrier retry branch jumps back from
+    the end of the code over everything, so the longest backward branch is not its K loop)."""
     lines = sass.splitlines()
     labels = {ln.rstrip(":").strip(): i for i, ln in enumerate(lines) if re.match(r"^\.L_x_\d+:", ln.strip())}
-    best = (0, 0)
-    for i, ln in enumerate(lines):
-        m = _BRA.search(ln)
-        if m and m.group(1) in labels and labels[m.group(1)] < i and i - labels[m.group(1)] > best[1] - best[0]:
-            best = (labels[m.group(1)], i)
+    spans = [(labels[m.group(1)], i) for i, ln in enumerate(lines)
+             if (m := _BRA.search(ln)) and m.group(1) in labels and labels[m.group(1)] < i]
+    if holding:
+        spans = [s for s in spans if any(holding in ln for ln in lines[s[0]: s[1] + 1])]
+        best = min(spans, key=lambda s: s[1] - s[0], default=(0, 0))
+    else:
+        best = max(spans, key=lambda s: s[1] - s[0], default=(0, 0))
     return [m.group(2) for ln in lines[best[0]: best[1] + 1] if (m := _LINE.match(ln))]
 
 
@@ -103,7 +133,7 @@ def opcode(instr: str) -> str:
 
 
 def report(spec, kernel, sass: str) -> dict:
-    body = loop_body(sass)
+    body = loop_body(sass, "HGMMA" if spec.variant == "wgmma" else None)
     ops = collections.Counter(opcode(i) for i in body)
     threads = 32 * spec.num_warps
     codes = spec.block_n * spec.block_k // spec.p / threads * spec.block_m if spec.variant == "gemv" else None
@@ -115,6 +145,8 @@ def report(spec, kernel, sass: str) -> dict:
             "shared_stores": sum(v for k, v in ops.items() if k.startswith(("STS", "STSM"))),
             "shared_loads": sum(v for k, v in ops.items() if k.startswith(("LDS", "LDSM"))),
             "barriers": sum(v for k, v in ops.items() if k.startswith("BAR")),
+            "local_memory": sum(v for k, v in ops.items() if k.startswith(("LDL", "STL"))),
+            "wgmma_waits": [i for i in body if i.startswith("WARPGROUP.DEPBAR")],
             "shared_bytes": getattr(md, "shared", None), "opcodes": dict(ops.most_common())}
 
 

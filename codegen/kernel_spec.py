@@ -1,6 +1,6 @@
 """KernelSpec: everything that decides the text of one generated qlinear kernel (a frozen dataclass).
 
-Two spec families come from one renderer (render.py):
+Three spec families come from one renderer (render.py):
 * variant "gemv": small M (block_m in 1, 2, 4, 8, 16; rows >= M masked). No tl.dot: each program owns
   block_n output rows x a K range (split-K: the last split sums the fp32 partials in order, render._split_k_fixup;
   the split count is a launch argument), keeps elementwise fp32 accumulators [block_n, words] per activation row
@@ -14,6 +14,10 @@ Two spec families come from one renderer (render.py):
   Triton keeps the dequantized weights in registers as the wgmma's A operand (gemm_regs.py); a_scales also
   multiplies the group scales into A, so the K steps' tl.dots chain into one accumulator.
 
+* variant "wgmma" (Hopper only, Gluon: gemm_wgmma.py): the registers tile's dequantization with the slots' wgmmas
+  issued asynchronously back to back and one wait per K step; x through TMA into a ring of shared-memory stages.
+  Uniform grid, 4/8-bit codes, fp16, groups of 128k; the tuner tries it on sm_90 GPUs for M > 16 (tune.WGMMA_TILES).
+
 Fields that are not a kernel's text (the shape, the split count) stay out of it, so one compiled kernel
 serves every shape.
 """
@@ -24,12 +28,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from . import gemm_regs
+from . import gemm_regs, gemm_wgmma
 from .packing import TRIO, planes
 
 GRID_KINDS = ("uniform", "uniform_asym", "lut")
 ACT_DTYPES = ("fp16", "bf16")
-VARIANTS = ("gemv", "gemm")
+VARIANTS = ("gemv", "gemm", "wgmma")
 MAX_FUSED_HADAMARD = 256  # largest block rotated inside the kernel; larger blocks use a separate rotation
 KERNEL_SPEC_VERSION = 2
 
@@ -96,6 +100,23 @@ class KernelSpec:
                 bad("variant 'gemm' needs block_m, block_n >= 16 (tl.dot)")
             if h:
                 bad("variant 'gemm' has no fused Hadamard (ops.py rotates x in a separate pass for M > 16)")
+        if self.variant == "wgmma":
+            why = gemm_wgmma.eligible(self.bits, self.grid, self.p, self.act_dtype, self.group_size, h)
+            if why is None and self.num_warps not in (4, 8, 16):
+                why = f"needs num_warps 4, 8 or 16 (1, 2 or 4 warp groups), got {self.num_warps}"
+            if why is None and self.block_n != 16 * self.num_warps:
+                why = (f"needs block_n = 16 * num_warps = {16 * self.num_warps} (an m16 row block per warp), got "
+                       f"{self.block_n}")
+            if why is None and not 8 <= self.block_m <= 256:
+                why = f"needs block_m in 8..256 (the wgmma's N), got {self.block_m}"
+            if why is None and self.block_k != 128:
+                why = f"needs block_k 128 (one pack tile per K step), got {self.block_k}"
+            if why is None and self.num_stages < 2:
+                why = f"needs num_stages >= 2 (x copied one K step ahead), got {self.num_stages}"
+            if why is None and (self.a_regs or self.a_scales):
+                why = "takes neither a_regs nor a_scales (its weights are always in registers, scaled)"
+            if why:
+                bad(f"variant 'wgmma' (Gluon, sm_90) {why}")
         if self.had_scratch and not (h and self.variant == "gemv"):
             bad("had_scratch needs the gemv variant with a fused Hadamard")
         if self.x_glu and self.variant != "gemv":

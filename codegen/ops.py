@@ -41,7 +41,7 @@ from .hadamard_util import rotate_blocks, signs_for
 from .kernel_spec import MAX_FUSED_HADAMARD, KernelSpec
 from .packing import packed_shape, padded_codes, unpack_codes
 from .render import load_kernel
-from . import precompile, tune
+from . import gemm_wgmma, precompile, tune
 
 _GRID_ALIASES = {"uniform": "uniform", "uniform_asym": "uniform_asym", "lut": "lut", "normal": "lut"}
 _ACT = {torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -179,6 +179,10 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
         ws = torch.empty(m * n + (m if spec.x_norm else 0) + scratch, device=dev, dtype=torch.float32) \
             if scratch else y  # else unused
         cnt = scales  # unused
+    if spec.variant == "wgmma":  # Gluon + TMA (gemm_wgmma.py); fp16 scales, checked like a_scales tiles' (fp16 A)
+        widened_scales(scales, spec.bits)
+        gemm_wgmma.launch(spec, kern, split_k, x2, packed, scales, bias, y, ws, cnt, n, k, warmup=warmup)
+        return y
     run = functools.partial(kern.warmup, grid=grid) if warmup else kern[grid]
     pdl = use_pdl(spec, dev)
     nw, eps = norm if spec.x_norm else (scales, 0.0)

@@ -16,7 +16,7 @@ import os
 import struct
 from pathlib import Path
 
-from . import gemm_regs, lut_regs
+from . import gemm_regs, gemm_wgmma, lut_regs
 from .kernel_spec import KernelSpec
 from .packing import ROW_GROUP, TRIO, planes, trio_bit, trio_word
 
@@ -1209,6 +1209,9 @@ def _gemm_tail(s: KernelSpec, mode: str, after: bool, loop: list[str], part: str
 
 def kernel_source(spec: KernelSpec) -> str:
     s = spec
+    if s.variant == "wgmma":  # Gluon: the header's docstring, then gemm_wgmma's text
+        hdr = _header(s)
+        return gemm_wgmma.source(s, _triton_version(), hdr[: hdr.index("import triton")])
     dt = _DT[s.act_dtype]
     body = _program_ids(s) + _setup(s)
     body += _gemv_body(s, dt) if s.variant == "gemv" else _gemm_body(s, dt)

@@ -50,6 +50,44 @@ GEMM_TILES = {
 }
 
 
+# the Gluon wgmma tile (KernelSpec variant "wgmma", gemm_wgmma.py) per M bucket: (m, warps, stages), n = 16 * warps.
+# H100, session 28 (benchmarks/results/time_specs_v28_wgmma_h100.tsv, w4 g128): M=64 m64 n64 108.8 / 106.0 us
+# (split 4 at 8192x28672) against the registers tile's 114.3 / 122.6; M=256 m128 n128 252.2 and m256 n128 split 2
+# 279.7 against 296.6 / 297.4. More stages or 16 warps were slower (fewer programs per SM).
+WGMMA_TILES = {
+    32: [(32, 4, 3)],
+    64: [(64, 4, 3), (64, 8, 2)],
+    128: [(128, 8, 3), (64, 4, 3)],
+    256: [(128, 8, 3), (256, 8, 3), (256, 8, 2)],
+}
+
+
+def wgmma_setting(device) -> bool:
+    """Whether the tuner tries the Gluon wgmma tile: on an sm_90 GPU (the H100 / H200: wgmma exists only there)
+    unless QCOMP_WGMMA=0; never elsewhere (the CPU interpreter does not run Gluon)."""
+    raw = os.environ.get("QCOMP_WGMMA", "").strip()
+    if raw not in ("", "0", "1"):
+        raise ValueError(f"QCOMP_WGMMA={raw!r}: use 0 (off) or 1 (on; the default on sm_90 GPUs)")
+    if raw == "0" or not (_on_cuda(device) and torch.cuda.is_available()):
+        return False
+    return torch.cuda.get_device_capability(device) == (9, 0)
+
+
+def _wgmma_candidates(base: KernelSpec, m: int, n: int, k: int, sms: int) -> list[tuple[KernelSpec, int]]:
+    """WGMMA_TILES for this M bucket where the spec and the shape take them (K a multiple of 128)."""
+    if k % 128:
+        return []
+    out = []
+    for bm, warps, stages in WGMMA_TILES.get(min(256, max(32, m_bucket(m))), []):
+        try:
+            spec = dataclasses.replace(base, variant="wgmma", block_m=bm, block_n=16 * warps, block_k=128,
+                                       num_warps=warps, num_stages=stages)
+        except KernelSpecError:  # not a width, grid or group the wgmma tile takes
+            return []
+        out += [(spec, s) for s in _dot_splits(-(-m // bm) * -(-n // spec.block_n), k // 128, sms)]
+    return out
+
+
 def m_bucket(m: int) -> int:
     return 1 if m <= 1 else min(2 ** math.ceil(math.log2(m)), 4096)
 
@@ -157,6 +195,8 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
             progs = -(-m // bm) * -(-n // bn)
             out += [(spec, s) for s in _dot_splits(progs, -(-k // spec.block_k), sms)]
     out = _a_regs_twins(out, device)
+    if m > 16 and wgmma_setting(device):
+        out += _wgmma_candidates(base, m, n, k, sms)
     seen, uniq = set(), []
     for c in out:
         if c not in seen:
@@ -239,6 +279,7 @@ def _key(base: KernelSpec, m: int, n: int, k: int, device) -> str:
     tried += "" if a_regs == _a_regs_default(device) else f"|a_regs {a_regs}"
     a_scales = a_scales_setting(device)
     tried += "" if a_scales == _a_regs_default(device) else f"|a_scales {a_scales}"
+    tried += "|wgmma" if wgmma_setting(device) else ""  # (choices made before the wgmma tile are tuned again)
     return f"{gpu}|m{m_bucket(m)}|{n}x{k}|{base.to_json()}{tried}"
 
 

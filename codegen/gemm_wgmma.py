@@ -1,0 +1,247 @@
+"""The Hopper wgmma tile written in Gluon (KernelSpec variant "wgmma"): text for render.py.
+
+Why: the registers tile (gemm_regs.py) makes one tl.dot per slot, chained on one accumulator. Triton 3.6 makes a
+dot asynchronous only if nothing in the loop but the yield uses its result (WGMMAPipeline.cpp,
+dotCanBeProperlyAsync), so the chain waits after every slot (SASS `WARPGROUP.DEPBAR.LE gsb0, 0x0`) and the tensor
+cores idle while the next slot is dequantized (NOTES_kernels.md, session 27). Gluon states the asynchrony itself:
+every slot's `warpgroup_mma(..., is_async=True)` is issued back to back on one accumulator and the K step waits once
+(`warpgroup_mma_wait`). The wait takes the slots' A operands as deps: a wgmma reads its A registers until a wait
+retires it, and the deps keep those registers from reuse until then. (Waiting one step later, so that a step's
+wgmmas overlap the next step's dequantization, computed wrong results on the H100 for tiles of >= 128 activation
+rows even with the held A operands as deps: not kept, NOTES_kernels.md session 28.)
+
+Data flow of one program (BLOCK_N weight rows x BLOCK_M activation rows, acc^T = W x^T):
+* x: TMA copies of [BLOCK_M, 64] halves of each K step into a ring of num_stages stages, one mbarrier per stage;
+  slot j reads its W0 columns as a sliced, transposed shared-memory view (the wgmma's B operand).
+* weights: the K step's [BLOCK_N, W0] words are loaded straight into the wgmma A operand's register layout
+  (DotOperandLayout, k_width 2) one step ahead; slot j's codes are an elementwise PTX block of the words
+  (gemm_regs.slot_ptx: packing v5 puts slot j of a tile's W0 words on W0 consecutive codes), times the group scale.
+* out: 0.5 * acc (the slot values are 2 * code - (2^w - 1)); split-K partials and their sum as in render.py.
+
+Scope (KernelSpec.validate, eligible): uniform grid, 4- or 8-bit codes (a slot of W0 = 4w >= 16 codes: the wgmma K),
+fp16 activations, group size -1 or a multiple of 128, block_k 128, block_n = 16 * num_warps (one m16 row block per
+warp), K a multiple of 128 (launch). CUDA only, sm_90: the CPU interpreter does not run Gluon, so CI checks the text
+and a static compile for sm_90 (tests/test_codegen_wgmma.py), and the H100 the numbers (benchmarks/check_wgmma.py).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .gemm_regs import shared_shifts, slot_ptx
+from .packing import ROW_GROUP
+
+HALF = 64  # K columns per TMA copy: one 128-byte swizzle row of fp16
+
+
+def eligible(bits: int, grid: str, p: int, act_dtype: str, group_size: int, had_block: int) -> str | None:
+    """None if a spec with these fields may take the wgmma variant, else why not."""
+    if grid != "uniform" or p != 1:
+        return "needs grid 'uniform' with p = 1"
+    if bits not in (4, 8):
+        return f"needs 4- or 8-bit codes (a slot of 4 * bits >= 16 codes per row: the wgmma's K), got {bits}"
+    if act_dtype != "fp16":
+        return "needs fp16 activations"
+    if not (group_size == -1 or group_size % 128 == 0):
+        return f"needs group_size -1 or a multiple of 128 (one scale per K step), got {group_size}"
+    if had_block:
+        return "has no fused Hadamard (ops.py rotates x in a separate pass for M > 16)"
+    return None
+
+
+def barrier_name(version: tuple[int, int]) -> str:
+    """Gluon's CTA barrier: gl.thread_barrier in triton 3.6, gl.barrier in 3.9 (3.7 / 3.8 not tried)."""
+    return "gl.thread_barrier" if version <= (3, 6) else "gl.barrier"
+
+
+def tma_load_name(version: tuple[int, int]) -> str:
+    """Gluon's TMA global-to-shared copy: tma.async_copy_global_to_shared in triton 3.6, tma.async_load in 3.9 (3.7 /
+    3.8 not tried)."""
+    return "tma.async_copy_global_to_shared" if version <= (3, 6) else "tma.async_load"
+
+
+def helpers(s) -> list[str]:
+    """The slots' PTX blocks as constexpr strings (one per slot j of a word)."""
+    L = ["# slot j of each word -> two fp16 2 * code - (2^w - 1) per PTX block (codegen/gemm_regs.slot_ptx)"]
+    shared = shared_shifts(s.block_m)
+    for j in range(32 // s.bits):
+        ptx, what = slot_ptx(s.bits, j, shared)
+        L += [f"# slot {j}, bits {j * s.bits}..{j * s.bits + s.bits - 1}: {what}", f'SLOT_{j} = gl.constexpr("{ptx}")']
+    return L + ["", ""]
+
+
+def kernel_lines(s, version: tuple[int, int]) -> list[str]:
+    """The @gluon.jit kernel (signature and body)."""
+    W0 = 4 * s.bits
+    slots = 32 // s.bits
+    g = s.group_size
+    col = "0" if g == -1 else f"(step * 128) // {g}"
+    bar = barrier_name(version)
+    cur = ", ".join(f"a{j}" for j in range(slots))  # this step's A operands
+    L = [
+        "@gluon.jit",
+        f"def {s.name()}(",
+        "    x_desc, w_ptr, s_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,",
+        "    M, N, K, stride_w, stride_s, stride_ym, SPLIT_K,",
+        "    HAS_BIAS: gl.constexpr, EVEN: gl.constexpr,",
+        "):",
+        "    # programs: the M blocks of one N block run next to each other (its words stay in L2 for all of them)",
+        "    num_m = gl.cdiv(M, BLOCK_M)",
+        "    pid = gl.program_id(0)",
+        "    pid_m = pid % num_m",
+        "    pid_n = pid // num_m",
+        "    pid_k = gl.program_id(1)",
+        "    n_steps = K // 128",
+        "    lo = pid_k * n_steps // SPLIT_K",
+        "    hi = (pid_k + 1) * n_steps // SPLIT_K",
+        "    off_m = pid_m * BLOCK_M",
+        "    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],",
+        "                                                  instr_shape=[16, BLOCK_M, 16])",
+        "    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)",
+        "    offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, a_l))",
+        "    mask_n = offs_n < N",
+        f"    offs_i = gl.arange(0, {W0}, layout=gl.SliceLayout(0, a_l))",
+        f"    # packing v5: rows in groups of {ROW_GROUP}; a (group, tile) is one run of {ROW_GROUP} rows x {W0} words",
+        f"    w_rows = w_ptr + ((offs_n // {ROW_GROUP}) * ({ROW_GROUP} * stride_w) + (offs_n % {ROW_GROUP}) * {W0})",
+        "    w_ptrs = gl.expand_dims(w_rows, 1) + gl.expand_dims(offs_i, 0)",
+        "    w_mask = gl.expand_dims(mask_n, 1) & gl.expand_dims(offs_i < 1 << 30, 0)",
+        "    s_ptrs = s_ptr + offs_n * stride_s",
+        "",
+        "    xs = gl.allocate_shared_memory(gl.float16, [STAGES * 2, BLOCK_M, HALF], x_desc.layout)",
+        "    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())",
+        "    for p in gl.static_range(STAGES):",
+        "        mbarrier.init(bars.index(p), count=1)",
+        "    for p in gl.static_range(STAGES - 1):  # the first steps' x",
+        "        if lo + p < hi:",
+        "            mbarrier.expect(bars.index(p), 2 * x_desc.block_type.nbytes)",
+        "            tma.async_copy_global_to_shared(x_desc, [off_m, (lo + p) * 128], bars.index(p), xs.index(2 * p))",
+        "            tma.async_copy_global_to_shared(x_desc, [off_m, (lo + p) * 128 + HALF], bars.index(p),",
+        "                   xs.index(2 * p + 1))",
+        "    step = lo",
+        "    if EVEN:",
+        f"        words = gl.load(w_ptrs + step * {ROW_GROUP * W0})",
+        f"        scl = gl.load(s_ptrs + {col})",
+        "    else:",
+        f"        words = gl.load(w_ptrs + step * {ROW_GROUP * W0}, mask=w_mask, other=0)",
+        f"        scl = gl.load(s_ptrs + {col}, mask=mask_n, other=0.0)",
+        "    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)",
+        "    for step in range(lo, hi):",
+        "        it = step - lo",
+        "        # the stage of step it - 1 is free: its wgmmas finished at the last wait",
+        "        nxt = step + STAGES - 1",
+        *([f"        {bar}()  # every warp group has retired step it - 1 (the copy must not overwrite its x)"]
+          if s.num_warps > 4 else []),
+        "        if nxt < hi:",
+        "            sn = (it + STAGES - 1) % STAGES",
+        "            mbarrier.expect(bars.index(sn), 2 * x_desc.block_type.nbytes)",
+        "            tma.async_copy_global_to_shared(x_desc, [off_m, nxt * 128], bars.index(sn), xs.index(2 * sn))",
+        "            tma.async_copy_global_to_shared(x_desc, [off_m, nxt * 128 + HALF], bars.index(sn),",
+        "                   xs.index(2 * sn + 1))",
+        "        step_n = gl.minimum(step + 1, hi - 1)  # the next step's words and scales (the last reloads its own)",
+        "        if EVEN:",
+        f"            words_n = gl.load(w_ptrs + step_n * {ROW_GROUP * W0})",
+        f"            scl_n = gl.load(s_ptrs + {col.replace('step', 'step_n')})",
+        "        else:",
+        f"            words_n = gl.load(w_ptrs + step_n * {ROW_GROUP * W0}, mask=w_mask, other=0)",
+        f"            scl_n = gl.load(s_ptrs + {col.replace('step', 'step_n')}, mask=mask_n, other=0.0)",
+        "        st = it % STAGES",
+        "        mbarrier.wait(bars.index(st), (it // STAGES) & 1)",
+        "        sc = gl.expand_dims(scl, 1)",
+    ]
+    for j in range(slots):
+        half, off = divmod(j * W0, HALF)
+        L += [
+            f"        a{j} = gl.inline_asm_elementwise(SLOT_{j}, \"=r,r,r\", [words], dtype=gl.float16, is_pure=True,",
+            f"                                         pack=2) * sc",
+            f"        b = xs.index(2 * st + {half}).slice({off}, {W0}, dim=1).permute((1, 0))  # x^T, codes {j * W0}..",
+            f"        acc = warpgroup_mma(a{j}, b, acc, is_async=True)",
+        ]
+    L += [
+        # the A operands as deps: their registers stay untouched until the wgmmas that read them are retired
+        f"        acc, {cur} = warpgroup_mma_wait(num_outstanding=0, deps=(acc, {cur}))",
+        "        words = words_n",
+        "        scl = scl_n",
+        "    for p in gl.static_range(STAGES):",
+        "        mbarrier.invalidate(bars.index(p))",
+        "",
+        "    # out: y[m, n] = 0.5 * acc[n, m] (+ bias), stored along n (y's unit stride) from a blocked layout",
+        "    out_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [NUM_WARPS, 1], [1, 0])",
+        "    res = gl.convert_layout(gl.permute(acc * 0.5, (1, 0)), out_l)",
+        "    offs_mo = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, out_l))",
+        "    offs_no = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_l))",
+        "    mask_mn = gl.expand_dims(offs_mo < M, 1) & gl.expand_dims(offs_no < N, 0)",
+        "    y_ptrs = y_ptr + gl.expand_dims(offs_mo, 1) * stride_ym + gl.expand_dims(offs_no, 0)",
+        "    if HAS_BIAS:",
+        "        if pid_k == 0:  # split-K: one program per output tile adds the bias",
+        "            res += gl.expand_dims(gl.load(bias_ptr + offs_no, mask=offs_no < N, other=0.0).to(gl.float32), 0)",
+        "    if SPLIT_K == 1:",
+        "        gl.store(y_ptrs, res.to(gl.float16), mask=mask_mn)",
+        "    else:  # split-K: partials to the workspace; the tile's last split to finish sums them in order",
+        "        ws_off = gl.expand_dims(offs_mo, 1) * N + gl.expand_dims(offs_no, 0)",
+        "        gl.store(ws_ptr + pid_k * M * N + ws_off, res, mask=mask_mn)",
+        f"        {bar}()  # all threads' partials are written before one thread announces them (release)",
+        "        done = gl.atomic_add(cnt_ptr + pid, 1, sem=\"acq_rel\", scope=\"gpu\")",
+        "        if done == SPLIT_K - 1:",
+        "            gl.store(cnt_ptr + pid, 0)  # zero again for the next launch",
+        "            tot = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=out_l)",
+        "            for sk in range(0, SPLIT_K):",
+        "                tot += gl.load(ws_ptr + sk * M * N + ws_off, mask=mask_mn, other=0.0, cache_modifier=\".cg\")",
+        "            gl.store(y_ptrs, tot.to(gl.float16), mask=mask_mn)",
+    ]
+    return [line.replace("tma.async_copy_global_to_shared(", tma_load_name(version) + "(") for line in L]
+
+
+def source(s, version: tuple[int, int], header: list[str]) -> str:
+    """The module text: header docstring, imports, constants, slot PTX, kernel."""
+    head = [
+        "from triton.experimental import gluon",
+        "from triton.experimental.gluon import language as gl",
+        "from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait",
+        "",
+        f"BLOCK_M = gl.constexpr({s.block_m})",
+        f"BLOCK_N = gl.constexpr({s.block_n})",
+        f"NUM_WARPS = gl.constexpr({s.num_warps})",
+        f"STAGES = gl.constexpr({s.num_stages})",
+        f"HALF = gl.constexpr({HALF})",
+        "",
+    ]
+    return "\n".join(header + head + helpers(s) + kernel_lines(s, version)) + "\n"
+
+
+def tma_ready(x2) -> bool:
+    """Whether TMA can read x2 [M, K] as it is: 16-bit, unit column stride, 16-byte aligned start and rows."""
+    return x2.dtype.itemsize == 2 and x2.stride(-1) == 1 and (x2.stride(0) * 2) % 16 == 0 and x2.data_ptr() % 16 == 0
+
+
+def x_descriptor(x2, block_m: int):
+    """The TMA descriptor of x2 [M, K] for [block_m, 64] copies (128-byte swizzle), checking what TMA needs."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    if not tma_ready(x2):
+        raise ValueError(f"the wgmma tile reads x through TMA: it needs a 16-bit x [M, K] with unit column stride and "
+                         f"16-byte aligned rows, got {x2.dtype} strides {x2.stride()} at offset {x2.data_ptr() % 16} "
+                         f"(make x contiguous, or use a 'gemm' spec)")
+    layout = gl.NVMMASharedLayout.get_default_for([block_m, HALF], gl.float16)
+    return TensorDescriptor.from_tensor(x2, [block_m, HALF], layout)
+
+
+def launch(spec, kern, split_k: int, x2, packed, scales, bias, y, ws, cnt, n: int, k: int,
+           warmup: bool = False) -> None:
+    """Run a wgmma kernel: y [M, n] = x2 [M, k] @ W^T (+ bias); ws / cnt as ops.launch makes them for split-K.
+    warmup: compile it for these arguments without running it."""
+    if k % 128:
+        raise ValueError(f"the wgmma tile needs K a multiple of 128, got {k}: use a 'gemm' spec")
+    if scales.dtype != x2.dtype:
+        raise ValueError(f"the wgmma tile reads scales of x's dtype {x2.dtype}, got {scales.dtype}")
+    if not tma_ready(x2):  # (a view whose start or rows TMA cannot address: the tuned choice does not depend on it)
+        x2 = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device).copy_(x2)
+    m = x2.shape[0]
+    grid = (-(-m // spec.block_m) * -(-n // spec.block_n), split_k)
+    run = functools.partial(kern.warmup, grid=grid) if warmup else kern[grid]
+    run(
+        x_descriptor(x2, spec.block_m), packed, scales, bias if bias is not None else scales, y, ws, cnt,
+        m, n, k, packed.stride(0), scales.stride(0), y.stride(0), split_k,
+        HAS_BIAS=bias is not None, EVEN=n % spec.block_n == 0, num_warps=spec.num_warps,
+    )

@@ -1,0 +1,157 @@
+"""The Gluon wgmma tile (codegen/gemm_wgmma.py, KernelSpec variant "wgmma"): what it accepts, its text, its static
+sm_90 compile (no GPU needed) and its place in the tuner. The CPU interpreter does not run Gluon: its numbers are
+checked on the H100 by benchmarks/check_wgmma.py (tails, split-K, bias against the float32 reference); its slot PTX is
+gemm_regs.slot_ptx, run on the CPU by tests/test_gemm_regs_ptx.py."""
+import ast
+import dataclasses
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qcomp.codegen import gemm_wgmma, tune
+from qcomp.codegen.kernel_spec import KernelSpec, KernelSpecError
+from qcomp.codegen.render import kernel_source
+
+from test_kernel_sass import sass_report
+
+W4 = dict(bits=4, variant="wgmma", block_m=64, block_n=64, block_k=128, num_warps=4, num_stages=3)
+
+
+@pytest.mark.parametrize("fields, why", [
+    (dict(bits=3), "4- or 8-bit codes"),
+    (dict(bits=2), "4- or 8-bit codes"),
+    (dict(grid="lut"), "grid 'uniform'"),
+    (dict(act_dtype="bf16"), "fp16 activations"),
+    (dict(group_size=64), "multiple of 128"),
+    (dict(had_block=128), "no fused Hadamard"),
+    (dict(num_warps=2, block_n=32), "num_warps 4, 8 or 16"),
+    (dict(block_n=128), "block_n = 16 * num_warps = 64"),
+    (dict(block_m=512), "block_m in 8..256"),
+    (dict(block_k=256), "block_k 128"),
+    (dict(num_stages=1), "num_stages >= 2"),
+    (dict(a_regs=True), "neither a_regs nor a_scales"),
+])
+def test_spec_refuses_what_the_tile_cannot_run(fields, why):
+    with pytest.raises(KernelSpecError, match="variant 'wgmma'") as e:
+        KernelSpec(**{**W4, **fields})
+    assert why in str(e.value)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("version", [(3, 6), (3, 9)])
+def test_source_issues_every_slot_then_waits_once_per_step(bits, version, monkeypatch):
+    """One async warpgroup_mma per slot (32 / bits), then ONE wait per K step that holds every slot's A operand as a
+    dep; the names of Gluon's TMA copy and CTA barrier follow the installed triton."""
+    from qcomp.codegen import render
+
+    monkeypatch.setattr(render, "_triton_version", lambda: version)
+    spec = KernelSpec(**{**W4, "bits": bits, "num_warps": 8, "block_n": 128})
+    src = kernel_source(spec)
+    ast.parse(src)
+    slots = 32 // bits
+    assert src.count("warpgroup_mma(") == slots and src.count("is_async=True") == slots
+    waits = [ln for ln in src.splitlines() if "warpgroup_mma_wait(" in ln]
+    assert len(waits) == 1, waits
+    assert "deps=(acc, " + ", ".join(f"a{j}" for j in range(slots)) + ")" in waits[0]
+    assert (gemm_wgmma.tma_load_name(version) + "(") in src
+    assert "tma.async_load(" in src if version > (3, 6) else "tma.async_copy_global_to_shared(" in src
+    assert (gemm_wgmma.barrier_name(version) + "()") in src  # split-K release and, at 8 warps, the stage refill
+    for j in range(slots):  # the registers tile's PTX blocks, verbatim
+        assert f'SLOT_{j} = gl.constexpr("{gemm_wgmma.slot_ptx(bits, j, True)[0]}")' in src
+
+
+@pytest.mark.parametrize("bits, hgmma", [(4, 8), (8, 8)])
+def test_static_sm90_loop_has_one_wgmma_wait_per_k_step(bits, hgmma):
+    """Compiled for sm_90 (Triton's bundled ptxas): the K loop issues its HGMMAs (8 x K16 per 128 codes) back to back
+    and waits once (WARPGROUP.DEPBAR), with no local-memory spills; the registers tile waits after every slot."""
+    r = sass_report({**W4, "bits": bits, "block_m": 128, "block_n": 128, "num_warps": 8})
+    assert r["kernel"] == f"qlinear_wgmma_w{bits}_uniform_g128_fp16_m128n128k128w8s3"
+    assert sum(v for op, v in r["opcodes"].items() if op.startswith("HGMMA")) == hgmma, r["opcodes"]
+    assert len(r["wgmma_waits"]) == 1, r["wgmma_waits"]
+    assert r["local_memory"] == 0
+    assert r["global_loads"] >= 2  # the next step's words and scale, in the loop
+
+
+def test_launch_refuses_shapes_and_layouts_the_tile_cannot_read():
+    spec = KernelSpec(**W4)
+    x = torch.randn(8, 256, dtype=torch.float16)
+    args = (None, 1, x, None, torch.ones(64, 2, dtype=torch.float16), None, None, None, None, 64)
+    with pytest.raises(ValueError, match="K a multiple of 128"):
+        gemm_wgmma.launch(spec, *args, 200)
+    with pytest.raises(ValueError, match="scales of x's dtype"):
+        gemm_wgmma.launch(spec, None, 1, x, None, torch.ones(64, 2), None, None, None, None, 64, 256)
+    with pytest.raises(ValueError, match="unit column stride"):
+        gemm_wgmma.x_descriptor(torch.randn(256, 8, dtype=torch.float16).t(), 64)
+    with pytest.raises(ValueError, match="16-bit x"):
+        gemm_wgmma.x_descriptor(torch.randn(8, 256), 64)
+
+
+def test_tma_ready_names_the_views_launch_copies_first():
+    """launch copies x where TMA cannot address it (a tuned pick holds for any x of the shape), so a misaligned view
+    still runs; x_descriptor itself refuses it."""
+    x = torch.randn(8, 257, dtype=torch.float16)
+    assert gemm_wgmma.tma_ready(x[:, :256].contiguous())
+    assert not gemm_wgmma.tma_ready(x[:, 1:])  # start 2 bytes in, rows 514 bytes apart
+    assert not gemm_wgmma.tma_ready(x[:, :256])  # rows 514 bytes apart
+    assert not gemm_wgmma.tma_ready(torch.randn(8, 256))  # 32-bit
+
+
+def test_wgmma_setting(monkeypatch):
+    monkeypatch.delenv("QCOMP_WGMMA", raising=False)
+    assert not tune.wgmma_setting(torch.device("cpu"))  # the interpreter does not run Gluon
+    assert not tune.wgmma_setting(None)
+    monkeypatch.setenv("QCOMP_WGMMA", "yes")
+    with pytest.raises(ValueError, match="QCOMP_WGMMA='yes'"):
+        tune.wgmma_setting(torch.device("cpu"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(m=st.integers(17, 600), n=st.integers(1, 40000), k_tiles=st.integers(1, 256), bits=st.integers(1, 8),
+       group=st.sampled_from([-1, 32, 128, 256]))
+def test_tuner_adds_wgmma_tiles_where_they_apply(m, n, k_tiles, bits, group):
+    """With the wgmma tile on (an sm_90 GPU), M > 16 candidates gain WGMMA_TILES for 4/8-bit g128-style specs; every
+    one is valid and its split leaves each program K steps; other widths and groups get none."""
+    k = 128 * k_tiles
+    base = KernelSpec(bits=bits, group_size=group, block_m=1)
+    saved = tune.wgmma_setting
+    tune.wgmma_setting = lambda device: True
+    try:
+        cands = tune.candidates(base, m, n, k, torch.device("cuda"))
+    finally:
+        tune.wgmma_setting = saved
+    wg = [(s, sp) for s, sp in cands if s.variant == "wgmma"]
+    takes = bits in (4, 8) and (group == -1 or group % 128 == 0)
+    assert bool(wg) == takes
+    tiles = tune.WGMMA_TILES[min(256, max(32, tune.m_bucket(m)))]
+    for spec, split in wg:
+        spec.validate()
+        assert (spec.block_m, spec.num_warps, spec.num_stages) in tiles
+        assert split == 1 or 2 * split <= k // 128
+    assert all(s.variant == "gemm" for s, _ in cands if s.variant != "wgmma")
+
+
+def test_tuner_keys_wgmma_choices_apart(monkeypatch):
+    """Choices tuned before the wgmma tile existed are not reused where it is tried: the key says so."""
+    base = KernelSpec(bits=4, group_size=128, block_m=1)
+    off = tune._key(base, 64, 4096, 4096, torch.device("cpu"))
+    monkeypatch.setattr(tune, "wgmma_setting", lambda device: True)
+    assert tune._key(base, 64, 4096, 4096, torch.device("cpu")) == off + "|wgmma"
+
+
+def test_check_cases_are_valid_wgmma_specs():
+    """The H100 check and sweep files name valid specs, and the check file covers every tuner tile at 4 and 8 bits."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "cases"
+    check = [KernelSpec(**c[0]) for c in json.loads((root / "wgmma_tuner_tiles.json").read_text())]
+    for name in ("wgmma_sweep.json", "wgmma_picks.json"):
+        for c in json.loads((root / name).read_text()):
+            KernelSpec(**c[0])
+    covered = {(s.bits, s.block_m, s.num_warps, s.num_stages) for s in check}
+    for tiles in tune.WGMMA_TILES.values():
+        for bm, warps, stages in tiles:
+            assert {(4, bm, warps, stages), (8, bm, warps, stages)} <= covered
+    assert all(dataclasses.asdict(s)["variant"] == "wgmma" for s in check)
