@@ -6,9 +6,10 @@ dotCanBeProperlyAsync), so the chain waits after every slot (SASS `WARPGROUP.DEP
 cores idle while the next slot is dequantized (NOTES_kernels.md, session 27). Gluon states the asynchrony itself:
 every slot's `warpgroup_mma(..., is_async=True)` is issued back to back on one accumulator and the K step waits once
 (`warpgroup_mma_wait`). The wait takes the slots' A operands as deps: a wgmma reads its A registers until a wait
-retires it, and the deps keep those registers from reuse until then. (Waiting one step later, so that a step's
-wgmmas overlap the next step's dequantization, computed wrong results on the H100 for tiles of >= 128 activation
-rows even with the held A operands as deps: not kept, NOTES_kernels.md session 28.)
+retires it, and the deps keep those values alive until then. (Waiting one step later, so that a step's wgmmas
+overlap the next step's dequantization, computed wrong results on the H100 for tiles of >= 128 activation rows: each
+step reuses the same A registers per slot, and the one-step-late wait retires only slot 0 of the step before, so the
+next step's dequantization overwrote registers in-flight wgmmas still read. Not kept; NOTES_kernels.md session 28.)
 
 Data flow of one program (BLOCK_N weight rows x BLOCK_M activation rows, acc^T = W x^T):
 * x: TMA copies of [BLOCK_M, 64] halves of each K step into a ring of num_stages stages, one mbarrier per stage;
