@@ -106,7 +106,7 @@ def kernel_lines(s, version: tuple[int, int]) -> list[str]:
         f"    # packing v5: rows in groups of {ROW_GROUP}; a (group, tile) is one run of {ROW_GROUP} rows x {W0} words",
         f"    w_rows = w_ptr + ((offs_n // {ROW_GROUP}) * ({ROW_GROUP} * stride_w) + (offs_n % {ROW_GROUP}) * {W0})",
         "    w_ptrs = gl.expand_dims(w_rows, 1) + gl.expand_dims(offs_i, 0)",
-        "    w_mask = gl.expand_dims(mask_n, 1) & gl.expand_dims(offs_i < 1 << 30, 0)",
+        "    w_mask = gl.expand_dims(mask_n, 1) & gl.expand_dims(offs_i < 1 << 30, 0)  # (the row mask, broadcast)",
         "    s_ptrs = s_ptr + offs_n * stride_s",
         "",
         "    xs = gl.allocate_shared_memory(gl.float16, [STAGES * 2, BLOCK_M, HALF], x_desc.layout)",
@@ -228,21 +228,19 @@ def x_descriptor(x2, block_m: int):
     return TensorDescriptor.from_tensor(x2, [block_m, HALF], layout)
 
 
-def launch(spec, kern, split_k: int, x2, packed, scales, bias, y, ws, cnt, n: int, k: int,
+def launch(spec, kern, grid: tuple[int, int], x2, packed, scales, bias, y, ws, cnt, n: int, k: int,
            warmup: bool = False) -> None:
-    """Run a wgmma kernel: y [M, n] = x2 [M, k] @ W^T (+ bias); ws / cnt as ops.launch makes them for split-K.
-    warmup: compile it for these arguments without running it."""
+    """Run a wgmma kernel: y [M, n] = x2 [M, k] @ W^T (+ bias) on grid (M blocks x N blocks, splits), with ws / cnt
+    as ops.launch makes them for that grid. warmup: compile it for these arguments without running it."""
     if k % 128:
         raise ValueError(f"the wgmma tile needs K a multiple of 128, got {k}: use a 'gemm' spec")
     if scales.dtype != x2.dtype:
         raise ValueError(f"the wgmma tile reads scales of x's dtype {x2.dtype}, got {scales.dtype}")
     if not tma_ready(x2):  # (a view whose start or rows TMA cannot address: the tuned choice does not depend on it)
         x2 = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device).copy_(x2)
-    m = x2.shape[0]
-    grid = (-(-m // spec.block_m) * -(-n // spec.block_n), split_k)
     run = functools.partial(kern.warmup, grid=grid) if warmup else kern[grid]
     run(
         x_descriptor(x2, spec.block_m), packed, scales, bias if bias is not None else scales, y, ws, cnt,
-        m, n, k, packed.stride(0), scales.stride(0), y.stride(0), split_k,
+        x2.shape[0], n, k, packed.stride(0), scales.stride(0), y.stride(0), grid[1],
         HAS_BIAS=bias is not None, EVEN=n % spec.block_n == 0, num_warps=spec.num_warps,
     )

@@ -116,36 +116,46 @@ def reference_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p,
 FP16_MAX = 65504.0
 
 
+def check_fp16_scales(scales: torch.Tensor, bits: int, who: str = "a_scales tiles") -> None:
+    """Raise ValueError unless `scales` may be multiplied into fp16 weights, as a_scales tiles and the wgmma tile do:
+    fp16, and (2^bits - 1) * max|scale| (the largest dequantized value before the kernel's final * 0.5) below fp16's
+    max. The range is read once per scales tensor (remembered on it, read again after an in-place write) and not inside
+    a CUDA-graph capture (it reads the scales back to the host)."""
+    if scales.dtype != torch.float16:
+        raise ValueError(f"{who} read fp16 scales, got {scales.dtype}: convert the scales to float16 or use a spec "
+                         "that applies them after the dot")
+    key = (scales._version, scales.data_ptr(), bits)
+    hit = getattr(scales, "_qcomp_fp16_range", None)
+    if hit is None or hit[0] != key:
+        if scales.is_cuda and torch.cuda.is_current_stream_capturing():
+            return
+        top = float(scales.abs().amax()) * (2 ** bits - 1) if scales.numel() else 0.0
+        why = None if top < FP16_MAX else (
+            f"scales up to {top / (2 ** bits - 1):.4g} at {bits} bits overflow fp16 in {who} ({top:.4g} >= "
+            f"{FP16_MAX}): use a spec that applies the scales after the dot")
+        hit = scales._qcomp_fp16_range = (key, why)
+    if hit[1] is not None:
+        raise ValueError(hit[1])
+
+
 def widened_scales(scales: torch.Tensor, bits: int) -> torch.Tensor:
     """fp16 scales [n, groups] as int32 whose low half holds each scale's bits, for KernelSpec.a_scales tiles: they
     read one 4-byte word per scale so that Triton's pipeliner copies it asynchronously (see gemm_regs.loop).
 
     Cached on the scales tensor and rebuilt when it is written in place; built inside a CUDA-graph capture (no
-    warm-up call first) it is part of the graph. The first build outside a capture checks that
-    (2^bits - 1) * max|scale| (the largest dequantized value before the kernel's final * 0.5) fits fp16."""
-    if scales.dtype != torch.float16:
-        raise ValueError(f"a_scales tiles read fp16 scales, got {scales.dtype}: convert the scales to float16 or "
-                         "use a spec without a_scales")
+    warm-up call first) it is part of the graph. check_fp16_scales first."""
+    check_fp16_scales(scales, bits)
     if scales.dim() != 2 or scales.stride(-1) != 1:
         raise ValueError(f"a_scales tiles need scales [n, groups] with unit column stride, got shape "
                          f"{tuple(scales.shape)} strides {scales.stride()}")
     key = (scales._version, scales.data_ptr(), bits)
     hit = getattr(scales, "_qcomp_widened", None)
     if hit is not None and hit[0] == key:
-        if hit[1] is None:
-            raise ValueError(hit[2])
         return hit[1]
     wide = torch.empty_strided(scales.shape, scales.stride(), dtype=torch.int32, device=scales.device)
     wide.copy_(scales.view(torch.int16))  # (the same strides: the kernel indexes both with stride_s)
-    if scales.is_cuda and torch.cuda.is_current_stream_capturing():
-        return wide
-    top = float(scales.abs().amax()) * (2 ** bits - 1) if scales.numel() else 0.0
-    if not top < FP16_MAX:
-        why = (f"scales up to {top / (2 ** bits - 1):.4g} at {bits} bits overflow fp16 in an a_scales tile "
-               f"({top:.4g} >= {FP16_MAX}): use a spec without a_scales (scales after the dot)")
-        scales._qcomp_widened = (key, None, why)  # (checked once per scales tensor)
-        raise ValueError(why)
-    scales._qcomp_widened = (key, wide)
+    if not (scales.is_cuda and torch.cuda.is_current_stream_capturing()):
+        scales._qcomp_widened = (key, wide)
     return wide
 
 
@@ -179,9 +189,9 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
         ws = torch.empty(m * n + (m if spec.x_norm else 0) + scratch, device=dev, dtype=torch.float32) \
             if scratch else y  # else unused
         cnt = scales  # unused
-    if spec.variant == "wgmma":  # Gluon + TMA (gemm_wgmma.py); fp16 scales, checked like a_scales tiles' (fp16 A)
-        widened_scales(scales, spec.bits)
-        gemm_wgmma.launch(spec, kern, split_k, x2, packed, scales, bias, y, ws, cnt, n, k, warmup=warmup)
+    if spec.variant == "wgmma":  # Gluon + TMA (gemm_wgmma.py); its scales multiply fp16 weights
+        check_fp16_scales(scales, spec.bits, "the wgmma tile")
+        gemm_wgmma.launch(spec, kern, grid, x2, packed, scales, bias, y, ws, cnt, n, k, warmup=warmup)
         return y
     run = functools.partial(kern.warmup, grid=grid) if warmup else kern[grid]
     pdl = use_pdl(spec, dev)
@@ -321,11 +331,12 @@ def triton_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, gr
     if spec is None:
         spec, chosen = tune.choose(base, x2.shape[0], n, k, x.device, lambda s, sk: launch(s, sk, *args, **extra))
         split_k = chosen if split_k is None else split_k
-        if spec.a_scales:  # a choice cached for these shapes may meet scales it cannot take (not fp16, or too large)
-            try:
-                widened_scales(scales, spec.bits)
-            except ValueError:
-                spec = dataclasses.replace(spec, a_scales=False)  # the same tile, scales after each K step
+        if spec.a_scales or spec.variant == "wgmma":  # a choice cached for these shapes may meet scales it cannot
+            try:  # multiply into fp16 weights (not fp16, or too large)
+                check_fp16_scales(scales, spec.bits)
+            except ValueError:  # the same tile, or the registers tile of the wgmma's size, scales after each K step
+                spec = dataclasses.replace(spec, a_scales=False) if spec.a_scales else dataclasses.replace(
+                    spec, variant="gemm", block_m=max(16, spec.block_m), a_regs=True)
     elif spec.had_block and not had_block:
         raise ValueError(f"spec {spec.name()} fuses a Hadamard of {spec.had_block} but x was rotated separately")
     elif spec.x_glu != glu or spec.x_norm != (norm is not None):

@@ -188,22 +188,31 @@ def test_widened_scales_checks():
             widened_scales(big, 8)
 
 
-def test_tuned_scales_in_a_fall_back_for_scales_they_cannot_take(monkeypatch):
-    """A tuned choice with a_scales (cached per shape) meeting float32 scales runs the same tile with the scales
-    after each K step instead of failing; the result matches the reference."""
+_SCALES_IN_A = KernelSpec(bits=4, group_size=128, variant="gemm", block_m=16, block_n=32, block_k=128, group_m=2,
+                          a_regs=True, a_scales=True)
+_WGMMA = KernelSpec(bits=4, group_size=128, variant="wgmma", block_m=32, block_n=64, block_k=128, num_warps=4,
+                    num_stages=3)
+
+
+@pytest.mark.parametrize("spec, fallback", [
+    (_SCALES_IN_A, dataclasses.replace(_SCALES_IN_A, a_scales=False)),
+    (_WGMMA, dataclasses.replace(_WGMMA, variant="gemm", a_regs=True)),
+])
+def test_tuned_scales_in_a_fall_back_for_scales_they_cannot_take(monkeypatch, spec, fallback):
+    """A tuned choice that multiplies the scales into fp16 weights (a_scales, or the wgmma tile; cached per shape)
+    meeting float32 scales runs the same tile size with the scales after each K step instead of failing; the result
+    matches the reference."""
     from qcomp.codegen import ops, tune
 
     n, k, m = 64, 512, 20
     d = make_case(4, "uniform", 1, 128, 0, m, n, k, seed=5)
-    spec = KernelSpec(bits=4, group_size=128, variant="gemm", block_m=16, block_n=32, block_k=128, group_m=2,
-                      a_regs=True, a_scales=True)
     monkeypatch.setattr(tune, "choose", lambda *a, **kw: (spec, 1))
     seen = []
     real = ops.launch
     monkeypatch.setattr(ops, "launch", lambda s, *a, **kw: seen.append(s) or real(s, *a, **kw))
     y = ops.triton_qlinear(d["x"], d["packed"], d["scales"].float(), d["lut"], None, d["bias"], None, 4, 1, 128,
                            "uniform", n, k, 0)
-    assert seen == [dataclasses.replace(spec, a_scales=False)]
+    assert seen == [fallback]
     check(y, reference(d, 4, 1, 128, "uniform", n, k, 0))
 
 

@@ -78,11 +78,11 @@ def test_static_sm90_loop_has_one_wgmma_wait_per_k_step(bits, hgmma):
 def test_launch_refuses_shapes_and_layouts_the_tile_cannot_read():
     spec = KernelSpec(**W4)
     x = torch.randn(8, 256, dtype=torch.float16)
-    args = (None, 1, x, None, torch.ones(64, 2, dtype=torch.float16), None, None, None, None, 64)
+    args = (None, (1, 1), x, None, torch.ones(64, 2, dtype=torch.float16), None, None, None, None, 64)
     with pytest.raises(ValueError, match="K a multiple of 128"):
         gemm_wgmma.launch(spec, *args, 200)
     with pytest.raises(ValueError, match="scales of x's dtype"):
-        gemm_wgmma.launch(spec, None, 1, x, None, torch.ones(64, 2), None, None, None, None, 64, 256)
+        gemm_wgmma.launch(spec, None, (1, 1), x, None, torch.ones(64, 2), None, None, None, None, 64, 256)
     with pytest.raises(ValueError, match="unit column stride"):
         gemm_wgmma.x_descriptor(torch.randn(256, 8, dtype=torch.float16).t(), 64)
     with pytest.raises(ValueError, match="16-bit x"):
