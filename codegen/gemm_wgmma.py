@@ -20,9 +20,11 @@ Data flow of one program (BLOCK_N weight rows x BLOCK_M activation rows, acc^T =
 * out: 0.5 * acc (the slot values are 2 * code - (2^w - 1)); split-K partials and their sum as in render.py.
 
 Scope (KernelSpec.validate, eligible): uniform grid, 4- or 8-bit codes (a slot of W0 = 4w >= 16 codes: the wgmma K),
-fp16 activations, group size -1 or a multiple of 128, block_k 128, block_n = 16 * num_warps (one m16 row block per
-warp), K a multiple of 128 (launch). CUDA only, sm_90: the CPU interpreter does not run Gluon, so CI checks the text
-and a static compile for sm_90 (tests/test_codegen_wgmma.py), and the H100 the numbers (benchmarks/check_wgmma.py).
+fp16 activations, group size -1 or a multiple of 128, block_k 128, block_n = 16 or 32 * num_warps (one or two m16
+row blocks per warp: with two, each warp group's slot wgmma covers 128 weight rows as two m64 wgmmas on the same x view,
+so x is read from L2 once per 128 weight rows instead of 64), K a multiple of 128 (launch). CUDA only, sm_90: the
+CPU interpreter does not run Gluon, so CI checks the text and a static compile for sm_90 (tests/test_codegen_wgmma.py),
+and the H100 the numbers (benchmarks/check_wgmma.py).
 """
 from __future__ import annotations
 

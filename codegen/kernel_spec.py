@@ -104,9 +104,9 @@ class KernelSpec:
             why = gemm_wgmma.eligible(self.bits, self.grid, self.p, self.act_dtype, self.group_size, h)
             if why is None and self.num_warps not in (4, 8, 16):
                 why = f"needs num_warps 4, 8 or 16 (1, 2 or 4 warp groups), got {self.num_warps}"
-            if why is None and self.block_n != 16 * self.num_warps:
-                why = (f"needs block_n = 16 * num_warps = {16 * self.num_warps} (an m16 row block per warp), got "
-                       f"{self.block_n}")
+            if why is None and self.block_n not in (16 * self.num_warps, 32 * self.num_warps):
+                why = (f"needs block_n = 16 * num_warps or 32 * num_warps = {16 * self.num_warps} or "
+                       f"{32 * self.num_warps} (one or two m16 row blocks per warp), got {self.block_n}")
             if why is None and not 8 <= self.block_m <= 256:
                 why = f"needs block_m in 8..256 (the wgmma's N), got {self.block_m}"
             if why is None and self.block_k != 128:

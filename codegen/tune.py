@@ -50,15 +50,16 @@ GEMM_TILES = {
 }
 
 
-# the Gluon wgmma tile (KernelSpec variant "wgmma", gemm_wgmma.py) per M bucket: (m, warps, stages), n = 16 * warps.
+# the Gluon wgmma tile (KernelSpec variant "wgmma", gemm_wgmma.py) per M bucket: (m, n, warps, stages), n = 16 or
+# 32 * warps (one or two m64 row blocks per warp group: two read x from L2 half as often per weight row).
 # H100, session 28 (benchmarks/results/time_specs_v28_wgmma_h100.tsv, w4 g128): M=64 m64 n64 108.8 / 106.0 us
 # (split 4 at 8192x28672) against the registers tile's 114.3 / 122.6; M=256 m128 n128 252.2 and m256 n128 split 2
 # 279.7 against 296.6 / 297.4. More stages or 16 warps were slower (fewer programs per SM).
 WGMMA_TILES = {
-    32: [(32, 4, 3)],
-    64: [(64, 4, 3), (64, 8, 2)],
-    128: [(128, 8, 3), (64, 4, 3)],
-    256: [(128, 8, 3), (256, 8, 3), (256, 8, 2)],
+    32: [(32, 64, 4, 3), (32, 128, 4, 3)],
+    64: [(64, 64, 4, 3), (64, 128, 8, 2), (64, 128, 4, 3)],
+    128: [(128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3), (128, 256, 8, 3)],
+    256: [(128, 128, 8, 3), (256, 128, 8, 3), (256, 128, 8, 2), (128, 256, 8, 3), (64, 128, 4, 3)],
 }
 
 
@@ -78,9 +79,9 @@ def _wgmma_candidates(base: KernelSpec, m: int, n: int, k: int, sms: int) -> lis
     if k % 128:
         return []
     out = []
-    for bm, warps, stages in WGMMA_TILES.get(min(256, max(32, m_bucket(m))), []):
+    for bm, bn, warps, stages in WGMMA_TILES.get(min(256, max(32, m_bucket(m))), []):
         try:
-            spec = dataclasses.replace(base, variant="wgmma", block_m=bm, block_n=16 * warps, block_k=128,
+            spec = dataclasses.replace(base, variant="wgmma", block_m=bm, block_n=bn, block_k=128,
                                        num_warps=warps, num_stages=stages)
         except KernelSpecError:  # not a width, grid or group the wgmma tile takes
             return []

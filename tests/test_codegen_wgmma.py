@@ -28,7 +28,8 @@ W4 = dict(bits=4, variant="wgmma", block_m=64, block_n=64, block_k=128, num_warp
     (dict(group_size=64), "multiple of 128"),
     (dict(had_block=128), "no fused Hadamard"),
     (dict(num_warps=2, block_n=32), "num_warps 4, 8 or 16"),
-    (dict(block_n=128), "block_n = 16 * num_warps = 64"),
+    (dict(block_n=32), "block_n = 16 * num_warps or 32 * num_warps = 64 or 128"),
+    (dict(block_n=256), "block_n = 16 * num_warps or 32 * num_warps = 64 or 128"),
     (dict(block_m=512), "block_m in 8..256"),
     (dict(block_k=256), "block_k 128"),
     (dict(num_stages=1), "num_stages >= 2"),
@@ -63,12 +64,13 @@ def test_source_issues_every_slot_then_waits_once_per_step(bits, version, monkey
         assert f'SLOT_{j} = gl.constexpr("{gemm_wgmma.slot_ptx(bits, j, True)[0]}")' in src
 
 
-@pytest.mark.parametrize("bits, hgmma", [(4, 8), (8, 8)])
-def test_static_sm90_loop_has_one_wgmma_wait_per_k_step(bits, hgmma):
-    """Compiled for sm_90 (Triton's bundled ptxas): the K loop issues its HGMMAs (8 x K16 per 128 codes) back to back
-    and waits once (WARPGROUP.DEPBAR), with no local-memory spills; the registers tile waits after every slot."""
-    r = sass_report({**W4, "bits": bits, "block_m": 128, "block_n": 128, "num_warps": 8})
-    assert r["kernel"] == f"qlinear_wgmma_w{bits}_uniform_g128_fp16_m128n128k128w8s3"
+@pytest.mark.parametrize("bits, block_n, hgmma", [(4, 128, 8), (8, 128, 8), (4, 256, 16)])
+def test_static_sm90_loop_has_one_wgmma_wait_per_k_step(bits, block_n, hgmma):
+    """Compiled for sm_90 (Triton's bundled ptxas): the K loop issues its HGMMAs (8 x K16 per 128 codes and m64 row
+    block of a warp group) back to back and waits once (WARPGROUP.DEPBAR), with no local-memory spills; the registers
+    tile waits after every slot. block_n 256 on 8 warps: two m64 row blocks per warp group, 16 HGMMAs."""
+    r = sass_report({**W4, "bits": bits, "block_m": 128, "block_n": block_n, "num_warps": 8})
+    assert r["kernel"] == f"qlinear_wgmma_w{bits}_uniform_g128_fp16_m128n{block_n}k128w8s3"
     assert sum(v for op, v in r["opcodes"].items() if op.startswith("HGMMA")) == hgmma, r["opcodes"]
     assert len(r["wgmma_waits"]) == 1, r["wgmma_waits"]
     assert r["local_memory"] == 0
@@ -128,7 +130,7 @@ def test_tuner_adds_wgmma_tiles_where_they_apply(m, n, k_tiles, bits, group):
     tiles = tune.WGMMA_TILES[min(256, max(32, tune.m_bucket(m)))]
     for spec, split in wg:
         spec.validate()
-        assert (spec.block_m, spec.num_warps, spec.num_stages) in tiles
+        assert (spec.block_m, spec.block_n, spec.num_warps, spec.num_stages) in tiles
         assert split == 1 or 2 * split <= k // 128
     assert all(s.variant == "gemm" for s, _ in cands if s.variant != "wgmma")
 
@@ -147,11 +149,11 @@ def test_check_cases_are_valid_wgmma_specs():
 
     root = Path(__file__).resolve().parents[1] / "benchmarks" / "cases"
     check = [KernelSpec(**c[0]) for c in json.loads((root / "wgmma_tuner_tiles.json").read_text())]
-    for name in ("wgmma_sweep.json", "wgmma_picks.json"):
+    for name in ("wgmma_sweep.json", "wgmma_picks.json", "wgmma_two_blocks.json"):
         for c in json.loads((root / name).read_text()):
             KernelSpec(**c[0])
-    covered = {(s.bits, s.block_m, s.num_warps, s.num_stages) for s in check}
+    covered = {(s.bits, s.block_m, s.block_n, s.num_warps, s.num_stages) for s in check}
     for tiles in tune.WGMMA_TILES.values():
-        for bm, warps, stages in tiles:
-            assert {(4, bm, warps, stages), (8, bm, warps, stages)} <= covered
+        for tile in tiles:
+            assert {(4, *tile), (8, *tile)} <= covered
     assert all(dataclasses.asdict(s)["variant"] == "wgmma" for s in check)
