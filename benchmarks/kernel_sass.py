@@ -3,6 +3,7 @@ needed, and print what its K loop executes: SASS instruction counts, global/shar
 
     python benchmarks/kernel_sass.py '{"bits": 4, "variant": "gemv", "block_m": 1, "block_n": 64, "block_k": 128, "num_warps": 2}'
     python benchmarks/kernel_sass.py SPEC_JSON --arch 90 --out DIR   # also writes DIR/<name>.{ptx,sass}
+    python benchmarks/kernel_sass.py SPEC_JSON --waits   # also the K loop's loads and who waits for them
 
 SPEC_JSON holds KernelSpec fields (codegen/kernel_spec.py); missing ones take their defaults. The loop is the
 longest backward branch in the SASS (the K-step loop of both variants). Per K step a gemv thread handles
@@ -68,22 +69,28 @@ def compile_wgmma(spec, arch: int, even: bool = True, split_k: int = 1):
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
-    from qcomp.codegen.gemm_wgmma import x_descriptor
+    from qcomp.codegen.gemm_wgmma import tma_words, w_descriptor, x_descriptor
     from qcomp.codegen.render import load_kernel
 
     desc = x_descriptor(torch.empty(spec.block_m, 128, dtype=torch.float16), spec.block_m)
-    sig = {"x_desc": mangle_type(desc), "w_ptr": "*i32", "s_ptr": "*fp16", "bias_ptr": "*fp16", "y_ptr": "*fp16",
+    if tma_words(spec):
+        wdesc = w_descriptor(torch.empty(spec.block_n, 4 * spec.bits, dtype=torch.int32), spec.bits, spec.block_n)
+        w_arg, even_arg = {"w_desc": mangle_type(wdesc)}, {}
+    else:
+        w_arg, even_arg = {"w_ptr": "*i32"}, {"EVEN": "constexpr"}
+    sig = {"x_desc": mangle_type(desc), **w_arg, "s_ptr": "*fp16", "bias_ptr": "*fp16", "y_ptr": "*fp16",
            "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_w": "i32",
            "stride_s": "i32", "stride_ym": "i32", "SPLIT_K": "constexpr" if split_k == 1 else "i32",
-           "HAS_BIAS": "constexpr", "EVEN": "constexpr"}
-    consts = {"HAS_BIAS": False, "EVEN": even, **({"SPLIT_K": 1} if split_k == 1 else {})}
+           "HAS_BIAS": "constexpr", **even_arg}
+    consts = {"HAS_BIAS": False, **({"EVEN": even} if even_arg else {}), **({"SPLIT_K": 1} if split_k == 1 else {})}
     aligned = (1, 2, 3, 4, 5, 6, 9, 10, 11, 12)  # pointers and the K-like sizes: multiples of 16
     src = GluonASTSource(load_kernel(spec), sig, constexprs=consts,
                          attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": spec.num_warps})
 
 
-def disassemble(cubin: bytes) -> str:
+def disassemble(cubin: bytes, hex_words: bool = False) -> str:
+    """nvdisasm's SASS; hex_words: with each instruction's 128-bit encoding (its control bits: scoreboard_waits)."""
     import triton
 
     nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
@@ -92,7 +99,8 @@ def disassemble(cubin: bytes) -> str:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        return subprocess.run([str(nvdisasm), "-c", f.name], capture_output=True, text=True, check=True).stdout
+        cmd = [str(nvdisasm), "-c", *(["-hex"] if hex_words else []), f.name]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
 def registers(cubin: bytes) -> int | None:
@@ -111,20 +119,47 @@ def registers(cubin: bytes) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def loop_body(sass: str, holding: str | None = None) -> list[str]:
-    """Instructions (opcode + operands) of the longest loop: label ... backward branch to it; with `holding` (an
-    opcode prefix), of the shortest loop that holds it instead (a wgmma kernel's mbarrier retry branch jumps back from
-    the end of the code over everything, so the longest backward branch is not its K loop)."""
-    lines = sass.splitlines()
+def loop_span(lines: list[str], holding: str | None = None) -> tuple[int, int]:
+    """Line indices (label, backward branch) of the longest loop; with `holding` (an opcode prefix), of the shortest
+    loop that holds it instead (a wgmma kernel's mbarrier retry branch jumps back from the end of the code over
+    everything, so the longest backward branch is not its K loop)."""
     labels = {ln.rstrip(":").strip(): i for i, ln in enumerate(lines) if re.match(r"^\.L_x_\d+:", ln.strip())}
     spans = [(labels[m.group(1)], i) for i, ln in enumerate(lines)
              if (m := _BRA.search(ln)) and m.group(1) in labels and labels[m.group(1)] < i]
     if holding:
         spans = [s for s in spans if any(holding in ln for ln in lines[s[0]: s[1] + 1])]
-        best = min(spans, key=lambda s: s[1] - s[0], default=(0, 0))
-    else:
-        best = max(spans, key=lambda s: s[1] - s[0], default=(0, 0))
-    return [m.group(2) for ln in lines[best[0]: best[1] + 1] if (m := _LINE.match(ln))]
+        return min(spans, key=lambda s: s[1] - s[0], default=(0, 0))
+    return max(spans, key=lambda s: s[1] - s[0], default=(0, 0))
+
+
+def loop_body(sass: str, holding: str | None = None) -> list[str]:
+    """Instructions (opcode + operands) of the K loop (loop_span)."""
+    lines = sass.splitlines()
+    first, last = loop_span(lines, holding)
+    return [m.group(2) for ln in lines[first: last + 1] if (m := _LINE.match(ln))]
+
+
+def scoreboard_waits(sass_hex: str, holding: str | None = None) -> list[tuple[int, str, int | None, list[int]]]:
+    """The K loop's variable-latency instructions and their waiters, from the control bits of sm_90 SASS (nvdisasm
+    -hex): (address, instruction, scoreboard it sets or None, scoreboards it waits for) for each global load, mbarrier
+    wait and wgmma wait, and each instruction that waits for a scoreboard a load or an mbarrier wait sets. A scoreboard counts all its pending
+    operations: an instruction that waits for an old load on the scoreboard of a newer one waits for both (how
+    session 30 found the wgmma tile's K step waiting for its own prefetch). Control bits (high 64-bit word, bits
+    41..): write scoreboard bits 5-7 (7: none), wait mask bits 11-16."""
+    lines = sass_hex.splitlines()
+    first, last = loop_span(lines, holding)
+    loop = []
+    for i in range(first, min(last + 1, len(lines) - 1)):
+        ln = lines[i]
+        m = re.match(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?);\s+/\* 0x[0-9a-f]{16} \*/", ln)
+        hi = re.search(r"/\* (0x[0-9a-f]{16}) \*/\s*$", lines[i + 1])
+        if m and hi:
+            ctrl = int(hi.group(1), 16) >> 41
+            wb = (ctrl >> 5) & 7
+            loop.append((int(m.group(1), 16), m.group(2).strip(), None if wb == 7 else wb,
+                         [k for k in range(6) if ctrl >> (11 + k) & 1]))
+    sources = {wb for _, ins, wb, _ in loop if wb is not None and re.search(r"\bLDG|TRYWAIT", ins)}
+    return [d for d in loop if re.search(r"\bLDG|TRYWAIT|WARPGROUP.DEPBAR", d[1]) or set(d[3]) & sources]
 
 
 def opcode(instr: str) -> str:
@@ -158,6 +193,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("--ragged", action="store_true", help="count the masked loop (shapes with partial tiles)")
     ap.add_argument("--residual", action="store_true", help="with the residual add in the epilogue (HAS_RES)")
+    ap.add_argument("--waits", action="store_true",
+                    help="also list the K loop's global loads, mbarrier waits and the instructions waiting for them "
+                         "(scoreboards decoded from the SASS control bits)")
     ap.add_argument("--pdl", type=int, choices=(0, 1, 2), default=None,
                     help="programmatic dependent launch level (QCOMP_PDL; default: the runtime's default on sm_90+)")
     args = ap.parse_args(argv)
@@ -174,6 +212,11 @@ def main(argv=None) -> int:
     r["registers"] = registers(kernel.asm["cubin"])
     r["pdl_wait"] = "griddepcontrol.wait" in kernel.asm["ptx"]
     r["pdl_trigger"] = "griddepcontrol.launch_dependents" in kernel.asm["ptx"]
+    if args.waits:
+        hexed = disassemble(kernel.asm["cubin"], hex_words=True)
+        r["scoreboards"] = scoreboard_waits(hexed, "HGMMA" if spec.variant == "wgmma" else None)
+        hg = [int(m.group(1), 16) for ln in hexed.splitlines() if (m := _LINE.match(ln)) and "HGMMA" in m.group(2)]
+        r["first_hgmma"] = min(hg, default=None)
     if args.json:
         print(json.dumps(r, indent=1))
         return 0
@@ -184,6 +227,11 @@ def main(argv=None) -> int:
           f"shared stores {r['shared_stores']} / loads {r['shared_loads']}, barriers {r['barriers']}; "
           f"{r['registers']} registers")
     print("  " + ", ".join(f"{k} {v}" for k, v in list(r["opcodes"].items())[:16]))
+    if args.waits:
+        print("K loop scoreboards (address, sets, waits for, instruction):")
+        for addr, ins, wb, waits in r["scoreboards"]:
+            sets, waits_for = "-" if wb is None else f"sb{wb}", ",".join(f"sb{k}" for k in waits) or "-"
+            print(f"  {addr:05x}  {sets:>4}  {waits_for:>9}  {ins}")
     return 0
 
 

@@ -14,9 +14,16 @@ next step's dequantization overwrote registers in-flight wgmmas still read. Not 
 Data flow of one program (BLOCK_N weight rows x BLOCK_M activation rows, acc^T = W x^T):
 * x: TMA copies of [BLOCK_M, 64] halves of each K step into a ring of num_stages stages, one mbarrier per stage;
   slot j reads its W0 columns as a sliced, transposed shared-memory view (the wgmma's B operand).
-* weights: the K step's [BLOCK_N, W0] words are loaded straight into the wgmma A operand's register layout
-  (DotOperandLayout, k_width 2) one step ahead; slot j's codes are an elementwise PTX block of the words
-  (gemm_regs.slot_ptx: packing v5 puts slot j of a tile's W0 words on W0 consecutive codes), times the group scale.
+* weights, default (tma_words, _loop_tma): the K step's words come by TMA with its x (one
+  [BLOCK_N / 16, 16, W0] copy of packing v5's row-group runs, same mbarrier) and are read from shared memory into the
+  wgmma A operand's register layout (DotOperandLayout, k_width 2); slot j's codes are an elementwise PTX block of the
+  words (gemm_regs.slot_ptx: packing v5 puts slot j of a tile's W0 words on W0 consecutive codes). The step's wgmmas
+  sum into acc_s from scratch and acc += acc_s * scale after the step's wait; the next step's scales are the loop's
+  only global loads. Why: with the words loaded into registers a step ahead, ptxas put all the loop's loads on one
+  scoreboard and the step's first dequantization waited for it, i.e. for the loads the step had just issued for the
+  next one (ncu: 33 % of the stall samples; NOTES_kernels.md, session 30). M=64: 107 -> 80 us.
+* weights, a_regs (_loop_regs; where a second accumulator does not fit: 256 rows, or 128 rows at 2 programs/SM): the words are loaded
+  into the A layout one step ahead and the slots' values are multiplied by the group scale.
 * out: 0.5 * acc (the slot values are 2 * code - (2^w - 1)); split-K partials and their sum as in render.py.
 
 Scope (KernelSpec.validate, eligible): uniform grid, 4- or 8-bit codes (a slot of W0 = 4w >= 16 codes: the wgmma K),
@@ -66,7 +73,10 @@ def tma_load_name(version: tuple[int, int]) -> str:
 
 def helpers(s) -> list[str]:
     """The slots' PTX blocks as constexpr strings (one per slot j of a word)."""
-    L = ["# slot j of each word -> two fp16 2 * code - (2^w - 1) per PTX block (codegen/gemm_regs.slot_ptx)"]
+    L = ['LD_U16 = gl.constexpr("ld.global.nc.u16 $0, [$1];")',
+         'CVT_LO = gl.constexpr("{ .reg .b16 lo, hi; .reg .f32 l, h; mov.b32 {lo, hi}, $1; cvt.f32.f16 l, lo; '
+         'cvt.f32.f16 h, hi; fma.rn.f32 $0, h, 0f00000000, l; }")',
+         "# slot j of each word -> two fp16 2 * code - (2^w - 1) per PTX block (codegen/gemm_regs.slot_ptx)"]
     shared = shared_shifts(s.block_m)
     for j in range(32 // s.bits):
         ptx, what = slot_ptx(s.bits, j, shared)
@@ -74,20 +84,179 @@ def helpers(s) -> list[str]:
     return L + ["", ""]
 
 
-def kernel_lines(s, version: tuple[int, int]) -> list[str]:
-    """The @gluon.jit kernel (signature and body)."""
+def tma_words(s) -> bool:
+    """Whether a spec's K loop takes its words through TMA and scales each step's sum (_loop_tma); with a_regs it
+    loads them into registers and scales A (_loop_regs: one accumulator, for tiles where a second does not fit)."""
+    return not s.a_regs
+
+
+def _fill_call(s, sn: str, step: str) -> str:
+    """The call of fill_stage for K step `step` into stage `sn` (its arguments differ with the loop: tma_words)."""
+    w = "w_desc, " if tma_words(s) else ""
+    ws = "wsm, " if tma_words(s) else ""
+    return f"fill_stage(x_desc, {w}xs, {ws}bars, {sn}, off_m, {step}{', grp0' if tma_words(s) else ''})"
+
+
+def fill_lines(s) -> list[str]:
+    """@gluon.jit fill_stage: one K step's x (two [BLOCK_M, 64] halves) and, with tma_words, its words (one
+    [BLOCK_N / 16, 16, W0] copy of the row groups' runs) by TMA into stage sn, all counted on the stage's mbarrier."""
+    nbytes = "2 * x_desc.block_type.nbytes" + (" + w_desc.block_type.nbytes" if tma_words(s) else "")
+    L = [
+        "@gluon.jit",
+        "def " + _fill_call(s, "sn", "step") + ":",
+        f"    mbarrier.expect(bars.index(sn), {nbytes})",
+        "    tma.async_copy_global_to_shared(x_desc, [off_m, step * 128], bars.index(sn), xs.index(2 * sn))",
+        "    tma.async_copy_global_to_shared(x_desc, [off_m, step * 128 + HALF], bars.index(sn), xs.index(2 * sn + 1))",
+    ]
+    if tma_words(s):
+        L.append(f"    tma.async_copy_global_to_shared(w_desc, [grp0, step * {ROW_GROUP}, 0], bars.index(sn), "
+                 "wsm.index(sn))")
+    return L + ["", ""]
+
+
+def _ring_lines(s) -> list[str]:
+    """The shared-memory ring (x, and the words with tma_words), its mbarriers and the first STAGES - 1 steps' fill."""
+    W0 = 4 * s.bits
+    return [
+        "    xs = gl.allocate_shared_memory(gl.float16, [STAGES * 2, BLOCK_M, HALF], x_desc.layout)",
+        *([f"    wsm = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N // {ROW_GROUP}, {ROW_GROUP}, {W0}], "
+           "w_desc.layout)"] if tma_words(s) else []),
+        "    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())",
+        "    for p in gl.static_range(STAGES):",
+        "        mbarrier.init(bars.index(p), count=1)",
+        "    for p in gl.static_range(STAGES - 1):  # the first steps",
+        "        if lo + p < hi:",
+        f"            {_fill_call(s, 'p', 'lo + p')}",
+    ]
+
+
+def _step_head_lines(s, version: tuple[int, int]) -> list[str]:
+    """A K step's start: refill the stage the step before used (its wgmmas finished at the last wait)."""
+    return [
+        "        it = step - lo",
+        "        # the stage of step it - 1 is free: its wgmmas finished at the last wait",
+        "        nxt = step + STAGES - 1",
+        *([f"        {barrier_name(version)}()  # every warp group has retired step it - 1 (the copy must not "
+           "overwrite its x)"] if s.num_warps > 4 else []),
+        "        if nxt < hi:",
+        f"            {_fill_call(s, '(it + STAGES - 1) % STAGES', 'nxt')}",
+    ]
+
+
+def _slot_lines(s, acc: str, scaled: bool) -> list[str]:
+    """Each slot's dequantization (times the group scale `sc` if scaled) and async wgmma on `acc` (from scratch at
+    slot 0 unless acc is the running accumulator), then the step's one wait."""
     W0 = 4 * s.bits
     slots = 32 // s.bits
+    L = []
+    for j in range(slots):
+        half, off = divmod(j * W0, HALF)
+        use = "" if acc == "acc" else f"use_acc={j > 0}, "
+        L += [
+            f"        a{j} = gl.inline_asm_elementwise(SLOT_{j}, \"=r,r,r\", [words], dtype=gl.float16, is_pure=True,",
+            "                                         pack=2)" + (" * sc" if scaled else ""),
+            f"        b = xs.index(2 * st + {half}).slice({off}, {W0}, dim=1).permute((1, 0))  # x^T, codes {j * W0}..",
+            f"        {acc} = warpgroup_mma(a{j}, b, {acc}, {use}is_async=True)",
+        ]
+    cur = ", ".join(f"a{j}" for j in range(slots))
+    # the A operands as deps: their registers stay untouched until the wgmmas that read them are retired
+    return L + [f"        {acc}, {cur} = warpgroup_mma_wait(num_outstanding=0, deps=({acc}, {cur}))"]
+
+
+def _loop_regs(s, version: tuple[int, int]) -> list[str]:
+    """The K loop of a_regs specs: each step's words loaded into registers one step ahead, the group scale multiplied
+    into the A operands (one accumulator: the choice where two would not fit, or would halve the programs per SM)."""
+    W0 = 4 * s.bits
     g = s.group_size
     col = "0" if g == -1 else f"(step * 128) // {g}"
+    L = [
+        "    offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, a_l))",
+        "    mask_n = offs_n < N",
+        f"    offs_i = gl.arange(0, {W0}, layout=gl.SliceLayout(0, a_l))",
+        f"    # packing v5: rows in groups of {ROW_GROUP}; a (group, tile) is one run of {ROW_GROUP} rows x {W0} words",
+        f"    w_rows = w_ptr + ((offs_n // {ROW_GROUP}) * ({ROW_GROUP} * stride_w) + (offs_n % {ROW_GROUP}) * {W0})",
+        "    w_ptrs = gl.expand_dims(w_rows, 1) + gl.expand_dims(offs_i, 0)",
+        "    w_mask = gl.expand_dims(mask_n, 1) & gl.expand_dims(offs_i < 1 << 30, 0)  # (the row mask, broadcast)",
+        "    s_ptrs = s_ptr + offs_n * stride_s",
+        "",
+        *_ring_lines(s),
+        "    step = lo",
+        "    if EVEN:",
+        f"        words = gl.load(w_ptrs + step * {ROW_GROUP * W0})",
+        f"        scl = gl.load(s_ptrs + {col})",
+        "    else:",
+        f"        words = gl.load(w_ptrs + step * {ROW_GROUP * W0}, mask=w_mask, other=0)",
+        f"        scl = gl.load(s_ptrs + {col}, mask=mask_n, other=0.0)",
+        "    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)",
+        "    for step in range(lo, hi):",
+        *_step_head_lines(s, version),
+        "        step_n = gl.minimum(step + 1, hi - 1)  # the next step's words and scales (the last reloads its own)",
+        "        if EVEN:",
+        f"            words_n = gl.load(w_ptrs + step_n * {ROW_GROUP * W0})",
+        f"            scl_n = gl.load(s_ptrs + {col.replace('step', 'step_n')})",
+        "        else:",
+        f"            words_n = gl.load(w_ptrs + step_n * {ROW_GROUP * W0}, mask=w_mask, other=0)",
+        f"            scl_n = gl.load(s_ptrs + {col.replace('step', 'step_n')}, mask=mask_n, other=0.0)",
+        "        st = it % STAGES",
+        "        mbarrier.wait(bars.index(st), (it // STAGES) & 1)",
+        "        sc = gl.expand_dims(scl, 1)",
+    ]
+    L += _slot_lines(s, "acc", scaled=True)
+    L += [
+        "        words = words_n",
+        "        scl = scl_n",
+    ]
+    return L
+
+
+def _loop_tma(s, version: tuple[int, int]) -> list[str]:
+    """The default K loop: each step's words come through TMA with its x (fill_stage); the
+    step's wgmmas sum into acc_s from scratch and the group scale is applied after the step's wait (acc += acc_s *
+    scale). Its only global loads are the next step's scales, so no wait for a load lands before the step's wgmmas
+    (NOTES_kernels.md, session 30: loads in registers made every step wait for its own prefetch)."""
+    W0 = 4 * s.bits
+    g = s.group_size
+    col = "0" if g == -1 else f"(step * 128) // {g}"
+    L = [
+        "    # group scales along the accumulator's rows (they scale each K step's wgmma sum, after the step)",
+        "    offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))",
+        "    mask_n = offs_n < N",
+        "    s_ptrs = s_ptr + gl.minimum(offs_n, N - 1) * stride_s  # (tail rows read row N - 1: their words are 0)",
+        f"    # words: packing v5 as [row groups, K steps * {ROW_GROUP}, {W0}] (w_descriptor); this program's row groups from grp0",
+        f"    grp0 = pid_n * (BLOCK_N // {ROW_GROUP})",
+        "",
+        *_ring_lines(s),
+        "    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)",
+        "    acc_s = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)  # one K step's sum (its registers reused)",
+        f"    scf = gl.load(s_ptrs + {col.replace('step', 'lo')}).to(gl.float32)",
+        "    for step in range(lo, hi):",
+        "        # the next step's scales, converted at this step's end: the only global loads of the loop (the words",
+        "        # come through TMA), so nothing later shares their scoreboard (NOTES_kernels.md, session 30)",
+        "        step_n = gl.minimum(step + 1, hi - 1)",
+        f"        scl_n = gl.inline_asm_elementwise(LD_U16, \"=r,l\", [s_ptrs + {col.replace('step', 'step_n')}], dtype=gl.int32,",
+        "                                          is_pure=False, pack=1)",
+        *_step_head_lines(s, version),
+        "        st = it % STAGES",
+        "        mbarrier.wait(bars.index(st), (it // STAGES) & 1)",
+        f"        words = wsm.index(st).reshape([BLOCK_N, {W0}]).load(a_l)",
+    ]
+    L += _slot_lines(s, "acc_s", scaled=False)
+    L += [
+        "        acc += acc_s * gl.expand_dims(scf, 1)",
+        "        scf = gl.inline_asm_elementwise(CVT_LO, \"=f,r\", [scl_n], dtype=gl.float32, is_pure=True, pack=1)",
+    ]
+    return L
+
+
+def kernel_lines(s, version: tuple[int, int]) -> list[str]:
+    """The @gluon.jit kernel (signature and body)."""
     bar = barrier_name(version)
-    cur = ", ".join(f"a{j}" for j in range(slots))  # this step's A operands
     L = [
         "@gluon.jit",
         f"def {s.name()}(",
-        "    x_desc, w_ptr, s_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,",
+        f"    x_desc, {'w_desc' if tma_words(s) else 'w_ptr'}, s_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,",
         "    M, N, K, stride_w, stride_s, stride_ym, SPLIT_K,",
-        "    HAS_BIAS: gl.constexpr, EVEN: gl.constexpr,",
+        "    HAS_BIAS: gl.constexpr," if tma_words(s) else "    HAS_BIAS: gl.constexpr, EVEN: gl.constexpr,",
         "):",
         "    # programs: the M blocks of one N block run next to each other (its words stay in L2 for all of them)",
         "    num_m = gl.cdiv(M, BLOCK_M)",
@@ -102,69 +271,9 @@ def kernel_lines(s, version: tuple[int, int]) -> list[str]:
         "    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],",
         "                                                  instr_shape=[16, BLOCK_M, 16])",
         "    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)",
-        "    offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, a_l))",
-        "    mask_n = offs_n < N",
-        f"    offs_i = gl.arange(0, {W0}, layout=gl.SliceLayout(0, a_l))",
-        f"    # packing v5: rows in groups of {ROW_GROUP}; a (group, tile) is one run of {ROW_GROUP} rows x {W0} words",
-        f"    w_rows = w_ptr + ((offs_n // {ROW_GROUP}) * ({ROW_GROUP} * stride_w) + (offs_n % {ROW_GROUP}) * {W0})",
-        "    w_ptrs = gl.expand_dims(w_rows, 1) + gl.expand_dims(offs_i, 0)",
-        "    w_mask = gl.expand_dims(mask_n, 1) & gl.expand_dims(offs_i < 1 << 30, 0)  # (the row mask, broadcast)",
-        "    s_ptrs = s_ptr + offs_n * stride_s",
-        "",
-        "    xs = gl.allocate_shared_memory(gl.float16, [STAGES * 2, BLOCK_M, HALF], x_desc.layout)",
-        "    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())",
-        "    for p in gl.static_range(STAGES):",
-        "        mbarrier.init(bars.index(p), count=1)",
-        "    for p in gl.static_range(STAGES - 1):  # the first steps' x",
-        "        if lo + p < hi:",
-        "            mbarrier.expect(bars.index(p), 2 * x_desc.block_type.nbytes)",
-        "            tma.async_copy_global_to_shared(x_desc, [off_m, (lo + p) * 128], bars.index(p), xs.index(2 * p))",
-        "            tma.async_copy_global_to_shared(x_desc, [off_m, (lo + p) * 128 + HALF], bars.index(p),",
-        "                   xs.index(2 * p + 1))",
-        "    step = lo",
-        "    if EVEN:",
-        f"        words = gl.load(w_ptrs + step * {ROW_GROUP * W0})",
-        f"        scl = gl.load(s_ptrs + {col})",
-        "    else:",
-        f"        words = gl.load(w_ptrs + step * {ROW_GROUP * W0}, mask=w_mask, other=0)",
-        f"        scl = gl.load(s_ptrs + {col}, mask=mask_n, other=0.0)",
-        "    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)",
-        "    for step in range(lo, hi):",
-        "        it = step - lo",
-        "        # the stage of step it - 1 is free: its wgmmas finished at the last wait",
-        "        nxt = step + STAGES - 1",
-        *([f"        {bar}()  # every warp group has retired step it - 1 (the copy must not overwrite its x)"]
-          if s.num_warps > 4 else []),
-        "        if nxt < hi:",
-        "            sn = (it + STAGES - 1) % STAGES",
-        "            mbarrier.expect(bars.index(sn), 2 * x_desc.block_type.nbytes)",
-        "            tma.async_copy_global_to_shared(x_desc, [off_m, nxt * 128], bars.index(sn), xs.index(2 * sn))",
-        "            tma.async_copy_global_to_shared(x_desc, [off_m, nxt * 128 + HALF], bars.index(sn),",
-        "                   xs.index(2 * sn + 1))",
-        "        step_n = gl.minimum(step + 1, hi - 1)  # the next step's words and scales (the last reloads its own)",
-        "        if EVEN:",
-        f"            words_n = gl.load(w_ptrs + step_n * {ROW_GROUP * W0})",
-        f"            scl_n = gl.load(s_ptrs + {col.replace('step', 'step_n')})",
-        "        else:",
-        f"            words_n = gl.load(w_ptrs + step_n * {ROW_GROUP * W0}, mask=w_mask, other=0)",
-        f"            scl_n = gl.load(s_ptrs + {col.replace('step', 'step_n')}, mask=mask_n, other=0.0)",
-        "        st = it % STAGES",
-        "        mbarrier.wait(bars.index(st), (it // STAGES) & 1)",
-        "        sc = gl.expand_dims(scl, 1)",
     ]
-    for j in range(slots):
-        half, off = divmod(j * W0, HALF)
-        L += [
-            f"        a{j} = gl.inline_asm_elementwise(SLOT_{j}, \"=r,r,r\", [words], dtype=gl.float16, is_pure=True,",
-            f"                                         pack=2) * sc",
-            f"        b = xs.index(2 * st + {half}).slice({off}, {W0}, dim=1).permute((1, 0))  # x^T, codes {j * W0}..",
-            f"        acc = warpgroup_mma(a{j}, b, acc, is_async=True)",
-        ]
+    L += _loop_tma(s, version) if tma_words(s) else _loop_regs(s, version)
     L += [
-        # the A operands as deps: their registers stay untouched until the wgmmas that read them are retired
-        f"        acc, {cur} = warpgroup_mma_wait(num_outstanding=0, deps=(acc, {cur}))",
-        "        words = words_n",
-        "        scl = scl_n",
         "    for p in gl.static_range(STAGES):",
         "        mbarrier.invalidate(bars.index(p))",
         "",
@@ -209,7 +318,8 @@ def source(s, version: tuple[int, int], header: list[str]) -> str:
         f"HALF = gl.constexpr({HALF})",
         "",
     ]
-    return "\n".join(header + head + helpers(s) + kernel_lines(s, version)) + "\n"
+    fill = [ln.replace("tma.async_copy_global_to_shared(", tma_load_name(version) + "(") for ln in fill_lines(s)]
+    return "\n".join(header + head + helpers(s) + fill + kernel_lines(s, version)) + "\n"
 
 
 def tma_ready(x2) -> bool:
@@ -230,6 +340,22 @@ def x_descriptor(x2, block_m: int):
     return TensorDescriptor.from_tensor(x2, [block_m, HALF], layout)
 
 
+def w_descriptor(packed, bits: int, block_n: int):
+    """The TMA descriptor of the packed weights (layout v5, int32 [Npad, row_words]) seen as [row groups, K steps * 16,
+    W0]: one copy of [block_n / 16, 16, W0] is a program's K step (its row groups' runs of 16 rows x W0 words)."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    w0 = 4 * bits
+    if not packed.is_contiguous() or packed.shape[1] % w0 or packed.shape[0] % ROW_GROUP or packed.data_ptr() % 16:
+        raise ValueError(f"the wgmma tile reads the packed weights through TMA: it needs them contiguous, 16-byte "
+                         f"aligned, in row groups of {ROW_GROUP} and K steps of {w0} words per row (layout v5), got "
+                         f"shape {tuple(packed.shape)} strides {packed.stride()}")
+    runs = packed.view(packed.shape[0] // ROW_GROUP, ROW_GROUP * packed.shape[1] // w0, w0)
+    block = [block_n // ROW_GROUP, ROW_GROUP, w0]
+    return TensorDescriptor.from_tensor(runs, block, gl.NVMMASharedLayout.get_default_for(block, gl.int32))
+
+
 def launch(spec, kern, grid: tuple[int, int], x2, packed, scales, bias, y, ws, cnt, n: int, k: int,
            warmup: bool = False) -> None:
     """Run a wgmma kernel: y [M, n] = x2 [M, k] @ W^T (+ bias) on grid (M blocks x N blocks, splits), with ws / cnt
@@ -241,8 +367,10 @@ def launch(spec, kern, grid: tuple[int, int], x2, packed, scales, bias, y, ws, c
     if not tma_ready(x2):  # (a view whose start or rows TMA cannot address: the tuned choice does not depend on it)
         x2 = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device).copy_(x2)
     run = functools.partial(kern.warmup, grid=grid) if warmup else kern[grid]
+    w = w_descriptor(packed, spec.bits, spec.block_n) if tma_words(spec) else packed
+    even = {} if tma_words(spec) else {"EVEN": n % spec.block_n == 0}
     run(
-        x_descriptor(x2, spec.block_m), packed, scales, bias if bias is not None else scales, y, ws, cnt,
+        x_descriptor(x2, spec.block_m), w, scales, bias if bias is not None else scales, y, ws, cnt,
         x2.shape[0], n, k, packed.stride(0), scales.stride(0), y.stride(0), grid[1],
-        HAS_BIAS=bias is not None, EVEN=n % spec.block_n == 0, num_warps=spec.num_warps,
+        HAS_BIAS=bias is not None, num_warps=spec.num_warps, **even,
     )

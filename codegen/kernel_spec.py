@@ -15,7 +15,9 @@ Three spec families come from one renderer (render.py):
   multiplies the group scales into A, so the K steps' tl.dots chain into one accumulator.
 
 * variant "wgmma" (Hopper only, Gluon: gemm_wgmma.py): the registers tile's dequantization with the slots' wgmmas
-  issued asynchronously back to back and one wait per K step; x through TMA into a ring of shared-memory stages.
+  issued asynchronously back to back and one wait per K step; x and the words through TMA into a ring of
+  shared-memory stages, each K step's sum scaled after its wait. With a_regs: the words loaded into registers a step
+  ahead and the scales multiplied into A instead (block_m > 128 needs it: one accumulator).
   Uniform grid, 4/8-bit codes, fp16, groups of 128k; the tuner tries it on sm_90 GPUs for M > 16 (tune.WGMMA_TILES).
 
 Fields that are not a kernel's text (the shape, the split count) stay out of it, so one compiled kernel
@@ -113,8 +115,11 @@ class KernelSpec:
                 why = f"needs block_k 128 (one pack tile per K step), got {self.block_k}"
             if why is None and self.num_stages < 2:
                 why = f"needs num_stages >= 2 (x copied one K step ahead), got {self.num_stages}"
-            if why is None and (self.a_regs or self.a_scales):
-                why = "takes neither a_regs nor a_scales (its weights are always in registers, scaled)"
+            if why is None and self.a_scales:
+                why = "takes no a_scales (with a_regs, its registers loop multiplies the scales into A anyway)"
+            if why is None and self.block_m > 128 and not self.a_regs:
+                why = (f"needs a_regs at block_m > 128, got {self.block_m} (the TMA loop's second accumulator, one K "
+                       f"step's sum, would not fit in registers)")
             if why:
                 bad(f"variant 'wgmma' (Gluon, sm_90) {why}")
         if self.had_scratch and not (h and self.variant == "gemv"):
@@ -123,7 +128,7 @@ class KernelSpec:
             bad("x_glu needs the gemv variant (ops.py applies silu(gate) * up in torch before a gemm)")
         if self.x_norm and (self.variant != "gemv" or self.x_glu):
             bad("x_norm needs the gemv variant without x_glu (ops.py applies the norm in torch before a gemm)")
-        if self.a_regs:
+        if self.a_regs and self.variant != "wgmma":  # (wgmma: a_regs picks its registers loop, gemm_wgmma.py)
             why = "needs the gemm variant" if self.variant != "gemm" else gemm_regs.eligible(
                 self.bits, self.grid, self.p, self.act_dtype, self.scale_per_tile)
             if why is None and self.block_k < gemm_regs.min_block_k(self.bits):

@@ -33,7 +33,8 @@ W4 = dict(bits=4, variant="wgmma", block_m=64, block_n=64, block_k=128, num_warp
     (dict(block_m=512), "block_m in 8..256"),
     (dict(block_k=256), "block_k 128"),
     (dict(num_stages=1), "num_stages >= 2"),
-    (dict(a_regs=True), "neither a_regs nor a_scales"),
+    (dict(a_scales=True), "takes no a_scales"),
+    (dict(block_m=256), "needs a_regs at block_m > 128"),
 ])
 def test_spec_refuses_what_the_tile_cannot_run(fields, why):
     with pytest.raises(KernelSpecError, match="variant 'wgmma'") as e:
@@ -54,9 +55,22 @@ def test_source_issues_every_slot_then_waits_once_per_step(bits, version, monkey
     ast.parse(src)
     slots = 32 // bits
     assert src.count("warpgroup_mma(") == slots and src.count("is_async=True") == slots
-    waits = [ln for ln in src.splitlines() if "warpgroup_mma_wait(" in ln]
+    lines = src.splitlines()
+    waits = [i for i, ln in enumerate(lines) if "warpgroup_mma_wait(" in ln]
     assert len(waits) == 1, waits
-    assert "deps=(acc, " + ", ".join(f"a{j}" for j in range(slots)) + ")" in waits[0]
+    assert "deps=(acc_s, " + ", ".join(f"a{j}" for j in range(slots)) + ")" in lines[waits[0]]
+    # each K step sums into acc_s from scratch and is scaled into acc after its wait
+    assert src.count("use_acc=False") == 1 and src.count("use_acc=True") == slots - 1
+    scaled = [i for i, ln in enumerate(lines) if "acc += acc_s * " in ln]
+    assert len(scaled) == 1 and scaled[0] > waits[0]
+    # the words come through TMA (fill_stage); the next step's scales are the loop's only global loads, held as
+    # 32 bits (LD_U16) and converted after the step's wait (CVT_LO reads both halves: ptxas cannot pack another
+    # 16-bit value into the register, which would make the step wait for the load)
+    assert "w_desc, [grp0, step * 16, 0]" in src and "wsm.index(st).reshape(" in src
+    loop = lines[lines.index("    for step in range(lo, hi):"): waits[0] + 3]
+    assert not any("gl.load(" in ln for ln in loop)
+    assert sum("LD_U16" in ln for ln in loop) == 1 and "s_ptrs" in next(ln for ln in loop if "LD_U16" in ln)
+    assert any("CVT_LO" in ln for ln in lines[waits[0]: waits[0] + 3])
     assert (gemm_wgmma.tma_load_name(version) + "(") in src
     assert "tma.async_load(" in src if version > (3, 6) else "tma.async_copy_global_to_shared(" in src
     assert (gemm_wgmma.barrier_name(version) + "()") in src  # split-K release and, at 8 warps, the stage refill
@@ -64,17 +78,48 @@ def test_source_issues_every_slot_then_waits_once_per_step(bits, version, monkey
         assert f'SLOT_{j} = gl.constexpr("{gemm_wgmma.slot_ptx(bits, j, True)[0]}")' in src
 
 
-@pytest.mark.parametrize("bits, block_n, hgmma", [(4, 128, 8), (8, 128, 8), (4, 256, 16)])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_source_registers_loop_scales_a_and_waits_once(bits):
+    """a_regs: the words are loaded into registers one step ahead, each slot's A is multiplied by the group scale
+    and one accumulator chains every slot; one wait per step holds the A operands."""
+    spec = KernelSpec(**{**W4, "bits": bits, "block_m": 256, "block_n": 128, "num_warps": 8, "a_regs": True})
+    src = kernel_source(spec)
+    ast.parse(src)
+    slots = 32 // bits
+    waits = [ln for ln in src.splitlines() if "warpgroup_mma_wait(" in ln]
+    assert len(waits) == 1 and "deps=(acc, " + ", ".join(f"a{j}" for j in range(slots)) + ")" in waits[0]
+    assert src.count("pack=2) * sc") == slots and "acc_s" not in src and "w_desc" not in src
+    assert "words_n = gl.load(w_ptrs" in src
+
+
+@pytest.mark.parametrize("bits, block_n, hgmma", [(4, 128, 8), (8, 128, 8)])
 def test_static_sm90_loop_has_one_wgmma_wait_per_k_step(bits, block_n, hgmma):
     """Compiled for sm_90 (Triton's bundled ptxas): the K loop issues its HGMMAs (8 x K16 per 128 codes and m64 row
     block of a warp group) back to back and waits once (WARPGROUP.DEPBAR), with no local-memory spills; the registers
-    tile waits after every slot. block_n 256 on 8 warps: two m64 row blocks per warp group, 16 HGMMAs."""
-    r = sass_report({**W4, "bits": bits, "block_m": 128, "block_n": block_n, "num_warps": 8})
-    assert r["kernel"] == f"qlinear_wgmma_w{bits}_uniform_g128_fp16_m128n{block_n}k128w8s3"
+    tile waits after every slot."""
+    r = sass_report({**W4, "bits": bits, "block_m": 128, "block_n": block_n, "num_warps": 8, "a_regs": True})
+    assert r["kernel"] == f"qlinear_wgmma_w{bits}_uniform_g128_fp16_ra_m128n{block_n}k128w8s3"
     assert sum(v for op, v in r["opcodes"].items() if op.startswith("HGMMA")) == hgmma, r["opcodes"]
     assert len(r["wgmma_waits"]) == 1, r["wgmma_waits"]
     assert r["local_memory"] == 0
-    assert r["global_loads"] >= 2  # the next step's words and scale, in the loop
+    assert r["global_loads"] >= 2  # the next step's words and scale, in the loop (tiles of > 64 rows)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_static_sm90_tma_words_loop_waits_for_no_load_of_its_own_step_early(bits):
+    """Tiles of <= 64 rows: the words come through TMA (no word loads in the loop), and the scale loads' first waiter
+    comes late in the step, after the first wgmma is issued (session 30: with the words in registers every step
+    waited for its own prefetch at its head)."""
+    spec = {**W4, "bits": bits, "num_stages": 2}
+    r = sass_report(spec, "--waits")
+    assert r["local_memory"] == 0 and len(r["wgmma_waits"]) == 1
+    assert r["global_loads"] == 2  # the two scales a thread's rows need (no words)
+    rows = r["scoreboards"]
+    loads = {row[2] for row in rows if "LDG" in row[1]}
+    waiters = [row for row in rows if set(row[3]) & loads and "LDG" not in row[1]]
+    mbar = [row[0] for row in rows if "TRYWAIT" in row[1]]
+    first_hgmma = r["first_hgmma"]
+    assert waiters and mbar and all(w[0] > first_hgmma > mbar[0] for w in waiters), (rows, first_hgmma)
 
 
 def test_launch_refuses_shapes_and_layouts_the_tile_cannot_read():
@@ -130,7 +175,7 @@ def test_tuner_adds_wgmma_tiles_where_they_apply(m, n, k_tiles, bits, group):
     tiles = tune.WGMMA_TILES[min(256, max(32, tune.m_bucket(m)))]
     for spec, split in wg:
         spec.validate()
-        assert (spec.block_m, spec.block_n, spec.num_warps, spec.num_stages) in tiles
+        assert (spec.block_m, spec.block_n, spec.num_warps, spec.num_stages, spec.a_regs) in tiles
         assert split == 1 or 2 * split <= k // 128
     assert all(s.variant == "gemm" for s, _ in cands if s.variant != "wgmma")
 
@@ -140,7 +185,7 @@ def test_tuner_keys_wgmma_choices_apart(monkeypatch):
     base = KernelSpec(bits=4, group_size=128, block_m=1)
     off = tune._key(base, 64, 4096, 4096, torch.device("cpu"))
     monkeypatch.setattr(tune, "wgmma_setting", lambda device: True)
-    assert tune._key(base, 64, 4096, 4096, torch.device("cpu")) == off + "|wgmma"
+    assert tune._key(base, 64, 4096, 4096, torch.device("cpu")) == off + "|wgmma19"
 
 
 def test_check_cases_are_valid_wgmma_specs():
@@ -152,7 +197,7 @@ def test_check_cases_are_valid_wgmma_specs():
     for name in ("wgmma_sweep.json", "wgmma_picks.json", "wgmma_two_blocks.json"):
         for c in json.loads((root / name).read_text()):
             KernelSpec(**c[0])
-    covered = {(s.bits, s.block_m, s.block_n, s.num_warps, s.num_stages) for s in check}
+    covered = {(s.bits, s.block_m, s.block_n, s.num_warps, s.num_stages, s.a_regs) for s in check}
     for tiles in tune.WGMMA_TILES.values():
         for tile in tiles:
             assert {(4, *tile), (8, *tile)} <= covered

@@ -31,6 +31,22 @@ def test_gemv_loop_is_found_and_counted():
     assert any(op.startswith("HFMA2") for op in r["opcodes"])  # the packed-half2 path of 4-bit codes
 
 
+@pytest.mark.parametrize("spec", [
+    {"bits": 4, "variant": "gemv", "block_m": 1, "block_n": 64, "block_k": 128, "num_warps": 2},
+    {"bits": 4, "variant": "wgmma", "block_m": 64, "block_n": 64, "block_k": 128, "num_warps": 4, "num_stages": 3},
+])
+def test_scoreboards_pair_the_loop_loads_with_their_waiters(spec):
+    """--waits decodes the control bits: every global load of the K loop sets a scoreboard, and every other listed
+    instruction waits for one that a listed load (or mbarrier wait) sets; addresses rise through the loop."""
+    rows = sass_report(spec, "--waits")["scoreboards"]
+    loads = [r for r in rows if "LDG" in r[1]]
+    assert loads and all(r[2] is not None for r in loads)
+    sources = {r[2] for r in rows if "LDG" in r[1] or "TRYWAIT" in r[1]}
+    assert all(set(r[3]) & sources for r in rows if not any(op in r[1] for op in ("LDG", "TRYWAIT", "DEPBAR")))
+    assert any(set(r[3]) & {r2[2] for r2 in loads} for r in rows)  # someone waits for the loads
+    assert [r[0] for r in rows] == sorted(r[0] for r in rows)
+
+
 @pytest.mark.parametrize("pdl", [0, 1, 2])
 def test_pdl_levels_compile_to_their_grid_dependency_instructions(pdl):
     """QCOMP_PDL's levels as the kernel's PDL constexpr: 0 nothing, 1 the wait before reading x, 2 also the signal
