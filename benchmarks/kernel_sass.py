@@ -142,16 +142,15 @@ def loop_body(sass: str, holding: str | None = None) -> list[str]:
 def scoreboard_waits(sass_hex: str, holding: str | None = None) -> list[tuple[int, str, int | None, list[int]]]:
     """The K loop's variable-latency instructions and their waiters, from the control bits of sm_90 SASS (nvdisasm
     -hex): (address, instruction, scoreboard it sets or None, scoreboards it waits for) for each global load, mbarrier
-    wait and wgmma wait, and each instruction that waits for a scoreboard a load or an mbarrier wait sets. A scoreboard counts all its pending
-    operations: an instruction that waits for an old load on the scoreboard of a newer one waits for both (how
-    session 30 found the wgmma tile's K step waiting for its own prefetch). Control bits (high 64-bit word, bits
-    41..): write scoreboard bits 5-7 (7: none), wait mask bits 11-16."""
+    wait and wgmma wait, and each instruction that waits for a scoreboard a load or an mbarrier wait sets. A
+    scoreboard counts all its pending operations: an instruction that waits for an old load on the scoreboard of a
+    newer one waits for both (how session 30 found the wgmma tile's K step waiting for its own prefetch). Control
+    bits (high 64-bit word, bits 41..): write scoreboard bits 5-7 (7: none), wait mask bits 11-16."""
     lines = sass_hex.splitlines()
     first, last = loop_span(lines, holding)
     loop = []
     for i in range(first, min(last + 1, len(lines) - 1)):
-        ln = lines[i]
-        m = re.match(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?);\s+/\* 0x[0-9a-f]{16} \*/", ln)
+        m = _LINE.match(lines[i])
         hi = re.search(r"/\* (0x[0-9a-f]{16}) \*/\s*$", lines[i + 1])
         if m and hi:
             ctrl = int(hi.group(1), 16) >> 41

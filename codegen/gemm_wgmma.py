@@ -22,8 +22,8 @@ Data flow of one program (BLOCK_N weight rows x BLOCK_M activation rows, acc^T =
   only global loads. Why: with the words loaded into registers a step ahead, ptxas put all the loop's loads on one
   scoreboard and the step's first dequantization waited for it, i.e. for the loads the step had just issued for the
   next one (ncu: 33 % of the stall samples; NOTES_kernels.md, session 30). M=64: 107 -> 80 us.
-* weights, a_regs (_loop_regs; where a second accumulator does not fit: 256 rows, or 128 rows at 2 programs/SM): the words are loaded
-  into the A layout one step ahead and the slots' values are multiplied by the group scale.
+* weights, a_regs (_loop_regs; where a second accumulator does not fit: 256 rows, or 128 rows at 2 programs/SM):
+  the words are loaded into the A layout one step ahead and the slots' values are multiplied by the group scale.
 * out: 0.5 * acc (the slot values are 2 * code - (2^w - 1)); split-K partials and their sum as in render.py.
 
 Scope (KernelSpec.validate, eligible): uniform grid, 4- or 8-bit codes (a slot of W0 = 4w >= 16 codes: the wgmma K),
@@ -73,10 +73,14 @@ def tma_load_name(version: tuple[int, int]) -> str:
 
 def helpers(s) -> list[str]:
     """The slots' PTX blocks as constexpr strings (one per slot j of a word)."""
-    L = ['LD_U16 = gl.constexpr("ld.global.nc.u16 $0, [$1];")',
-         'CVT_LO = gl.constexpr("{ .reg .b16 lo, hi; .reg .f32 l, h; mov.b32 {lo, hi}, $1; cvt.f32.f16 l, lo; '
-         'cvt.f32.f16 h, hi; fma.rn.f32 $0, h, 0f00000000, l; }")',
-         "# slot j of each word -> two fp16 2 * code - (2^w - 1) per PTX block (codegen/gemm_regs.slot_ptx)"]
+    L = [
+        "# the TMA loop's scales: 16 bits loaded into a 32-bit register, converted reading both halves (ptxas may not",
+        "# pack another 16-bit value into it: the step would wait for the load; NOTES_kernels.md, session 30)",
+        'LD_U16 = gl.constexpr("ld.global.nc.u16 $0, [$1];")',
+        'CVT_LO = gl.constexpr("{ .reg .b16 lo, hi; .reg .f32 l, h; mov.b32 {lo, hi}, $1; cvt.f32.f16 l, lo; '
+        'cvt.f32.f16 h, hi; fma.rn.f32 $0, h, 0f00000000, l; }")',
+    ] if tma_words(s) else []
+    L.append("# slot j of each word -> two fp16 2 * code - (2^w - 1) per PTX block (codegen/gemm_regs.slot_ptx)")
     shared = shared_shifts(s.block_m)
     for j in range(32 // s.bits):
         ptx, what = slot_ptx(s.bits, j, shared)
@@ -92,9 +96,9 @@ def tma_words(s) -> bool:
 
 def _fill_call(s, sn: str, step: str) -> str:
     """The call of fill_stage for K step `step` into stage `sn` (its arguments differ with the loop: tma_words)."""
-    w = "w_desc, " if tma_words(s) else ""
-    ws = "wsm, " if tma_words(s) else ""
-    return f"fill_stage(x_desc, {w}xs, {ws}bars, {sn}, off_m, {step}{', grp0' if tma_words(s) else ''})"
+    if tma_words(s):
+        return f"fill_stage(x_desc, w_desc, xs, wsm, bars, {sn}, off_m, {step}, grp0)"
+    return f"fill_stage(x_desc, xs, bars, {sn}, off_m, {step})"
 
 
 def fill_lines(s) -> list[str]:
@@ -143,18 +147,19 @@ def _step_head_lines(s, version: tuple[int, int]) -> list[str]:
     ]
 
 
-def _slot_lines(s, acc: str, scaled: bool) -> list[str]:
-    """Each slot's dequantization (times the group scale `sc` if scaled) and async wgmma on `acc` (from scratch at
-    slot 0 unless acc is the running accumulator), then the step's one wait."""
+def _slot_lines(s, step_sum: bool) -> list[str]:
+    """Each slot's dequantization and async wgmma, then the step's one wait. step_sum (the TMA loop): the wgmmas sum
+    into acc_s from scratch at slot 0, the scale applied after; else they chain on acc, each slot times the scale sc."""
     W0 = 4 * s.bits
     slots = 32 // s.bits
+    acc = "acc_s" if step_sum else "acc"
     L = []
     for j in range(slots):
         half, off = divmod(j * W0, HALF)
-        use = "" if acc == "acc" else f"use_acc={j > 0}, "
+        use = f"use_acc={j > 0}, " if step_sum else ""
         L += [
             f"        a{j} = gl.inline_asm_elementwise(SLOT_{j}, \"=r,r,r\", [words], dtype=gl.float16, is_pure=True,",
-            "                                         pack=2)" + (" * sc" if scaled else ""),
+            "                                         pack=2)" + ("" if step_sum else " * sc"),
             f"        b = xs.index(2 * st + {half}).slice({off}, {W0}, dim=1).permute((1, 0))  # x^T, codes {j * W0}..",
             f"        {acc} = warpgroup_mma(a{j}, b, {acc}, {use}is_async=True)",
         ]
@@ -201,7 +206,7 @@ def _loop_regs(s, version: tuple[int, int]) -> list[str]:
         "        mbarrier.wait(bars.index(st), (it // STAGES) & 1)",
         "        sc = gl.expand_dims(scl, 1)",
     ]
-    L += _slot_lines(s, "acc", scaled=True)
+    L += _slot_lines(s, step_sum=False)
     L += [
         "        words = words_n",
         "        scl = scl_n",
@@ -222,7 +227,7 @@ def _loop_tma(s, version: tuple[int, int]) -> list[str]:
         "    offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))",
         "    mask_n = offs_n < N",
         "    s_ptrs = s_ptr + gl.minimum(offs_n, N - 1) * stride_s  # (tail rows read row N - 1: their words are 0)",
-        f"    # words: packing v5 as [row groups, K steps * {ROW_GROUP}, {W0}] (w_descriptor); this program's row groups from grp0",
+        f"    # words: packing v5 as [row groups, K steps * {ROW_GROUP}, {W0}] (w_descriptor), ours from grp0",
         f"    grp0 = pid_n * (BLOCK_N // {ROW_GROUP})",
         "",
         *_ring_lines(s),
@@ -233,14 +238,14 @@ def _loop_tma(s, version: tuple[int, int]) -> list[str]:
         "        # the next step's scales, converted at this step's end: the only global loads of the loop (the words",
         "        # come through TMA), so nothing later shares their scoreboard (NOTES_kernels.md, session 30)",
         "        step_n = gl.minimum(step + 1, hi - 1)",
-        f"        scl_n = gl.inline_asm_elementwise(LD_U16, \"=r,l\", [s_ptrs + {col.replace('step', 'step_n')}], dtype=gl.int32,",
-        "                                          is_pure=False, pack=1)",
+        f"        scl_n = gl.inline_asm_elementwise(LD_U16, \"=r,l\", [s_ptrs + {col.replace('step', 'step_n')}],",
+        "                                          dtype=gl.int32, is_pure=False, pack=1)",
         *_step_head_lines(s, version),
         "        st = it % STAGES",
         "        mbarrier.wait(bars.index(st), (it // STAGES) & 1)",
         f"        words = wsm.index(st).reshape([BLOCK_N, {W0}]).load(a_l)",
     ]
-    L += _slot_lines(s, "acc_s", scaled=False)
+    L += _slot_lines(s, step_sum=True)
     L += [
         "        acc += acc_s * gl.expand_dims(scf, 1)",
         "        scf = gl.inline_asm_elementwise(CVT_LO, \"=f,r\", [scl_n], dtype=gl.float32, is_pure=True, pack=1)",
