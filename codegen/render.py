@@ -941,11 +941,14 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
         if mode == "slots":
             jk = j0 * s.tile_cols * P
             gi = f"(step * BLOCK_K + code_c{f' * {P}' if P > 1 else ''}{f' + {jk}' if jk else ''}) // {s.group_size}"
+            # (a K tail: the step's last columns lie past K, and so may their groups; the mask keeps the load
+            # from reading past the row's scales, the last row's into memory after the tensor)
+            smask = f"mask_n[:, None] & (gidx * {s.group_size} < K)[None, :]"
             loop += [f"gidx = {gi}  # group of each column's slots {j0}..{j0 + sb - 1}",
                      "sidx = offs_n[:, None] * stride_s + gidx[None, :]"]
-            loop += _even_load("sc", "s_ptr + sidx", "mask_n[:, None]", "0.0", ".to(tl.float32)")
+            loop += _even_load("sc", "s_ptr + sidx", smask, "0.0", ".to(tl.float32)")
             if s.grid == "uniform_asym":
-                loop += _even_load("of", "o_ptr + sidx", "mask_n[:, None]", "0.0", ".to(tl.float32)")
+                loop += _even_load("of", "o_ptr + sidx", smask, "0.0", ".to(tl.float32)")
             for m in ms:
                 loop.append(f"acc{m} += part{m} * sc" + (f" + xs{m}[None, :] * of" if s.grid == "uniform_asym" else ""))
         elif mode == "row":
@@ -1157,10 +1160,11 @@ def _gemm_body(s: KernelSpec, dt: str) -> list[str]:
         loop.append("val = tl.reshape(val, (BLOCK_N, BLOCK_K))")
         if not after:
             gi = f"(offs_k + step * BLOCK_K) // {s.group_size}" if mode != "channel" else "0 * offs_k"
+            smask = "mask_n[:, None]" + (" & (offs_k + step * BLOCK_K < K)[None, :]" if mode != "channel" else "")
             loop += ["sidx = offs_n[:, None] * stride_s + (" + gi + ")[None, :]",
-                     "sc2 = tl.load(s_ptr + sidx, mask=mask_n[:, None], other=0.0).to(tl.float32)"]
+                     f"sc2 = tl.load(s_ptr + sidx, mask={smask}, other=0.0).to(tl.float32)  # (no group past K)"]
             if s.grid == "uniform_asym":
-                loop += ["of2 = tl.load(o_ptr + sidx, mask=mask_n[:, None], other=0.0).to(tl.float32)",
+                loop += [f"of2 = tl.load(o_ptr + sidx, mask={smask}, other=0.0).to(tl.float32)",
                          "val = val * sc2 + of2"]
             else:
                 loop.append("val = val * sc2")

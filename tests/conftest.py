@@ -99,6 +99,24 @@ def forced_kernel_error(gm, x: tuple, monkeypatch) -> float:
     return float((got.float() - ref.float()).norm() / ref.float().norm())
 
 
+GUARD = 4096  # elements of poison on each side of a guarded tensor
+
+
+def guarded(t):
+    """A copy of t (same shape and strides) in the middle of a larger buffer whose other elements are poison (NaN
+    for floats, all bits set for integers): a kernel reading past either end of t then reads NaN into its result
+    instead of whatever memory lies there (a read that is right only while that memory happens to be finite).
+    None stays None."""
+    if t is None:
+        return None
+    span = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) if t.numel() else 0
+    buf = torch.full((span + 2 * GUARD,), float("nan") if t.is_floating_point() else -1, dtype=t.dtype,
+                     device=t.device)
+    view = buf[GUARD:].as_strided(t.shape, t.stride())
+    view.copy_(t)
+    return view
+
+
 # the passes before the fusion passes that run after lower (fuse-glu, fuse-residual, fuse-norm) in their tests
 FUSION_BASE = ("canonicalize,insert-hadamard(max_block=128),fuse-hadamard(residual=False),"
                "allocate-bits(tie_siblings=True),quantize,fuse-siblings,lower")

@@ -1,8 +1,8 @@
 """Generated Triton kernels under TRITON_INTERPRET=1 (CPU) against the reference, for every spec family.
 
 Every b in 1..8 x {uniform, lut p=1, lut p=2 (b <= 4)} x group {32, 128} x Hadamard {off, on}, fresh random
-inputs per case, the output buffer poisoned with NaN before each run; plus the GEMM variant (M > 16),
-split-K, uniform_asym, per-channel scales, bias, the separate-rotation fallbacks (blocks above the fused
+inputs per case inside NaN guard regions (a read past a tensor's end shows), the output buffer poisoned
+with NaN before each run; plus the GEMM variant (M > 16), split-K, uniform_asym, per-channel scales, bias, the separate-rotation fallbacks (blocks above the fused
 limit; M > 16) and the op's CPU path.
 """
 import os
@@ -16,9 +16,11 @@ import torch  # noqa: E402
 
 from qcomp.codegen.hadamard_util import rotate_blocks, sylvester  # noqa: E402
 from qcomp.codegen.kernel_spec import KernelSpec, KernelSpecError  # noqa: E402
-from qcomp.codegen.ops import launch, qlinear, reference_qlinear  # noqa: E402
+from qcomp.codegen.ops import launch as ops_launch, qlinear, reference_qlinear  # noqa: E402
 from qcomp.codegen.packing import pack_codes  # noqa: E402
 from qcomp.codegen.render import kernel_source, subnormal_codes  # noqa: E402
+
+from conftest import guarded  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
 
@@ -38,6 +40,14 @@ def make_case(bits, grid, p, g, had, m, n, k, seed, bias=True):
         signs=(torch.randint(0, 2, (had,), generator=gen) * 2 - 1).float() if had else None,
     )
     return d
+
+
+def launch(spec, split, *args, out=None, norm=None, residual=None, **kw):
+    """ops.launch with every input tensor inside poison (conftest.guarded): a read past the end of the activations,
+    scales, offsets, bias, table, signs, norm weight or residual shows as NaN in the output."""
+    args = [guarded(a) if isinstance(a, torch.Tensor) else a for a in args]
+    norm = (guarded(norm[0]), norm[1]) if norm is not None else None
+    return ops_launch(spec, split, *args, out=out, norm=norm, residual=guarded(residual), **kw)
 
 
 def run_kernel(d, spec, split, n, k):
@@ -689,6 +699,26 @@ def test_gemv_norm_and_residual(bits, grid, p, act, had, split, m, k, scratch):
     check(y, plain, tol=2e-3 if act == "fp16" else 1.2e-2)  # (roundings of x at another scale: not bit-equal)
     with pytest.raises(ValueError, match="pass norm"):
         launch(spec, split, d["x"], d["packed"], d["scales"], lut, d["offsets"], d["bias"], d["signs"], n, k)
+
+
+@pytest.mark.parametrize("variant,grid,p,g,k,split", [
+    ("gemv", "uniform", 1, 32, 160, 1),  # groups of 32 inside a 128-column step; the last step holds one
+    ("gemv", "uniform_asym", 1, 32, 96, 2),  # K below one step: offsets too
+    ("gemv", "lut", 2, 128, 384, 1),  # p = 2: 256-column steps, the last step holds one group of two
+    ("gemm", "uniform", 1, 32, 160, 2),
+    ("gemm", "uniform_asym", 1, 32, 96, 1),
+    ("gemm", "lut", 2, 128, 384, 1),
+])
+def test_k_tails_read_no_scale_past_the_tensor(variant, grid, p, g, k, split):
+    """A K step that runs past K holds columns whose groups do not exist: the kernel must not read their scales
+    (for the last row they lie after the tensor; CI once met NaN there, tiny_decode's K = 128 with 256-column
+    steps). The inputs sit inside NaN poison, so such a read shows; the result matches the reference."""
+    m, n = (1, 40) if variant == "gemv" else (20, 40)
+    d = make_case(3, grid, p, g, 0, m, n, k, seed=k + g + p)
+    spec = KernelSpec(bits=3, grid=grid, p=p, group_size=g, variant=variant, block_m=m if m == 1 else 32,
+                      block_n=16 if m == 1 else 32, block_k=128 * p)
+    assert k % spec.block_k
+    check(run_kernel(d, spec, split, n, k), reference(d, 3, p, g, grid, n, k, 0))
 
 
 def test_gemm_adds_the_residual():
