@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from qcomp.codegen import attention as da
 from qcomp.codegen import attention_kernel as dk
 
+from conftest import guarded
+
 
 @pytest.fixture
 def interpreter(monkeypatch):
@@ -19,6 +21,12 @@ def interpreter(monkeypatch):
 
 
 def _inputs(b, h, r, s, d, mask, seed):
+    """q [b, h, r, d], k and v [b, h, s, d], the mask; each inside NaN poison (a read past its end shows)."""
+    q, k, v, m = _plain_inputs(b, h, r, s, d, mask, seed)
+    return guarded(q), guarded(k), guarded(v), guarded(m)
+
+
+def _plain_inputs(b, h, r, s, d, mask, seed):
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(b, h, n, d, generator=g).half() for n in (r, s, s))
     if mask == "bool":  # the decode step's mask: positions <= pos
@@ -117,7 +125,7 @@ def test_cached_attention_reads_the_new_row(h, r, s, d, seed):
     try:
         q, kc, vc, _ = _inputs(1, h, r, s, d, None, seed)
         g = torch.Generator().manual_seed(seed + 1)
-        kn, vn = (torch.randn(1, h, 1, d, generator=g).half() for _ in range(2))
+        kn, vn = (guarded(torch.randn(1, h, 1, d, generator=g).half()) for _ in range(2))
         pos = torch.tensor([seed % s])
         m = (torch.arange(s) <= pos).view(1, 1, 1, s)
         assert da.cached_unsupported(q, kc, vc, kn, vn, pos, m) is None
