@@ -147,6 +147,11 @@ def _step_head_lines(s, version: tuple[int, int]) -> list[str]:
     ]
 
 
+def _scale_col(s, step: str) -> str:
+    """The scales' column of K step `step` (an expression in the kernel): its group, or 0 for per-row scales."""
+    return "0" if s.group_size == -1 else f"({step} * 128) // {s.group_size}"
+
+
 def _slot_lines(s, step_sum: bool) -> list[str]:
     """Each slot's dequantization and async wgmma, then the step's one wait. step_sum (the TMA loop): the wgmmas sum
     into acc_s from scratch at slot 0, the scale applied after; else they chain on acc, each slot times the scale sc."""
@@ -172,8 +177,6 @@ def _loop_regs(s, version: tuple[int, int]) -> list[str]:
     """The K loop of a_regs specs: each step's words loaded into registers one step ahead, the group scale multiplied
     into the A operands (one accumulator: the choice where two would not fit, or would halve the programs per SM)."""
     W0 = 4 * s.bits
-    g = s.group_size
-    col = "0" if g == -1 else f"(step * 128) // {g}"
     L = [
         "    offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, a_l))",
         "    mask_n = offs_n < N",
@@ -188,20 +191,20 @@ def _loop_regs(s, version: tuple[int, int]) -> list[str]:
         "    step = lo",
         "    if EVEN:",
         f"        words = gl.load(w_ptrs + step * {ROW_GROUP * W0})",
-        f"        scl = gl.load(s_ptrs + {col})",
+        f"        scl = gl.load(s_ptrs + {_scale_col(s, 'step')})",
         "    else:",
         f"        words = gl.load(w_ptrs + step * {ROW_GROUP * W0}, mask=w_mask, other=0)",
-        f"        scl = gl.load(s_ptrs + {col}, mask=mask_n, other=0.0)",
+        f"        scl = gl.load(s_ptrs + {_scale_col(s, 'step')}, mask=mask_n, other=0.0)",
         "    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)",
         "    for step in range(lo, hi):",
         *_step_head_lines(s, version),
         "        step_n = gl.minimum(step + 1, hi - 1)  # the next step's words and scales (the last reloads its own)",
         "        if EVEN:",
         f"            words_n = gl.load(w_ptrs + step_n * {ROW_GROUP * W0})",
-        f"            scl_n = gl.load(s_ptrs + {col.replace('step', 'step_n')})",
+        f"            scl_n = gl.load(s_ptrs + {_scale_col(s, 'step_n')})",
         "        else:",
         f"            words_n = gl.load(w_ptrs + step_n * {ROW_GROUP * W0}, mask=w_mask, other=0)",
-        f"            scl_n = gl.load(s_ptrs + {col.replace('step', 'step_n')}, mask=mask_n, other=0.0)",
+        f"            scl_n = gl.load(s_ptrs + {_scale_col(s, 'step_n')}, mask=mask_n, other=0.0)",
         "        st = it % STAGES",
         "        mbarrier.wait(bars.index(st), (it // STAGES) & 1)",
         "        sc = gl.expand_dims(scl, 1)",
@@ -220,8 +223,6 @@ def _loop_tma(s, version: tuple[int, int]) -> list[str]:
     scale). Its only global loads are the next step's scales, so no wait for a load lands before the step's wgmmas
     (NOTES_kernels.md, session 30: loads in registers made every step wait for its own prefetch)."""
     W0 = 4 * s.bits
-    g = s.group_size
-    col = "0" if g == -1 else f"(step * 128) // {g}"
     L = [
         "    # group scales along the accumulator's rows (they scale each K step's wgmma sum, after the step)",
         "    offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))",
@@ -233,12 +234,12 @@ def _loop_tma(s, version: tuple[int, int]) -> list[str]:
         *_ring_lines(s),
         "    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)",
         "    acc_s = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)  # one K step's sum (its registers reused)",
-        f"    scf = gl.load(s_ptrs + {col.replace('step', 'lo')}).to(gl.float32)",
+        f"    scf = gl.load(s_ptrs + {_scale_col(s, 'lo')}).to(gl.float32)",
         "    for step in range(lo, hi):",
         "        # the next step's scales, converted at this step's end: the only global loads of the loop (the words",
         "        # come through TMA), so nothing later shares their scoreboard (NOTES_kernels.md, session 30)",
         "        step_n = gl.minimum(step + 1, hi - 1)",
-        f"        scl_n = gl.inline_asm_elementwise(LD_U16, \"=r,l\", [s_ptrs + {col.replace('step', 'step_n')}],",
+        f"        scl_n = gl.inline_asm_elementwise(LD_U16, \"=r,l\", [s_ptrs + {_scale_col(s, 'step_n')}],",
         "                                          dtype=gl.int32, is_pure=False, pack=1)",
         *_step_head_lines(s, version),
         "        st = it % STAGES",

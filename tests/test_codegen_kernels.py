@@ -2,8 +2,8 @@
 
 Every b in 1..8 x {uniform, lut p=1, lut p=2 (b <= 4)} x group {32, 128} x Hadamard {off, on}, fresh random
 inputs per case inside NaN guard regions (a read past a tensor's end shows), the output buffer poisoned
-with NaN before each run; plus the GEMM variant (M > 16), split-K, uniform_asym, per-channel scales, bias, the separate-rotation fallbacks (blocks above the fused
-limit; M > 16) and the op's CPU path.
+with NaN before each run; plus the GEMM variant (M > 16), split-K, K tails, uniform_asym, per-channel scales,
+bias, the separate-rotation fallbacks (blocks above the fused limit; M > 16) and the op's CPU path.
 """
 import os
 
