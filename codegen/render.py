@@ -14,6 +14,7 @@ import importlib.util
 import math
 import os
 import struct
+from functools import partial
 from pathlib import Path
 
 from . import gemm_regs, gemm_wgmma, lut_regs
@@ -732,12 +733,57 @@ def _values(s: KernelSpec, j: int) -> list[str]:
     return L
 
 
-def _x_index(s: KernelSpec, j: int, e: int) -> str:
-    """Offset of the activation paired with slot j (element e of a p=2 code) of column c."""
+def _x_index(s: KernelSpec, j: int, e: int, step: str = "step") -> str:
+    """Offset of the activation paired with slot j (element e of a p=2 code) of column c in K step `step`."""
     W0 = s.tile_cols
-    base = "step * BLOCK_K + " + (f"code_c * {s.p}" if s.p > 1 else "code_c")
+    base = f"{step} * BLOCK_K + " + (f"code_c * {s.p}" if s.p > 1 else "code_c")
     extra = j * W0 * s.p + e
     return base + (f" + {extra}" if extra else "")
+
+
+def _x_chunk(step: str) -> str:
+    """The K columns of step `step` in natural order (the fused Hadamard's x chunk)."""
+    return f"{step} * BLOCK_K + tl.arange(0, BLOCK_K)"
+
+
+def _x_targets(s: KernelSpec, m: int) -> list[tuple[str, object]]:
+    """The x loads of one K step for row m: (target, columns as a function of the step expression)."""
+    if s.had_block:
+        return [(f"xh{m}", _x_chunk)]
+    return [(f"x{m}_{j}_{e}", partial(_x_index, s, j, e)) for j in range(s.col_slots) for e in range(s.p)]
+
+
+def _x_step_load(s: KernelSpec, m: int, target: str, cols, tail: str, buf: str | None = None) -> list[str]:
+    """In the K loop: `target = <x of row m at cols(step)>tail`. With x_ahead the value comes from buffer _p0,
+    loaded d = num_stages - 1 steps earlier (_x_prologue, then _x_ahead_loads), and the buffers shift."""
+    if not s.x_ahead:
+        return _x_load(s, m, target, cols("step"), f"{cols('step')} < klim{m}", tail)
+    buf = buf or target  # (the buffers' name: the rotated kernel reuses one target, xk, for every row)
+    return [f"{target} = {buf}_p0{tail}"] + _shift_buffers(s, [buf])
+
+
+def _x_ahead_loads(s: KernelSpec) -> list[str]:
+    """x_ahead, in the K loop with the weights' loads: x of step + d (clamped to the program's last step, as the
+    weights are) into the buffers' _ahead, so that a step's first use of x does not wait for an L2 round trip at its
+    head (NOTES_kernels.md, session 31)."""
+    L = []
+    ahead = f"tl.minimum(step + {prefetch_distance(s)}, last)"
+    for m in range(s.block_m):
+        for target, cols in _x_targets(s, m):
+            L += _x_load(s, m, f"{target}_ahead", cols(ahead), f"{cols(ahead)} < klim{m}")
+    return L
+
+
+def _x_prologue(s: KernelSpec) -> list[str]:
+    """x_ahead, before the K loop: x of the program's first d K steps into buffers _p0 .. _p<d-1> (raw, in x's
+    dtype: the loop converts)."""
+    L = [f"# x of K step i + {prefetch_distance(s)} is loaded with its weights while step i is computed"]
+    for i in range(prefetch_distance(s)):
+        step = f"tl.minimum(step_lo + {i}, last)" if i else "tl.minimum(step_lo, last)"
+        for m in range(s.block_m):
+            for target, cols in _x_targets(s, m):
+                L += _x_load(s, m, f"{target}_p{i}", cols(step), f"{cols(step)} < klim{m}")
+    return L
 
 
 def _hadamard_x(s: KernelSpec, m: int, dt: str) -> list[str]:
@@ -751,8 +797,7 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str) -> list[str]:
         L = _x_load_raw(m, "xr", col, mask, cast="") + _even_load("nw", f"nw_ptr + {col}", mask, "0.0")
         L += [f"ssq{m} += xr.to(tl.float32) * xr.to(tl.float32)", "xk = _wx(xr, nw).to(tl.float32) * signs"]
     else:
-        L = _x_load(s, m, "xk", "step * BLOCK_K + tl.arange(0, BLOCK_K)",
-                    f"step * BLOCK_K + tl.arange(0, BLOCK_K) < klim{m}", ".to(tl.float32) * signs")
+        L = _x_step_load(s, m, "xk", _x_chunk, ".to(tl.float32) * signs", f"xh{m}")
     d = 1
     while d < h:
         L += [
@@ -866,6 +911,16 @@ def _row_scale_helper(have_use_ptx: bool) -> list[str]:
     ]
 
 
+def _row_scale_step(s: KernelSpec) -> list[str]:
+    """Row-mode scales in the K loop: this step's from buffer _p0 and step + d's loaded (with a prefetch distance),
+    else this step's loaded."""
+    if not prefetch_distance(s):
+        return _load_row_scales(s, "step")
+    return ([f"{v} = {v}_p0" for v in _row_scale_names(s)]
+            + _load_row_scales(s, f"tl.minimum(step + {prefetch_distance(s)}, last)", "_ahead")
+            + _shift_buffers(s, _row_scale_names(s)))
+
+
 def _pdl_wait() -> list[str]:
     """Programmatic dependent launch (PDL, sm_90+; ops.pdl_level): launched with launch_pdl, the kernel may start
     before the previous kernel in the stream has finished; everything above this line reads only weights, scales
@@ -900,7 +955,17 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
             L += _half2_x_scale(s, m)
     if h2:
         L += _half2_masks(s)
+    if s.x_ahead:  # after the PDL wait: x may be the previous kernel's output
+        L += _x_prologue(s)
     loop = _prefetch_step(s) if prefetch_distance(s) else _load_planes(s)
+    if s.x_ahead:
+        loop += _x_ahead_loads(s)
+    scales = _row_scale_step(s) if mode == "row" else []
+    if s.early_loads:  # the loads of steps ahead, then a barrier that no memory access crosses (ptxas moves
+        # arithmetic across it, never loads): ptxas otherwise sinks them toward the step's end, to the first
+        # barrier it meets, which shortens their registers' lives and their lead over their use alike
+        loop += scales + ["tl.debug_barrier()  # the loads above issue at the step's head (early_loads)"]
+        scales = []
     if s.x_norm and not s.had_block:
         for m in ms:
             loop += _norm_ssq(m)
@@ -911,16 +976,9 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
         for m in ms:
             for j in range(S):
                 for e in range(P):
-                    idx = _x_index(s, j, e)
-                    loop += _x_load(s, m, f"x{m}_{j}_{e}", idx, f"{idx} < klim{m}",
-                                    "" if h2 else ".to(tl.float32)")
-    if mode == "row":
-        if prefetch_distance(s):
-            loop += [f"{v} = {v}_p0" for v in _row_scale_names(s)]
-            loop += _load_row_scales(s, f"tl.minimum(step + {prefetch_distance(s)}, last)", "_ahead")
-            loop += _shift_buffers(s, _row_scale_names(s))
-        else:
-            loop += _load_row_scales(s, "step")
+                    loop += _x_step_load(s, m, f"x{m}_{j}_{e}", partial(_x_index, s, j, e),
+                                         "" if h2 else ".to(tl.float32)")
+    loop += scales
     for j0 in range(0, S, sb):
         blk = range(j0, j0 + sb)
         if h2:

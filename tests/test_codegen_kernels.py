@@ -44,7 +44,7 @@ def make_case(bits, grid, p, g, had, m, n, k, seed, bias=True):
 
 def run_kernel(d, spec, split, n, k):
     m = d["x"].shape[0]
-    out = torch.full((m, n), float("nan"), dtype=d["x"].dtype)  # poison: every element must be written
+    out = torch.full((m, n), float("nan"), dtype=d["x"].dtype, device=d["x"].device)  # poison: all must be written
     y = launch(spec, split, d["x"], d["packed"], d["scales"], d["lut"].float().contiguous(), d["offsets"], d["bias"],
                d["signs"], n, k, out=out)
     return y
@@ -303,6 +303,48 @@ def test_gemv_prefetch_distances(stages, bits, had, n, k, split):
     assert ("_ahead" in src) == (stages > 1) and (f"{word_names(spec)[0]}_p{stages - 2}" in src) == (stages > 1)
     assert even_tiles(spec, m, n, k) == (k % 128 == 0 and n % 16 == 0)
     check(run_kernel(d, spec, split, n, k), reference(d, bits, 1, 128, "uniform", n, k, had))
+
+
+LOADS_AHEAD_CASES = [  # (bits, grid, p, had, num_stages, split, N, K, M); benchmarks/check_k_tails_gpu.py runs them
+    (4, "uniform", 1, 0, 2, 3, 64, 640, 1),  # programs of 1-2 steps: clamped reloads of the last
+    (3, "uniform", 1, 128, 3, 8, 48, 768, 2),  # fused Hadamard (its own x buffers per row), splits without steps
+    (2, "lut", 2, 0, 2, 1, 40, 640, 1),  # p = 2, a K tail (256-column steps)
+    (8, "uniform", 1, 0, 4, 8, 64, 640, 2),
+    (5, "uniform_asym", 1, 0, 2, 2, 40, 1152, 3),  # offsets; 9 steps over 2 splits; ragged N and M
+]
+LOADS_AHEAD_FLAGS = [dict(x_ahead=True), dict(early_loads=True)]
+
+
+@pytest.mark.parametrize("flags", LOADS_AHEAD_FLAGS, ids=lambda f: next(iter(f)))
+@pytest.mark.parametrize("bits,grid,p,had,stages,split,n,k,m", LOADS_AHEAD_CASES)
+def test_gemv_loads_ahead(bits, grid, p, had, stages, split, n, k, m, flags):
+    """x_ahead (x loaded num_stages - 1 K steps ahead with the weights, buffers per activation row, clamped at the
+    program's last step like the weights) and early_loads (a barrier after the loads of steps ahead) give the
+    reference's result."""
+    d, spec = loads_ahead_case(bits, grid, p, had, stages, n, k, m, flags)
+    check(run_kernel(d, spec, split, n, k), reference(d, bits, p, 128, grid, n, k, had))
+
+
+def loads_ahead_case(bits, grid, p, had, stages, n, k, m, flags):
+    d = make_case(bits, grid, p, 128, had, m, n, k, seed=bits * 10 + stages)
+    spec = KernelSpec(bits=bits, grid=grid, p=p, group_size=128, had_block=had, variant="gemv", block_m=4 if m > 2
+                      else m, block_n=16, block_k=128 * p, num_stages=stages, **flags)
+    src = kernel_source(spec)
+    assert ("x of K step" in src) == spec.x_ahead and ("(early_loads)" in src) == spec.early_loads
+    return d, spec
+
+
+def test_loads_ahead_scope():
+    with pytest.raises(KernelSpecError, match="x_ahead needs"):
+        KernelSpec(variant="gemv", num_stages=1, x_ahead=True)
+    with pytest.raises(KernelSpecError, match="x_ahead needs"):
+        KernelSpec(variant="gemm", block_m=16, x_ahead=True)
+    with pytest.raises(KernelSpecError, match="x_ahead needs"):
+        KernelSpec(variant="gemv", x_norm=True, x_ahead=True)
+    with pytest.raises(KernelSpecError, match="early_loads needs"):
+        KernelSpec(variant="gemv", num_stages=1, early_loads=True)
+    assert "x_ahead" not in KernelSpec().to_json() and "_xa_" in KernelSpec(x_ahead=True).name()
+    assert "early_loads" not in KernelSpec().to_json() and "_el_" in KernelSpec(early_loads=True).name()
 
 
 def test_gemv_unrolled_loop_matches_reference(monkeypatch, tmp_path):
@@ -693,23 +735,32 @@ def test_gemv_norm_and_residual(bits, grid, p, act, had, split, m, k, scratch):
         launch(spec, split, d["x"], d["packed"], d["scales"], lut, d["offsets"], d["bias"], d["signs"], n, k)
 
 
-@pytest.mark.parametrize("variant,grid,p,g,k,split", [
+K_TAIL_CASES = [  # (variant, grid, p, group, K, split); benchmarks/check_k_tails_gpu.py runs them on a GPU
     ("gemv", "uniform", 1, 32, 160, 1),  # groups of 32 inside a 128-column step; the last step holds one
     ("gemv", "uniform_asym", 1, 32, 96, 2),  # K below one step: offsets too
     ("gemv", "lut", 2, 128, 384, 1),  # p = 2: 256-column steps, the last step holds one group of two
     ("gemm", "uniform", 1, 32, 160, 2),
     ("gemm", "uniform_asym", 1, 32, 96, 1),
     ("gemm", "lut", 2, 128, 384, 1),
-])
+]
+
+
+def k_tail_case(variant, grid, p, g, k, seed_extra=0):
+    """The inputs (make_case), spec, M and N of one K_TAIL_CASES row."""
+    m, n = (1, 40) if variant == "gemv" else (20, 40)
+    d = make_case(3, grid, p, g, 0, m, n, k, seed=k + g + p + seed_extra)
+    spec = KernelSpec(bits=3, grid=grid, p=p, group_size=g, variant=variant, block_m=m if m == 1 else 32,
+                      block_n=16 if m == 1 else 32, block_k=128 * p)
+    assert k % spec.block_k
+    return d, spec, n
+
+
+@pytest.mark.parametrize("variant,grid,p,g,k,split", K_TAIL_CASES)
 def test_k_tails_read_no_scale_past_the_tensor(variant, grid, p, g, k, split):
     """A K step that runs past K holds columns whose groups do not exist: the kernel must not read their scales
     (for the last row they lie after the tensor; CI once met NaN there, tiny_decode's K = 128 with 256-column
     steps). The inputs sit inside NaN poison, so such a read shows; the result matches the reference."""
-    m, n = (1, 40) if variant == "gemv" else (20, 40)
-    d = make_case(3, grid, p, g, 0, m, n, k, seed=k + g + p)
-    spec = KernelSpec(bits=3, grid=grid, p=p, group_size=g, variant=variant, block_m=m if m == 1 else 32,
-                      block_n=16 if m == 1 else 32, block_k=128 * p)
-    assert k % spec.block_k
+    d, spec, n = k_tail_case(variant, grid, p, g, k)
     check(run_kernel(d, spec, split, n, k), reference(d, 3, p, g, grid, n, k, 0))
 
 

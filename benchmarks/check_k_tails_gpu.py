@@ -1,0 +1,52 @@
+"""Run the CPU tests' K-tail and loads-ahead (x_ahead, early_loads) kernel cases on a CUDA GPU (the tests run them in the interpreter only):
+compiled kernels, every input inside NaN poison (tests/conftest.py: guarded), outputs poisoned, against the float32
+reference. Exit 1 on any failure.
+
+    python3 benchmarks/check_k_tails_gpu.py
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+os.environ["TRITON_INTERPRET"] = "0"  # (the test module turns the interpreter on where nothing set it)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def on_gpu(d: dict) -> dict:
+    return {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in d.items()}
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        raise SystemExit("check_k_tails_gpu.py needs a CUDA GPU (the CPU tests cover the interpreter)")
+    from test_codegen_kernels import (K_TAIL_CASES, LOADS_AHEAD_CASES, LOADS_AHEAD_FLAGS, check, k_tail_case,
+                                      loads_ahead_case, reference, run_kernel)
+
+    runs = []
+    for variant, grid, p, g, k, split in K_TAIL_CASES:
+        d, spec, n = k_tail_case(variant, grid, p, g, k)
+        runs.append((spec, split, n, k, d, lambda d=d, n=n, k=k, grid=grid, p=p, g=g:
+                     reference(d, 3, p, g, grid, n, k, 0)))
+    for (bits, grid, p, had, stages, split, n, k, m), flags in itertools.product(LOADS_AHEAD_CASES, LOADS_AHEAD_FLAGS):
+        d, spec = loads_ahead_case(bits, grid, p, had, stages, n, k, m, flags)
+        runs.append((spec, split, n, k, d, lambda d=d, n=n, k=k, grid=grid, p=p, had=had, bits=bits:
+                     reference(d, bits, p, 128, grid, n, k, had)))
+    failed = 0
+    for spec, split, n, k, d, ref in runs:
+        try:
+            check(run_kernel(on_gpu(d), spec, split, n, k).cpu(), ref())
+            print(f"ok   {spec.name()} split {split} N={n} K={k}")
+        except (AssertionError, RuntimeError) as e:
+            failed += 1
+            print(f"FAIL {spec.name()} split {split} N={n} K={k}: {type(e).__name__}: {str(e)[:200]}")
+    print(f"{len(runs) - failed} of {len(runs)} cases match the reference on {torch.cuda.get_device_name()}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
