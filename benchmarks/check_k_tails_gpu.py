@@ -1,4 +1,4 @@
-"""Run the CPU tests' K-tail and loads-ahead (x_ahead, early_loads) kernel cases on a CUDA GPU (the tests run them in the interpreter only):
+"""Run the CPU tests' K-tail and x_ahead kernel cases on a CUDA GPU (the tests run them in the interpreter only):
 compiled kernels, every input inside NaN poison (tests/conftest.py: guarded), outputs poisoned, against the float32
 reference. Exit 1 on any failure.
 
@@ -6,7 +6,6 @@ reference. Exit 1 on any failure.
 """
 from __future__ import annotations
 
-import itertools
 import os
 import sys
 from pathlib import Path
@@ -24,16 +23,16 @@ def on_gpu(d: dict) -> dict:
 def main() -> int:
     if not torch.cuda.is_available():
         raise SystemExit("check_k_tails_gpu.py needs a CUDA GPU (the CPU tests cover the interpreter)")
-    from test_codegen_kernels import (K_TAIL_CASES, LOADS_AHEAD_CASES, LOADS_AHEAD_FLAGS, check, k_tail_case,
-                                      loads_ahead_case, reference, run_kernel)
+    from test_codegen_kernels import (K_TAIL_CASES, X_AHEAD_CASES, check, k_tail_case, reference, run_kernel,
+                                      x_ahead_case)
 
     runs = []
     for variant, grid, p, g, k, split in K_TAIL_CASES:
         d, spec, n = k_tail_case(variant, grid, p, g, k)
         runs.append((spec, split, n, k, d, lambda d=d, n=n, k=k, grid=grid, p=p, g=g:
                      reference(d, 3, p, g, grid, n, k, 0)))
-    for (bits, grid, p, had, stages, split, n, k, m), flags in itertools.product(LOADS_AHEAD_CASES, LOADS_AHEAD_FLAGS):
-        d, spec = loads_ahead_case(bits, grid, p, had, stages, n, k, m, flags)
+    for bits, grid, p, had, stages, split, n, k, m in X_AHEAD_CASES:
+        d, spec = x_ahead_case(bits, grid, p, had, stages, n, k, m)
         runs.append((spec, split, n, k, d, lambda d=d, n=n, k=k, grid=grid, p=p, had=had, bits=bits:
                      reference(d, bits, p, 128, grid, n, k, had)))
     failed = 0

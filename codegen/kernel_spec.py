@@ -67,8 +67,6 @@ class KernelSpec:
     # partial sum, so every tl.dot accumulates into one chain; the kernel reads the scales widened to int32 (o_ptr)
     x_ahead: bool = False  # gemv with num_stages >= 2: x is loaded num_stages - 1 K steps ahead with the weights
     # (render._x_ahead_loads) instead of at each step's head, where the step's first use waited an L2 round trip for it
-    early_loads: bool = False  # gemv with num_stages >= 2: a CTA barrier after the loads of steps ahead, so that
-    # ptxas issues them at the step's head instead of sinking them toward its end (render._gemv_body)
 
     def __post_init__(self):
         self.validate()
@@ -135,8 +133,6 @@ class KernelSpec:
         if self.x_ahead and not (self.variant == "gemv" and self.num_stages >= 2 and not self.x_norm):
             bad("x_ahead needs the gemv variant with num_stages >= 2 (a prefetch distance) and no x_norm (whose sum "
                 "of squares reads x at each step)")
-        if self.early_loads and not (self.variant == "gemv" and self.num_stages >= 2):
-            bad("early_loads needs the gemv variant with num_stages >= 2 (loads of K steps ahead to issue early)")
         if self.a_regs and self.variant != "wgmma":  # (wgmma: a_regs picks its registers loop, gemm_wgmma.py)
             why = "needs the gemm variant" if self.variant != "gemm" else gemm_regs.eligible(
                 self.bits, self.grid, self.p, self.act_dtype, self.scale_per_tile)
@@ -185,7 +181,7 @@ class KernelSpec:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for late in ("a_regs", "a_scales", "x_ahead", "early_loads"):  # (added later: off, they stay out, so earlier specs keep their JSON,
+        for late in ("a_regs", "a_scales", "x_ahead"):  # (added later: off, they stay out, so earlier specs keep their JSON,
             if not d[late]:  # digest and tuning keys)
                 del d[late]
         return d
@@ -206,7 +202,7 @@ class KernelSpec:
         had = (f"_h{self.had_block}" + ("x" if self.had_scratch else "")) if self.had_block else ""
         return (
             f"qlinear_{self.variant}_w{self.bits}_{grid}_g{g}_{self.act_dtype}{had}{'_glu' if self.x_glu else ''}"
-            f"{'_rms' if self.x_norm else ''}{'_xa' if self.x_ahead else ''}{'_el' if self.early_loads else ''}"
+            f"{'_rms' if self.x_norm else ''}{'_xa' if self.x_ahead else ''}"
             f"{'_ra' if self.a_regs else ''}{'s' if self.a_scales else ''}"
             f"_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
         )

@@ -960,12 +960,6 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
     loop = _prefetch_step(s) if prefetch_distance(s) else _load_planes(s)
     if s.x_ahead:
         loop += _x_ahead_loads(s)
-    scales = _row_scale_step(s) if mode == "row" else []
-    if s.early_loads:  # the loads of steps ahead, then a barrier that no memory access crosses (ptxas moves
-        # arithmetic across it, never loads): ptxas otherwise sinks them toward the step's end, to the first
-        # barrier it meets, which shortens their registers' lives and their lead over their use alike
-        loop += scales + ["tl.debug_barrier()  # the loads above issue at the step's head (early_loads)"]
-        scales = []
     if s.x_norm and not s.had_block:
         for m in ms:
             loop += _norm_ssq(m)
@@ -978,7 +972,8 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
                 for e in range(P):
                     loop += _x_step_load(s, m, f"x{m}_{j}_{e}", partial(_x_index, s, j, e),
                                          "" if h2 else ".to(tl.float32)")
-    loop += scales
+    if mode == "row":
+        loop += _row_scale_step(s)
     for j0 in range(0, S, sb):
         blk = range(j0, j0 + sb)
         if h2:

@@ -305,46 +305,39 @@ def test_gemv_prefetch_distances(stages, bits, had, n, k, split):
     check(run_kernel(d, spec, split, n, k), reference(d, bits, 1, 128, "uniform", n, k, had))
 
 
-LOADS_AHEAD_CASES = [  # (bits, grid, p, had, num_stages, split, N, K, M); benchmarks/check_k_tails_gpu.py runs them
+X_AHEAD_CASES = [  # (bits, grid, p, had, num_stages, split, N, K, M); benchmarks/check_k_tails_gpu.py runs them too
     (4, "uniform", 1, 0, 2, 3, 64, 640, 1),  # programs of 1-2 steps: clamped reloads of the last
     (3, "uniform", 1, 128, 3, 8, 48, 768, 2),  # fused Hadamard (its own x buffers per row), splits without steps
     (2, "lut", 2, 0, 2, 1, 40, 640, 1),  # p = 2, a K tail (256-column steps)
     (8, "uniform", 1, 0, 4, 8, 64, 640, 2),
     (5, "uniform_asym", 1, 0, 2, 2, 40, 1152, 3),  # offsets; 9 steps over 2 splits; ragged N and M
 ]
-LOADS_AHEAD_FLAGS = [dict(x_ahead=True), dict(early_loads=True)]
 
 
-@pytest.mark.parametrize("flags", LOADS_AHEAD_FLAGS, ids=lambda f: next(iter(f)))
-@pytest.mark.parametrize("bits,grid,p,had,stages,split,n,k,m", LOADS_AHEAD_CASES)
-def test_gemv_loads_ahead(bits, grid, p, had, stages, split, n, k, m, flags):
-    """x_ahead (x loaded num_stages - 1 K steps ahead with the weights, buffers per activation row, clamped at the
-    program's last step like the weights) and early_loads (a barrier after the loads of steps ahead) give the
-    reference's result."""
-    d, spec = loads_ahead_case(bits, grid, p, had, stages, n, k, m, flags)
+@pytest.mark.parametrize("bits,grid,p,had,stages,split,n,k,m", X_AHEAD_CASES)
+def test_gemv_x_ahead(bits, grid, p, had, stages, split, n, k, m):
+    """x_ahead: x loaded num_stages - 1 K steps ahead with the weights (buffers per activation row, clamped at the
+    program's last step like the weights) gives the reference's result."""
+    d, spec = x_ahead_case(bits, grid, p, had, stages, n, k, m)
     check(run_kernel(d, spec, split, n, k), reference(d, bits, p, 128, grid, n, k, had))
 
 
-def loads_ahead_case(bits, grid, p, had, stages, n, k, m, flags):
+def x_ahead_case(bits, grid, p, had, stages, n, k, m):
     d = make_case(bits, grid, p, 128, had, m, n, k, seed=bits * 10 + stages)
     spec = KernelSpec(bits=bits, grid=grid, p=p, group_size=128, had_block=had, variant="gemv", block_m=4 if m > 2
-                      else m, block_n=16, block_k=128 * p, num_stages=stages, **flags)
-    src = kernel_source(spec)
-    assert ("x of K step" in src) == spec.x_ahead and ("(early_loads)" in src) == spec.early_loads
+                      else m, block_n=16, block_k=128 * p, num_stages=stages, x_ahead=True)
+    assert "x of K step" in kernel_source(spec)
     return d, spec
 
 
-def test_loads_ahead_scope():
+def test_x_ahead_scope():
     with pytest.raises(KernelSpecError, match="x_ahead needs"):
         KernelSpec(variant="gemv", num_stages=1, x_ahead=True)
     with pytest.raises(KernelSpecError, match="x_ahead needs"):
         KernelSpec(variant="gemm", block_m=16, x_ahead=True)
     with pytest.raises(KernelSpecError, match="x_ahead needs"):
         KernelSpec(variant="gemv", x_norm=True, x_ahead=True)
-    with pytest.raises(KernelSpecError, match="early_loads needs"):
-        KernelSpec(variant="gemv", num_stages=1, early_loads=True)
     assert "x_ahead" not in KernelSpec().to_json() and "_xa_" in KernelSpec(x_ahead=True).name()
-    assert "early_loads" not in KernelSpec().to_json() and "_el_" in KernelSpec(early_loads=True).name()
 
 
 def test_gemv_unrolled_loop_matches_reference(monkeypatch, tmp_path):

@@ -182,3 +182,13 @@ def test_a_scales_setting(monkeypatch):
     monkeypatch.setenv("QCOMP_A_SCALES", "2")
     with pytest.raises(ValueError, match="QCOMP_A_SCALES='2'"):
         tune.candidates(base, 64, 4096, 4096, cuda)
+
+
+@pytest.mark.parametrize("fields,m,on", [(dict(bits=2), 1, True), (dict(bits=2), 2, False), (dict(bits=3), 1, False),
+                                         (dict(bits=4), 1, False), (dict(bits=2, had_block=128), 1, False),
+                                         (dict(bits=1, grid="lut", p=2, block_k=256), 1, False)])
+def test_gemv_x_ahead_only_where_it_was_timed_faster(fields, m, on):
+    """tune.gemv_x_ahead: x loaded ahead for one row of 2-bit uniform codes (1-5 % faster on the H100), nowhere else
+    (w3 15-25 % slower)."""
+    gemvs = [spec for spec, _ in tune.candidates(KernelSpec(**fields), m, 4096, 4096) if spec.variant == "gemv"]
+    assert gemvs and all(spec.x_ahead == on for spec in gemvs)
