@@ -189,6 +189,6 @@ def test_a_scales_setting(monkeypatch):
                                          (dict(bits=1, grid="lut", p=2, block_k=256), 1, False)])
 def test_gemv_x_ahead_only_where_it_was_timed_faster(fields, m, on):
     """tune.gemv_x_ahead: x loaded ahead for one row of 2-bit uniform codes (1-5 % faster on the H100), nowhere else
-    (w3 15-25 % slower)."""
+    (w3 17-26 % slower)."""
     gemvs = [spec for spec, _ in tune.candidates(KernelSpec(**fields), m, 4096, 4096) if spec.variant == "gemv"]
     assert gemvs and all(spec.x_ahead == on for spec in gemvs)
