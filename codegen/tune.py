@@ -35,14 +35,6 @@ _FILE_LOADED = False
 # step fast path at group 128 and were 2x slower); the best tiles sit within 5 % of each other per width.
 GEMV_TILES = [(64, 128, 2), (128, 128, 2), (256, 128, 4), (128, 128, 8), (32, 128, 2)]
 GEMV_SPLITS = (16, 8, 4)  # split-K counts tried per tile (sweep: 8-16 beat the old 1-2 by 20-40 %)
-
-
-def gemv_x_ahead(base: KernelSpec, block_m: int) -> bool:
-    """KernelSpec.x_ahead for a gemv tile: on for one activation row of 2-bit uniform codes, where it was 1-5 %
-    faster on the H100 (session 32, 2 rounds x 2 shapes, results/time_specs_v32_gemv_loads_ahead_r*_h100.tsv); w3
-    was 15-25 % slower with it and w4 level, and other grids, rotations and row counts were not timed."""
-    return (block_m == 1 and base.code_bits == 2 and base.grid == "uniform"
-            and not (base.had_block or base.x_glu or base.x_norm))
 DOT_SMALL_M = [(128, 128, 4, 4), (64, 128, 4, 4), (64, 256, 4, 3), (128, 256, 4, 3)]  # gemm, 4 < M <= 16: (n, k, warps, stages)
 # 4 < M <= 16, weights in registers only (KernelSpec.a_regs): a wider tile halves the loop overhead per weight (sm_90
 # static counts, triton 3.6: 2.6 instead of 3.0 instructions per weight at w4)
@@ -74,6 +66,14 @@ WGMMA_TILES = {
     256: [(128, 128, 8, 3, True), (128, 128, 8, 3, False), (128, 128, 8, 2, False), (256, 128, 8, 3, True),
           (256, 128, 8, 2, True)],
 }
+
+
+def gemv_x_ahead(base: KernelSpec, block_m: int) -> bool:
+    """KernelSpec.x_ahead for a gemv tile: on for one activation row of 2-bit uniform codes, where it was 1-5 %
+    faster on the H100 (session 32, 2 rounds x 2 shapes, results/time_specs_v32_gemv_loads_ahead_r*_h100.tsv); w3
+    was 17-26 % slower with it and w4 level, and other grids, rotations and row counts were not timed."""
+    return (block_m == 1 and base.code_bits == 2 and base.grid == "uniform"
+            and not (base.had_block or base.x_glu or base.x_norm))
 
 
 def wgmma_setting(device) -> bool:
