@@ -66,7 +66,8 @@ class KernelSpec:
     a_scales: bool = False  # a_regs: the row scale multiplies the dequantized weights (A) instead of each K step's
     # partial sum, so every tl.dot accumulates into one chain; the kernel reads the scales widened to int32 (o_ptr)
     x_ahead: bool = False  # gemv with num_stages >= 2: x is loaded num_stages - 1 K steps ahead with the weights
-    # (render._x_ahead_loads) instead of at each step's head, where the step's first use waited an L2 round trip for it
+    # (render._x_ahead_loads) instead of at each step's head; the tuner sets it where it was timed faster
+    # (tune.gemv_x_ahead: one row of 2-bit uniform codes)
 
     def __post_init__(self):
         self.validate()
@@ -181,8 +182,8 @@ class KernelSpec:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for late in ("a_regs", "a_scales", "x_ahead"):  # (added later: off, they stay out, so earlier specs keep their JSON,
-            if not d[late]:  # digest and tuning keys)
+        for late in ("a_regs", "a_scales", "x_ahead"):  # (added later: off, they stay out, so earlier specs keep
+            if not d[late]:  # their JSON, digest and tuning keys)
                 del d[late]
         return d
 

@@ -660,6 +660,16 @@ def prefetch_distance(s: KernelSpec) -> int:
     return max(0, s.num_stages - 1) if s.variant == "gemv" else 0
 
 
+def _prologue_step(i: int) -> str:
+    """Before the K loop: the program's K step i, clamped to its last (a reload from L1 instead of a masked load)."""
+    return f"tl.minimum(step_lo + {i}, last)" if i else "tl.minimum(step_lo, last)"
+
+
+def _step_ahead(s: KernelSpec) -> str:
+    """In the K loop: the step whose loads go out now, a prefetch distance ahead, clamped to the program's last."""
+    return f"tl.minimum(step + {prefetch_distance(s)}, last)"
+
+
 def _prefetch_prologue(s: KernelSpec) -> list[str]:
     """Before the K loop: the words (and row-mode scales) of the program's first d K steps (buffers <name>_p0 ..
     _p<d-1>). Steps past the program's last are clamped to it (a reload from L1 instead of a masked load: no
@@ -668,7 +678,7 @@ def _prefetch_prologue(s: KernelSpec) -> list[str]:
          "step i is computed (steps past the last clamped to it)",
          "last = tl.maximum(step_hi - 1, 0)"]
     for i in range(prefetch_distance(s)):
-        step = f"tl.minimum(step_lo + {i}, last)" if i else "tl.minimum(step_lo, last)"
+        step = _prologue_step(i)
         L += _load_planes(s, step, f"_p{i}")
         if _scale_mode(s)[0] == "row":
             L += _load_row_scales(s, step, f"_p{i}")
@@ -688,7 +698,7 @@ def _prefetch_step(s: KernelSpec) -> list[str]:
     """Top of the K loop: this step's words come from buffer _p0; the buffers shift and the last takes step + d."""
     ws = word_names(s)
     L = [f"{w} = {w}_p0" for w in ws]
-    L += _load_planes(s, f"tl.minimum(step + {prefetch_distance(s)}, last)", "_ahead")
+    L += _load_planes(s, _step_ahead(s), "_ahead")
     return L + _shift_buffers(s, ws)
 
 
@@ -767,7 +777,7 @@ def _x_ahead_loads(s: KernelSpec) -> list[str]:
     weights are) into the buffers' _ahead, so that a step's first use of x does not wait for an L2 round trip at its
     head (NOTES_kernels.md, session 31)."""
     L = []
-    ahead = f"tl.minimum(step + {prefetch_distance(s)}, last)"
+    ahead = _step_ahead(s)
     for m in range(s.block_m):
         for target, cols in _x_targets(s, m):
             L += _x_load(s, m, f"{target}_ahead", cols(ahead), f"{cols(ahead)} < klim{m}")
@@ -779,7 +789,7 @@ def _x_prologue(s: KernelSpec) -> list[str]:
     dtype: the loop converts)."""
     L = [f"# x of K step i + {prefetch_distance(s)} is loaded with its weights while step i is computed"]
     for i in range(prefetch_distance(s)):
-        step = f"tl.minimum(step_lo + {i}, last)" if i else "tl.minimum(step_lo, last)"
+        step = _prologue_step(i)
         for m in range(s.block_m):
             for target, cols in _x_targets(s, m):
                 L += _x_load(s, m, f"{target}_p{i}", cols(step), f"{cols(step)} < klim{m}")
@@ -917,7 +927,7 @@ def _row_scale_step(s: KernelSpec) -> list[str]:
     if not prefetch_distance(s):
         return _load_row_scales(s, "step")
     return ([f"{v} = {v}_p0" for v in _row_scale_names(s)]
-            + _load_row_scales(s, f"tl.minimum(step + {prefetch_distance(s)}, last)", "_ahead")
+            + _load_row_scales(s, _step_ahead(s), "_ahead")
             + _shift_buffers(s, _row_scale_names(s)))
 
 
