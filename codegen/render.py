@@ -140,7 +140,12 @@ def _half2_helpers(s: KernelSpec) -> list[str]:
         "",
         "@triton.jit",
         "def _pack(lo, hi):",
-        "    return (lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (hi.to(tl.int16, bitcast=True).to(tl.int32) << 16)",
+        "    # two fp16 -> one int32, lo in the low half: one PRMT on CUDA where the integer form took two instructions",
+        "    if USE_PTX:",
+        '        return tl.inline_asm_elementwise("mov.b32 $0, {$1, $2};", "=r,h,h", [lo, hi], dtype=tl.int32,',
+        "                                         is_pure=True, pack=1)",
+        "    else:",
+        "        return (lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (hi.to(tl.int16, bitcast=True).to(tl.int32) << 16)",
         "",
         "",
     ] + (lut_regs.helpers(s) if s.grid == "lut" else [] if subnormal_codes(s) else _magic_helpers(s)
