@@ -1,6 +1,6 @@
 """Run the CPU tests' K-tail and x_ahead kernel cases on a CUDA GPU (the tests run them in the interpreter only):
 compiled kernels, every input inside NaN poison (tests/conftest.py: guarded), outputs poisoned, against the float32
-reference. Exit 1 on any failure.
+reference (the fp16 gemv cases also run the half2 path's x pairs, packed by PTX on a GPU). Exit 1 on any failure.
 
     python3 benchmarks/check_k_tails_gpu.py
 """

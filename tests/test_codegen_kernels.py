@@ -744,10 +744,10 @@ K_TAIL_CASES = [  # (variant, grid, p, group, K, split); benchmarks/check_k_tail
 ]
 
 
-def k_tail_case(variant, grid, p, g, k, seed_extra=0):
-    """The inputs (make_case), spec, M and N of one K_TAIL_CASES row."""
+def k_tail_case(variant, grid, p, g, k):
+    """The inputs (make_case), spec and N of one K_TAIL_CASES row."""
     m, n = (1, 40) if variant == "gemv" else (20, 40)
-    d = make_case(3, grid, p, g, 0, m, n, k, seed=k + g + p + seed_extra)
+    d = make_case(3, grid, p, g, 0, m, n, k, seed=k + g + p)
     spec = KernelSpec(bits=3, grid=grid, p=p, group_size=g, variant=variant, block_m=m if m == 1 else 32,
                       block_n=16 if m == 1 else 32, block_k=128 * p)
     assert k % spec.block_k
