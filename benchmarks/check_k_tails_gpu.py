@@ -26,19 +26,17 @@ def main() -> int:
     from test_codegen_kernels import (K_TAIL_CASES, X_AHEAD_CASES, check, k_tail_case, reference, run_kernel,
                                       x_ahead_case)
 
-    runs = []
+    runs = []  # (spec, split, N, K, inputs, the CPU reference's output)
     for variant, grid, p, g, k, split in K_TAIL_CASES:
         d, spec, n = k_tail_case(variant, grid, p, g, k)
-        runs.append((spec, split, n, k, d, lambda d=d, n=n, k=k, grid=grid, p=p, g=g:
-                     reference(d, 3, p, g, grid, n, k, 0)))
+        runs.append((spec, split, n, k, d, reference(d, 3, p, g, grid, n, k, 0)))
     for bits, grid, p, had, stages, split, n, k, m in X_AHEAD_CASES:
         d, spec = x_ahead_case(bits, grid, p, had, stages, n, k, m)
-        runs.append((spec, split, n, k, d, lambda d=d, n=n, k=k, grid=grid, p=p, had=had, bits=bits:
-                     reference(d, bits, p, 128, grid, n, k, had)))
+        runs.append((spec, split, n, k, d, reference(d, bits, p, 128, grid, n, k, had)))
     failed = 0
     for spec, split, n, k, d, ref in runs:
         try:
-            check(run_kernel(on_gpu(d), spec, split, n, k).cpu(), ref())
+            check(run_kernel(on_gpu(d), spec, split, n, k).cpu(), ref)
             print(f"ok   {spec.name()} split {split} N={n} K={k}")
         except (AssertionError, RuntimeError) as e:
             failed += 1

@@ -777,27 +777,28 @@ def _x_step_load(s: KernelSpec, m: int, target: str, cols, tail: str, buf: str |
     return [f"{target} = {buf}_p0{tail}"] + _shift_buffers(s, [buf])
 
 
+def _x_buffer_loads(s: KernelSpec, step: str, suffix: str) -> list[str]:
+    """x_ahead: every row's x of K step `step` (an expression) into the buffers <target><suffix>, raw in x's dtype
+    (the loop converts)."""
+    L = []
+    for m in range(s.block_m):
+        for target, cols in _x_targets(s, m):
+            L += _x_load(s, m, f"{target}{suffix}", cols(step), f"{cols(step)} < klim{m}")
+    return L
+
+
 def _x_ahead_loads(s: KernelSpec) -> list[str]:
     """x_ahead, in the K loop with the weights' loads: x of step + d (clamped to the program's last step, as the
     weights are) into the buffers' _ahead, so that a step's first use of x does not wait for an L2 round trip at its
     head (NOTES_kernels.md, session 31)."""
-    L = []
-    ahead = _step_ahead(s)
-    for m in range(s.block_m):
-        for target, cols in _x_targets(s, m):
-            L += _x_load(s, m, f"{target}_ahead", cols(ahead), f"{cols(ahead)} < klim{m}")
-    return L
+    return _x_buffer_loads(s, _step_ahead(s), "_ahead")
 
 
 def _x_prologue(s: KernelSpec) -> list[str]:
-    """x_ahead, before the K loop: x of the program's first d K steps into buffers _p0 .. _p<d-1> (raw, in x's
-    dtype: the loop converts)."""
+    """x_ahead, before the K loop: x of the program's first d K steps into buffers _p0 .. _p<d-1>."""
     L = [f"# x of K step i + {prefetch_distance(s)} is loaded with its weights while step i is computed"]
     for i in range(prefetch_distance(s)):
-        step = _prologue_step(i)
-        for m in range(s.block_m):
-            for target, cols in _x_targets(s, m):
-                L += _x_load(s, m, f"{target}_p{i}", cols(step), f"{cols(step)} < klim{m}")
+        L += _x_buffer_loads(s, _prologue_step(i), f"_p{i}")
     return L
 
 
@@ -983,10 +984,8 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
             loop += _hadamard_x(s, m, dt)
     else:
         for m in ms:
-            for j in range(S):
-                for e in range(P):
-                    loop += _x_step_load(s, m, f"x{m}_{j}_{e}", partial(_x_index, s, j, e),
-                                         "" if h2 else ".to(tl.float32)")
+            for target, cols in _x_targets(s, m):
+                loop += _x_step_load(s, m, target, cols, "" if h2 else ".to(tl.float32)")
     if mode == "row":
         loop += _row_scale_step(s)
     for j0 in range(0, S, sb):
