@@ -41,7 +41,13 @@ def main(argv=None) -> int:
             b = torch.randn(n, generator=gen).half().cuda() if bias else None
             lut = torch.zeros(2 ** spec.bits, 1, device="cuda")
             out = torch.full((m, n), float("nan"), dtype=torch.float16, device="cuda")
-            y = launch(spec, split, x, packed, scales, lut, None, b, None, n, k, out=out)
+            try:
+                y = launch(spec, split, x, packed, scales, lut, None, b, None, n, k, out=out)
+            except Exception as e:  # (a tile this GPU cannot run: shared memory) reported, the others go on
+                print(f"FAIL {spec.name()} n={n} k={k} m={m} split={split}: {type(e).__name__}: {str(e)[:160]}")
+                bad += 1
+                worst = float("nan")
+                continue
             ref = reference_qlinear(x, packed, scales, lut, None, b, None, spec.bits, 1, spec.group_size, "uniform",
                                     n, k, 0)
             err = relerr(y, ref)

@@ -60,6 +60,30 @@ def eligible(bits: int, grid: str, p: int, act_dtype: str, group_size: int, had_
     return None
 
 
+SMEM_BYTES = 232448  # the most shared memory one program may have on sm_90 (227 KB)
+
+
+def smem_bytes(bits: int, block_m: int, block_n: int, num_stages: int, a_smem: bool) -> int:
+    """Shared memory of a TMA-words program: per stage x [block_m, 128] fp16 and the words [block_n, 4 * bits] int32;
+    with a_smem also two A buffers [block_n, 128] fp16 (the mbarriers and the epilogue's scratch not counted)."""
+    return num_stages * (block_m * 256 + block_n * 16 * bits) + (2 * block_n * 256 if a_smem else 0)
+
+
+def smem_eligible(bits: int, block_m: int, block_n: int, num_warps: int, num_stages: int, a_regs: bool) -> str | None:
+    """None if a wgmma spec may take a_smem (_loop_smem), else why not."""
+    if a_regs:
+        return "takes a_regs or a_smem, not both (the weights go to the wgmma through registers or shared memory)"
+    if block_n != 16 * num_warps:
+        return (f"with a_smem needs block_n = 16 * num_warps = {16 * num_warps} (each warp stores the A rows its warp "
+                f"group's wgmmas read), got {block_n}")
+    if num_stages < 3:
+        return f"with a_smem needs num_stages >= 3 (a step's stage is refilled two steps later), got {num_stages}"
+    need = smem_bytes(bits, block_m, block_n, num_stages, True)
+    if need > SMEM_BYTES:
+        return f"with a_smem needs {need} bytes of shared memory > {SMEM_BYTES}: fewer stages or a smaller tile"
+    return None
+
+
 def barrier_name(version: tuple[int, int]) -> str:
     """Gluon's CTA barrier: gl.thread_barrier in triton 3.6, gl.barrier in 3.9 (3.7 / 3.8 not tried)."""
     return "gl.thread_barrier" if version <= (3, 6) else "gl.barrier"
@@ -79,7 +103,7 @@ def helpers(s) -> list[str]:
         'LD_U16 = gl.constexpr("ld.global.nc.u16 $0, [$1];")',
         'CVT_LO = gl.constexpr("{ .reg .b16 lo, hi; .reg .f32 l, h; mov.b32 {lo, hi}, $1; cvt.f32.f16 l, lo; '
         'cvt.f32.f16 h, hi; fma.rn.f32 $0, h, 0f00000000, l; }")',
-    ] if tma_words(s) else []
+    ] if tma_words(s) and not s.a_smem else []
     L.append("# slot j of each word -> two fp16 2 * code - (2^w - 1) per PTX block (codegen/gemm_regs.slot_ptx)")
     shared = shared_shifts(s.block_m)
     for j in range(32 // s.bits):
@@ -128,7 +152,7 @@ def _ring_lines(s) -> list[str]:
         "    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())",
         "    for p in gl.static_range(STAGES):",
         "        mbarrier.init(bars.index(p), count=1)",
-        "    for p in gl.static_range(STAGES - 1):  # the first steps",
+        f"    for p in gl.static_range(STAGES - {2 if s.a_smem else 1}):  # the first steps",
         "        if lo + p < hi:",
         f"            {_fill_call(s, 'p', 'lo + p')}",
     ]
@@ -254,6 +278,89 @@ def _loop_tma(s, version: tuple[int, int]) -> list[str]:
     return L
 
 
+def _words_layout(s) -> str:
+    """The blocked layout the a_smem loop reads a step's words [BLOCK_N, W0] in: 8 consecutive words per thread (a
+    slot's 8 codes, one 16-byte store) and warp w on rows 16w..16w + 15, the A rows its warp group's wgmmas read."""
+    cols = 4 * s.bits // 8  # threads along a row
+    return f"gl.BlockedLayout([{16 * cols // 32}, 8], [{32 // cols}, {cols}], [NUM_WARPS, 1], [1, 0])"
+
+
+def _smem_step(s, version: tuple[int, int], first: bool) -> list[str]:
+    """One K step of _loop_smem (first: the peeled step lo, whose wgmmas start the accumulator): wait for the stage,
+    dequantize and store A, refill the stage of step it - 2, issue the wgmmas, retire step it - 1's."""
+    W0 = 4 * s.bits
+    ind = "    " if first else "        "
+    L = [
+        "step_n = gl.minimum(step + 1, hi - 1)  # the next step's scales (the last reloads its own)",
+        f"scl_n = gl.load(s_ptrs + {_scale_col(s, 'step_n')})",
+        "st = it % STAGES",
+        "mbarrier.wait(bars.index(st), (it // STAGES) & 1)",
+        f"words = wsm.index(st).reshape([BLOCK_N, {W0}]).load(w_l)",
+        "sc = gl.expand_dims(scl, 1)",
+        "ab = it % 2  # this step's A buffer: the wgmmas of step it - 2 that read it were retired last step",
+    ]
+    per_half = HALF // W0
+    for j in range(32 // s.bits):
+        L.append(f"a{j} = gl.inline_asm_elementwise(SLOT_{j}, \"=r,r,r\", [words], dtype=gl.float16, is_pure=True, "
+                 "pack=2) * sc")
+    parts = [f"a{j}" for j in range(32 // s.bits)]
+    width = W0
+    while width < HALF:  # side by side along K, pairwise: join, then the pair's axis before the columns
+        width *= 2
+        parts = parts[::2]
+        for a in parts:
+            b = f"a{int(a[1:]) + width // W0 // 2}"
+            L.append(f"{a} = gl.reshape(gl.permute(gl.join({a}, {b}), (0, 2, 1)), [BLOCK_N, {width}])")
+    a, b = parts
+    L.append(f"asm.index(ab).store(gl.reshape(gl.permute(gl.join({a}, {b}), (2, 0, 1)), [2 * BLOCK_N, HALF]))  # one "
+             "store: both K halves")
+    use = ", use_acc=h > 0" if first else ""
+    L += [
+        "fence_async_shared()  # the stores, before the wgmmas (async proxy) read them",
+        f"{barrier_name(version)}()  # every warp's A rows are stored; every warp group retired step it - 2",
+        "nxt = step + STAGES - 2  # into the stage of step it - 2 (free: retired before this barrier)",
+        "if nxt < hi:",
+        f"    {_fill_call(s, '(it + STAGES - 2) % STAGES', 'nxt')}",
+        "for h in gl.static_range(2):",
+        f"    acc = warpgroup_mma(asm.index(ab).slice(h * BLOCK_N, BLOCK_N), xs.index(2 * st + h).permute((1, 0)), acc{use}, is_async=True)",
+        "acc = warpgroup_mma_wait(num_outstanding=2, deps=(acc,))  # step it - 1's wgmmas retired, it's in flight",
+        "scl = scl_n",
+    ]
+    return [ind + line for line in L]
+
+
+def _loop_smem(s, version: tuple[int, int]) -> list[str]:
+    """The K loop of a_smem specs: the words come through TMA as in _loop_tma; each step's scaled slot values (fp16)
+    are stored into one of two shared-memory A buffers and read by SS wgmmas, which stay in flight while the next
+    step is dequantized (the wait after a step's wgmmas retires the step before). Register A operands cannot do
+    that: ptxas serializes a wgmma whose A registers the next iteration redefines (NOTES_kernels.md, session 30).
+    The first step is peeled and starts the accumulator (use_acc=False): with zeros moved into it before the loop,
+    ptxas serialized every wgmma (C7515: the loop-skipping path defines the accumulator registers while wgmmas are
+    in flight); so every split must have a step (launch checks SPLIT_K <= K / 128)."""
+    W0 = 4 * s.bits
+    return [
+        f"    w_l: gl.constexpr = {_words_layout(s)}",
+        "    a_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)",
+        "    offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, w_l))",
+        "    s_ptrs = s_ptr + gl.minimum(offs_n, N - 1) * stride_s  # (tail rows read row N - 1: their words are 0)",
+        f"    # words: packing v5 as [row groups, K steps * {ROW_GROUP}, {W0}] (w_descriptor), ours from grp0",
+        f"    grp0 = pid_n * (BLOCK_N // {ROW_GROUP})",
+        "",
+        *_ring_lines(s),
+        "    # A: two buffers (K steps alternate) of two [BLOCK_N, 64] halves, 128-byte swizzle rows as x's",
+        "    asm = gl.allocate_shared_memory(gl.float16, [2, 2 * BLOCK_N, HALF], a_sl)",
+        "    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)  # (not read: the first wgmma has use_acc=False)",
+        f"    scl = gl.load(s_ptrs + {_scale_col(s, 'lo')})",
+        "    step = lo",
+        "    it = 0",
+        *_smem_step(s, version, first=True),
+        "    for step in range(lo + 1, hi):",
+        "        it = step - lo",
+        *_smem_step(s, version, first=False),
+        "    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))",
+    ]
+
+
 def kernel_lines(s, version: tuple[int, int]) -> list[str]:
     """The @gluon.jit kernel (signature and body)."""
     bar = barrier_name(version)
@@ -278,7 +385,7 @@ def kernel_lines(s, version: tuple[int, int]) -> list[str]:
         "                                                  instr_shape=[16, BLOCK_M, 16])",
         "    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)",
     ]
-    L += _loop_tma(s, version) if tma_words(s) else _loop_regs(s, version)
+    L += _loop_smem(s, version) if s.a_smem else _loop_tma(s, version) if tma_words(s) else _loop_regs(s, version)
     L += [
         "    for p in gl.static_range(STAGES):",
         "        mbarrier.invalidate(bars.index(p))",
@@ -316,6 +423,7 @@ def source(s, version: tuple[int, int], header: list[str]) -> str:
         "from triton.experimental import gluon",
         "from triton.experimental.gluon import language as gl",
         "from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait",
+        *(["from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared"] if s.a_smem else []),
         "",
         f"BLOCK_M = gl.constexpr({s.block_m})",
         f"BLOCK_N = gl.constexpr({s.block_n})",
@@ -368,6 +476,9 @@ def launch(spec, kern, grid: tuple[int, int], x2, packed, scales, bias, y, ws, c
     as ops.launch makes them for that grid. warmup: compile it for these arguments without running it."""
     if k % 128:
         raise ValueError(f"the wgmma tile needs K a multiple of 128, got {k}: use a 'gemm' spec")
+    if spec.a_smem and grid[1] > k // 128:
+        raise ValueError(f"an a_smem wgmma tile needs a K step in every split: split {grid[1]} > K / 128 = {k // 128} "
+                         f"K steps (use at most {k // 128} splits)")
     if scales.dtype != x2.dtype:
         raise ValueError(f"the wgmma tile reads scales of x's dtype {x2.dtype}, got {scales.dtype}")
     if not tma_ready(x2):  # (a view whose start or rows TMA cannot address: the tuned choice does not depend on it)

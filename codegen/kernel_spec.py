@@ -17,7 +17,8 @@ Three spec families come from one renderer (render.py):
 * variant "wgmma" (Hopper only, Gluon: gemm_wgmma.py): the registers tile's dequantization with the slots' wgmmas
   issued asynchronously back to back and one wait per K step; x and the words through TMA into a ring of
   shared-memory stages, each K step's sum scaled after its wait. With a_regs: the words loaded into registers a step
-  ahead and the scales multiplied into A instead (block_m > 128 needs it: one accumulator).
+  ahead and the scales multiplied into A instead (block_m > 128 needs it or a_smem: one accumulator). With a_smem:
+  the scaled weights are stored into two shared-memory A buffers and SS wgmmas stay in flight across K steps.
   Uniform grid, 4/8-bit codes, fp16, groups of 128k; the tuner tries it on sm_90 GPUs for M > 16 (tune.WGMMA_TILES).
 
 Fields that are not a kernel's text (the shape, the split count) stay out of it, so one compiled kernel
@@ -68,6 +69,8 @@ class KernelSpec:
     x_ahead: bool = False  # gemv with num_stages >= 2: x is loaded num_stages - 1 K steps ahead with the weights
     # (render._x_ahead_loads) instead of at each step's head; the tuner sets it where it was timed faster
     # (tune.gemv_x_ahead: one row of 2-bit uniform codes)
+    a_smem: bool = False  # wgmma: the dequantized weights go through shared memory (two A buffers) and SS wgmmas stay
+    # in flight while the next K step is dequantized (gemm_wgmma._loop_smem)
 
     def __post_init__(self):
         self.validate()
@@ -120,9 +123,12 @@ class KernelSpec:
                 why = f"needs num_stages >= 2 (x copied one K step ahead), got {self.num_stages}"
             if why is None and self.a_scales:
                 why = "takes no a_scales (with a_regs, its registers loop multiplies the scales into A anyway)"
-            if why is None and self.block_m > 128 and not self.a_regs:
-                why = (f"needs a_regs at block_m > 128, got {self.block_m} (the TMA loop's second accumulator, one K "
-                       f"step's sum, would not fit in registers)")
+            if why is None and self.a_smem:
+                why = gemm_wgmma.smem_eligible(self.bits, self.block_m, self.block_n, self.num_warps, self.num_stages,
+                                               self.a_regs)
+            if why is None and self.block_m > 128 and not (self.a_regs or self.a_smem):
+                why = (f"needs a_regs or a_smem at block_m > 128, got {self.block_m} (the TMA loop's second accumulator, "
+                       f"one K step's sum, would not fit in registers)")
             if why:
                 bad(f"variant 'wgmma' (Gluon, sm_90) {why}")
         if self.had_scratch and not (h and self.variant == "gemv"):
@@ -134,6 +140,8 @@ class KernelSpec:
         if self.x_ahead and not (self.variant == "gemv" and self.num_stages >= 2 and not self.x_norm):
             bad("x_ahead needs the gemv variant with num_stages >= 2 (a prefetch distance) and no x_norm (whose sum "
                 "of squares reads x at each step)")
+        if self.a_smem and self.variant != "wgmma":
+            bad("a_smem (weights through shared memory) needs the wgmma variant")
         if self.a_regs and self.variant != "wgmma":  # (wgmma: a_regs picks its registers loop, gemm_wgmma.py)
             why = "needs the gemm variant" if self.variant != "gemm" else gemm_regs.eligible(
                 self.bits, self.grid, self.p, self.act_dtype, self.scale_per_tile)
@@ -182,7 +190,7 @@ class KernelSpec:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for late in ("a_regs", "a_scales", "x_ahead"):  # (added later: off, they stay out, so earlier specs keep
+        for late in ("a_regs", "a_scales", "x_ahead", "a_smem"):  # (added later: off, they stay out, so earlier specs keep
             if not d[late]:  # their JSON, digest and tuning keys)
                 del d[late]
         return d
@@ -204,7 +212,7 @@ class KernelSpec:
         return (
             f"qlinear_{self.variant}_w{self.bits}_{grid}_g{g}_{self.act_dtype}{had}{'_glu' if self.x_glu else ''}"
             f"{'_rms' if self.x_norm else ''}{'_xa' if self.x_ahead else ''}"
-            f"{'_ra' if self.a_regs else ''}{'s' if self.a_scales else ''}"
+            f"{'_ra' if self.a_regs else ''}{'s' if self.a_scales else ''}{'_as' if self.a_smem else ''}"
             f"_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
         )
 

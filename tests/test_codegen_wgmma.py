@@ -34,7 +34,7 @@ W4 = dict(bits=4, variant="wgmma", block_m=64, block_n=64, block_k=128, num_warp
     (dict(block_k=256), "block_k 128"),
     (dict(num_stages=1), "num_stages >= 2"),
     (dict(a_scales=True), "takes no a_scales"),
-    (dict(block_m=256), "needs a_regs at block_m > 128"),
+    (dict(block_m=256), "needs a_regs or a_smem at block_m > 128"),
 ])
 def test_spec_refuses_what_the_tile_cannot_run(fields, why):
     with pytest.raises(KernelSpecError, match="variant 'wgmma'") as e:
@@ -122,12 +122,103 @@ def test_static_sm90_tma_words_loop_waits_for_no_load_of_its_own_step_early(bits
     assert waiters and mbar and all(w[0] > first_hgmma > mbar[0] for w in waiters), (rows, first_hgmma)
 
 
+SMEM = {**W4, "block_m": 128, "block_n": 128, "num_warps": 8, "a_smem": True}
+
+
+@pytest.mark.parametrize("fields, why", [
+    (dict(a_regs=True), "a_regs or a_smem, not both"),
+    (dict(block_n=256), "block_n = 16 * num_warps = 128"),
+    (dict(num_stages=2), "num_stages >= 3"),
+    (dict(block_m=256), "bytes of shared memory > 232448"),
+    (dict(num_stages=5), "bytes of shared memory > 232448"),
+])
+def test_a_smem_refuses_what_its_loop_cannot_run(fields, why):
+    with pytest.raises(KernelSpecError, match="variant 'wgmma'") as e:
+        KernelSpec(**{**SMEM, **fields})
+    assert why in str(e.value)
+
+
+def test_a_smem_needs_the_wgmma_variant():
+    with pytest.raises(KernelSpecError, match=r"a_smem \(weights through shared memory\) needs the wgmma variant"):
+        KernelSpec(bits=4, variant="gemm", block_m=64, block_n=64, a_smem=True)
+
+
+@given(bits=st.sampled_from([4, 8]), bm=st.sampled_from([16, 64, 128, 256]), warps=st.sampled_from([4, 8]),
+       stages=st.integers(3, 6))
+@settings(max_examples=40, deadline=None)
+def test_a_smem_shared_memory_bound_matches_its_buffers(bits, bm, warps, stages):
+    """A spec is accepted exactly when its x and word stages and two A buffers fit the 227 KB of an sm_90 program."""
+    bn = 16 * warps
+    need = stages * (bm * 128 * 2 + bn * 4 * bits * 4) + 2 * bn * 128 * 2
+    fields = {**SMEM, "bits": bits, "block_m": bm, "block_n": bn, "num_warps": warps, "num_stages": stages}
+    if need <= gemm_wgmma.SMEM_BYTES:
+        assert KernelSpec(**fields).name().endswith(f"_as_m{bm}n{bn}k128w{warps}s{stages}")
+    else:
+        with pytest.raises(KernelSpecError, match=f"needs {need} bytes"):
+            KernelSpec(**fields)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_words_layout_gives_each_warp_the_a_rows_of_its_warp_group(bits):
+    """_loop_smem's words layout: 8 consecutive words per thread (one 16-byte store of a slot) and 16 rows per warp,
+    so warp w stores A rows 16w..16w + 15, which its own warp group's wgmmas read (two A buffers suffice)."""
+    text = gemm_wgmma._words_layout(KernelSpec(**{**SMEM, "bits": bits}))
+    assert text.startswith("gl.BlockedLayout(") and "[NUM_WARPS, 1], [1, 0])" in text
+    per_thread, per_warp, _, order = ast.literal_eval(text[len("gl.BlockedLayout"):].replace("NUM_WARPS", "8"))
+    assert per_thread[1] == 8 and per_thread[1] * per_warp[1] == 4 * bits  # a row's W0 words
+    assert per_thread[0] * per_warp[0] == 16 and per_warp[0] * per_warp[1] == 32 and order == [1, 0]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("version", [(3, 6), (3, 9)])
+def test_a_smem_source_keeps_a_step_in_flight(bits, version, monkeypatch):
+    """a_smem: the first step is peeled and starts the accumulator (use_acc=False, no zeros moved into it while
+    wgmmas fly); each step stores its A once (both K halves), fences, syncs, refills the stage of step it - 2 and
+    issues two SS wgmmas, then retires only the step before (num_outstanding=2); one wait 0 after the loop."""
+    from qcomp.codegen import render
+
+    monkeypatch.setattr(render, "_triton_version", lambda: version)
+    src = kernel_source(KernelSpec(**{**SMEM, "bits": bits}))
+    ast.parse(src)
+    lines = src.splitlines()
+    loop = lines.index("    for step in range(lo + 1, hi):")
+    peeled, body = lines[:loop], lines[loop:]
+    assert "for p in gl.static_range(STAGES - 2):  # the first steps" in src
+    assert sum("use_acc=h > 0" in ln for ln in peeled) == 1 and "use_acc" not in "\n".join(body)
+    for part in (peeled, body):
+        text = "\n".join(part)
+        assert text.count("asm.index(ab).store(") == 1 and text.count("pack=2) * sc") == 32 // bits
+        order = [next(i for i, ln in enumerate(part) if key in ln) for key in (
+            "asm.index(ab).store(", "fence_async_shared()", gemm_wgmma.barrier_name(version) + "()",
+            "fill_stage(x_desc, w_desc, xs, wsm, bars, (it + STAGES - 2) % STAGES", "acc = warpgroup_mma(asm.index(ab).slice(h * BLOCK_N, BLOCK_N)",
+            "warpgroup_mma_wait(num_outstanding=2, deps=(acc,))")]
+        assert order == sorted(order), order
+    after = [ln for ln in body if ln.startswith("    acc = warpgroup_mma_wait(")]
+    assert after == ["    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))"]
+    assert "LD_U16" not in src and "acc_s" not in src
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_static_sm90_a_smem_loop_keeps_wgmmas_in_flight(bits):
+    """Compiled for sm_90: the K loop's 8 HGMMAs are not serialized (one WARPGROUP.DEPBAR per step, leaving the
+    step's two groups in flight: ptxas C7515 serialized every one while zeros were moved into the accumulator
+    before the loop), A goes out as 16-byte stores, and no barrier separates them (one A store per step)."""
+    r = sass_report({**SMEM, "bits": bits, "num_stages": 3})
+    assert sum(v for op, v in r["opcodes"].items() if op.startswith("HGMMA")) == 8, r["opcodes"]
+    assert [w.strip() for w in r["wgmma_waits"]] == ["WARPGROUP.DEPBAR.LE gsb0, 0x2"], r["wgmma_waits"]
+    assert r["opcodes"].get("STS.128") == 8 and r["local_memory"] == 0
+    assert r["barriers"] <= 6, r
+
+
 def test_launch_refuses_shapes_and_layouts_the_tile_cannot_read():
     spec = KernelSpec(**W4)
     x = torch.randn(8, 256, dtype=torch.float16)
     args = (None, (1, 1), x, None, torch.ones(64, 2, dtype=torch.float16), None, None, None, None, 64)
     with pytest.raises(ValueError, match="K a multiple of 128"):
         gemm_wgmma.launch(spec, *args, 200)
+    with pytest.raises(ValueError, match="a K step in every split: split 3 > K / 128 = 2"):
+        gemm_wgmma.launch(KernelSpec(**SMEM), None, (1, 3), x, None, torch.ones(64, 2, dtype=torch.float16), None,
+                          None, None, None, 64, 256)
     with pytest.raises(ValueError, match="scales of x's dtype"):
         gemm_wgmma.launch(spec, None, (1, 1), x, None, torch.ones(64, 2), None, None, None, None, 64, 256)
     with pytest.raises(ValueError, match="unit column stride"):

@@ -1,0 +1,38 @@
+#!/bin/bash
+# One device call (<= 10 min): the wgmma tile with its dequantized weights in shared memory (KernelSpec.a_smem,
+# gemm_wgmma._loop_smem), and session 32's untimed M=1 x-pair packing (b70a366):
+#   1. the CPU tests' K-tail and x_ahead kernel cases compiled on the GPU, inputs inside NaN poison (the fp16 gemv
+#      cases run the x pairs packed by PTX)
+#   2. the a_smem specs of benchmarks/cases/wgmma_smem.json against the fp32 reference (N and M tails, split-K 1-3,
+#      bias, an x view)
+#   3. those cases timed beside the tuner's M=256 / M=64 picks and cuBLAS fp16 (time_specs.py)
+#   4. the #5 M=1 matrix with the tuner, b in {2, 4} (w2 picks take x_ahead; w4: the 3.3x fp16 target)
+# Run from the repo root on the GPU machine:  bash benchmarks/gpu_check_smem.sh OUT_DIR
+set -u
+OUT=${1:?usage: bash benchmarks/gpu_check_smem.sh OUT_DIR}
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+T0=$(date +%s)
+el() { echo "(elapsed $(( $(date +%s) - T0 )) s)"; }
+python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARNING | tail -2
+nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,driver_version --format=csv,noheader
+
+echo "--- 1. K tails and x_ahead on the GPU $(el)"
+timeout 100 python3 benchmarks/check_k_tails_gpu.py 2>&1 | tail -4
+echo "check_k_tails_rc=${PIPESTATUS[0]}"
+
+echo "--- 2. a_smem specs against the reference $(el)"
+timeout 120 python3 benchmarks/check_wgmma.py benchmarks/cases/wgmma_smem.json 2>&1 | tail -12
+echo "check_smem_rc=${PIPESTATUS[0]}"
+
+echo "--- 3. a_smem timed $(el)"
+timeout 240 python3 benchmarks/time_specs.py benchmarks/cases/wgmma_smem.json --out "$OUT/smem" 2>&1 \
+    | grep -vE "Warning|warn\(" | tail -24
+echo "time_smem_rc=${PIPESTATUS[0]}"
+
+echo "--- 4. M=1 matrix with the tuner, w2 and w4 $(el)"
+timeout $(( 585 - $(date +%s) + T0 )) python3 benchmarks/bench_kernels.py --out "$OUT/kernels" --shapes 2 \
+    --bits 2,4 --ms 1 --grids uniform --hads 0 --no-peers --budget 150 --workers 14 2>&1 \
+    | grep -vE "Warning|warn\(" | tail -10
+echo "--- total $(el)"
