@@ -1,4 +1,4 @@
-"""Run the CPU tests' K-tail and x_ahead kernel cases on a CUDA GPU (the tests run them in the interpreter only):
+"""Run the CPU tests' K-tail, x_ahead and l2_ahead kernel cases on a CUDA GPU (the tests run them in the interpreter only):
 compiled kernels, every input inside NaN poison (tests/conftest.py: guarded), outputs poisoned, against the float32
 reference (the fp16 gemv cases also run the half2 path's x pairs, packed by PTX on a GPU). Exit 1 on any failure.
 
@@ -23,8 +23,8 @@ def on_gpu(d: dict) -> dict:
 def main() -> int:
     if not torch.cuda.is_available():
         raise SystemExit("check_k_tails_gpu.py needs a CUDA GPU (the CPU tests cover the interpreter)")
-    from test_codegen_kernels import (K_TAIL_CASES, X_AHEAD_CASES, check, k_tail_case, reference, run_kernel,
-                                      x_ahead_case)
+    from test_codegen_kernels import (K_TAIL_CASES, L2_AHEAD_CASES, X_AHEAD_CASES, check, k_tail_case,
+                                      l2_ahead_case, reference, run_kernel, x_ahead_case)
 
     runs = []  # (spec, split, N, K, inputs, the CPU reference's output)
     for variant, grid, p, g, k, split in K_TAIL_CASES:
@@ -33,6 +33,9 @@ def main() -> int:
     for bits, grid, p, had, stages, split, n, k, m in X_AHEAD_CASES:
         d, spec = x_ahead_case(bits, grid, p, had, stages, n, k, m)
         runs.append((spec, split, n, k, d, reference(d, bits, p, 128, grid, n, k, had)))
+    for bits, grid, p, stages, l2, bn, split, n, k, m in L2_AHEAD_CASES:
+        d, spec = l2_ahead_case(bits, grid, p, stages, l2, bn, n, k, m)
+        runs.append((spec, split, n, k, d, reference(d, bits, p, 128, grid, n, k, 0)))
     failed = 0
     for spec, split, n, k, d, ref in runs:
         try:

@@ -69,6 +69,9 @@ class KernelSpec:
     x_ahead: bool = False  # gemv with num_stages >= 2: x is loaded num_stages - 1 K steps ahead with the weights
     # (render._x_ahead_loads) instead of at each step's head; the tuner sets it where it was timed faster
     # (tune.gemv_x_ahead: one row of 2-bit uniform codes)
+    l2_ahead: int = 0  # gemv: each K step also asks the L2 for the words of the step l2_ahead ahead (one bulk
+    # prefetch per row group and plane, issued by one thread: render._l2_prefetch), so DRAM is read further ahead
+    # than the registers' prefetch distance (num_stages - 1) reaches; 0: off
     a_smem: bool = False  # wgmma: the dequantized weights go through shared memory (two A buffers) and SS wgmmas stay
     # in flight while the next K step is dequantized (gemm_wgmma._loop_smem)
 
@@ -140,6 +143,10 @@ class KernelSpec:
         if self.x_ahead and not (self.variant == "gemv" and self.num_stages >= 2 and not self.x_norm):
             bad("x_ahead needs the gemv variant with num_stages >= 2 (a prefetch distance) and no x_norm (whose sum "
                 "of squares reads x at each step)")
+        if self.l2_ahead and not (self.variant == "gemv" and isinstance(self.l2_ahead, int)
+                                  and max(1, self.num_stages - 1) < self.l2_ahead <= 16):
+            bad(f"l2_ahead needs the gemv variant and a distance in {max(1, self.num_stages - 1) + 1}..16 K steps "
+                f"(beyond the registers' prefetch distance num_stages - 1), got {self.l2_ahead!r}")
         if self.a_smem and self.variant != "wgmma":
             bad("a_smem (weights through shared memory) needs the wgmma variant")
         if self.a_regs and self.variant != "wgmma":  # (wgmma: a_regs picks its registers loop, gemm_wgmma.py)
@@ -190,7 +197,7 @@ class KernelSpec:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for late in ("a_regs", "a_scales", "x_ahead", "a_smem"):  # (added later: off, they stay out, so earlier specs keep
+        for late in ("a_regs", "a_scales", "x_ahead", "a_smem", "l2_ahead"):  # (added later: off, they stay out, so earlier specs keep
             if not d[late]:  # their JSON, digest and tuning keys)
                 del d[late]
         return d
@@ -213,6 +220,7 @@ class KernelSpec:
             f"qlinear_{self.variant}_w{self.bits}_{grid}_g{g}_{self.act_dtype}{had}{'_glu' if self.x_glu else ''}"
             f"{'_rms' if self.x_norm else ''}{'_xa' if self.x_ahead else ''}"
             f"{'_ra' if self.a_regs else ''}{'s' if self.a_scales else ''}{'_as' if self.a_smem else ''}"
+            f"{f'_l2p{self.l2_ahead}' if self.l2_ahead else ''}"
             f"_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
         )
 

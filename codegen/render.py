@@ -687,6 +687,11 @@ def _prefetch_prologue(s: KernelSpec) -> list[str]:
         L += _load_planes(s, step, f"_p{i}")
         if _scale_mode(s)[0] == "row":
             L += _load_row_scales(s, step, f"_p{i}")
+    if s.l2_ahead:
+        L.append(f"# the words of steps {prefetch_distance(s)}..{s.l2_ahead - 1} into L2 (the loop asks for step + "
+                 f"{s.l2_ahead})")
+        for i in range(prefetch_distance(s), s.l2_ahead):
+            L += _l2_prefetch_lines(s, f"step_lo + {i}")
     return L
 
 
@@ -703,6 +708,8 @@ def _prefetch_step(s: KernelSpec) -> list[str]:
     """Top of the K loop: this step's words come from buffer _p0; the buffers shift and the last takes step + d."""
     ws = word_names(s)
     L = [f"{w} = {w}_p0" for w in ws]
+    if s.l2_ahead:
+        L += _l2_prefetch_lines(s, f"step + {s.l2_ahead}")
     L += _load_planes(s, _step_ahead(s), "_ahead")
     return L + _shift_buffers(s, ws)
 
@@ -925,6 +932,37 @@ def _row_scale_helper(have_use_ptx: bool) -> list[str]:
         "",
         "",
     ]
+
+
+def _l2_prefetch_helper(have_use_ptx: bool) -> list[str]:
+    """_l2_prefetch (KernelSpec.l2_ahead): thread 0 of the program asks the L2 for a byte range (sm_90's bulk
+    prefetch: no registers, nothing waits for it); nothing in the CPU interpreter."""
+    return ([] if have_use_ptx else ['USE_PTX = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")', "", ""]) + [
+        "@triton.jit",
+        "def _l2_prefetch(p, nbytes):",
+        "    if USE_PTX:",
+        '        tl.inline_asm_elementwise("{ .reg .pred t0; .reg .b32 t; mov.u32 t, %tid.x; setp.eq.u32 t0, t, 0; "',
+        '                                  "@t0 cp.async.bulk.prefetch.L2.global [$1], $2; mov.b32 $0, 0; }", "=r,l,r",',
+        "                                  [p, nbytes], dtype=tl.int32, is_pure=False, pack=1)",
+        "",
+        "",
+    ]
+
+
+def _l2_prefetch_lines(s: KernelSpec, step: str) -> list[str]:
+    """KernelSpec.l2_ahead: one bulk L2 prefetch per row group of the program and plane, of K step `step` (clamped to
+    the program's last step; groups past N clamped to the last: a repeated prefetch is an L2 hit)."""
+    T = s.block_k // s.p // 128
+    L = [f"pf_step = tl.minimum({step}, last)"]
+    for g in range(s.block_n // ROW_GROUP):
+        L.append(f"pf_grp = w_ptr + tl.minimum(pid_n * {s.block_n // ROW_GROUP} + {g}, (N - 1) // {ROW_GROUP}) * "
+                 f"({ROW_GROUP} * stride_w)")
+        for w, off in planes(s.code_bits):
+            Wp = 12 if w == TRIO else 4 * w
+            run = T * ROW_GROUP * Wp
+            L.append(f"_l2_prefetch(pf_grp + {ROW_GROUP * off} * plane_words + pf_step * {run}, {run * 4})  "
+                     f"# group {g}, {w}-bit plane: {run * 4} bytes")
+    return L
 
 
 def _row_scale_step(s: KernelSpec) -> list[str]:
@@ -1296,7 +1334,7 @@ def kernel_source(spec: KernelSpec) -> str:
     ]
     hdr = _header(s)
     asm_scales = _gemv_row_scales(s) == "asm"
-    if use_half2(s) or s.x_glu or s.x_norm or s.a_regs or lut_regs.tile_eligible(s) or asm_scales:
+    if use_half2(s) or s.x_glu or s.x_norm or s.a_regs or lut_regs.tile_eligible(s) or asm_scales or s.l2_ahead:
         hdr = hdr[: hdr.index("import triton")] + ["import os", ""] + hdr[hdr.index("import triton"):]
     if s.x_glu or s.x_norm:
         hdr += _rne_helper() + (_glu_helper() if s.x_glu else _wx_helper())
@@ -1308,6 +1346,8 @@ def kernel_source(spec: KernelSpec) -> str:
         hdr += lut_regs.tile_helpers(_DT[s.act_dtype])
     if asm_scales:
         hdr += _row_scale_helper(any(h.startswith("USE_PTX = ") for h in hdr))
+    if s.l2_ahead:
+        hdr += _l2_prefetch_helper(any(h.startswith("USE_PTX = ") for h in hdr))
     return "\n".join(hdr + sig + ["    " + b for b in body]) + "\n"
 
 

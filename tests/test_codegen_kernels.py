@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from qcomp.codegen.hadamard_util import rotate_blocks, sylvester  # noqa: E402
 from qcomp.codegen.kernel_spec import KernelSpec, KernelSpecError  # noqa: E402
 from qcomp.codegen.ops import qlinear, reference_qlinear  # noqa: E402
-from qcomp.codegen.packing import pack_codes  # noqa: E402
+from qcomp.codegen.packing import pack_codes, planes  # noqa: E402
 from qcomp.codegen.render import kernel_source, subnormal_codes  # noqa: E402
 
 from conftest import guarded_launch as launch  # noqa: E402
@@ -328,6 +328,44 @@ def x_ahead_case(bits, grid, p, had, stages, n, k, m):
                       else m, block_n=16, block_k=128 * p, num_stages=stages, x_ahead=True)
     assert "x of K step" in kernel_source(spec)
     return d, spec
+
+
+L2_AHEAD_CASES = [  # (bits, grid, p, num_stages, l2_ahead, block_n, split, N, K, M); check_k_tails_gpu.py runs them too
+    (4, "uniform", 1, 2, 4, 64, 3, 40, 640, 1),  # groups past N (clamped), programs of 1-2 steps
+    (3, "uniform", 1, 2, 3, 64, 2, 64, 1024, 1),  # the trio plane (12 words a tile), 8 steps
+    (5, "uniform_asym", 1, 3, 6, 32, 2, 48, 1280, 2),  # two planes, register prefetch distance 2
+    (2, "lut", 2, 2, 2, 16, 1, 40, 640, 1),  # p = 2: 256-column steps, a K tail
+]
+
+
+@pytest.mark.parametrize("bits,grid,p,stages,l2,bn,split,n,k,m", L2_AHEAD_CASES)
+def test_gemv_l2_ahead(bits, grid, p, stages, l2, bn, split, n, k, m):
+    """l2_ahead: the bulk L2 prefetches of the words l2_ahead steps ahead (a no-op in the interpreter; on a GPU
+    benchmarks/check_k_tails_gpu.py runs them) leave the result as the reference's."""
+    d, spec = l2_ahead_case(bits, grid, p, stages, l2, bn, n, k, m)
+    check(run_kernel(d, spec, split, n, k), reference(d, bits, p, 128, grid, n, k, 0))
+
+
+def l2_ahead_case(bits, grid, p, stages, l2, bn, n, k, m):
+    d = make_case(bits, grid, p, 128, 0, m, n, k, seed=bits * 10 + l2)
+    spec = KernelSpec(bits=bits, grid=grid, p=p, group_size=128, variant="gemv", block_m=m, block_n=bn,
+                      block_k=128 * p, num_stages=stages, l2_ahead=l2)
+    src = kernel_source(spec)
+    planes_ = len(planes(spec.code_bits))
+    # per row group and plane: one prefetch per step in the loop, and the steps d..l2 - 1 before it
+    assert src.count("_l2_prefetch(pf_grp") == (bn // 16) * planes_ * (1 + l2 - (stages - 1))
+    return d, spec
+
+
+def test_l2_ahead_scope():
+    with pytest.raises(KernelSpecError, match="l2_ahead needs the gemv variant and a distance in 3..16"):
+        KernelSpec(variant="gemv", num_stages=3, l2_ahead=2)
+    with pytest.raises(KernelSpecError, match="l2_ahead needs the gemv variant"):
+        KernelSpec(variant="gemm", block_m=16, l2_ahead=4)
+    with pytest.raises(KernelSpecError, match="l2_ahead needs"):
+        KernelSpec(variant="gemv", l2_ahead=17)
+    assert KernelSpec(variant="gemv", num_stages=2, l2_ahead=2).name().endswith("_l2p2_m16n64k128w4s2")
+    assert "l2_ahead" not in KernelSpec(variant="gemv").to_json()  # specs without it keep their keys
 
 
 def test_x_ahead_scope():

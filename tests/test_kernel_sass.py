@@ -98,3 +98,14 @@ def test_lut_tile_looks_up_in_registers():
     assert r["opcodes"].get("PRMT", 0) > 0 and any(op.startswith("HGMMA") for op in r["opcodes"])
     # a thread dequantizes 64 x 128 / 128 = 64 weights per K step; a table load per weight would be 64 loads
     assert r["global_loads"] < 64 / 2, r["opcodes"]
+
+
+@pytest.mark.parametrize("bits, block_n, per_step", [(4, 64, 4), (5, 32, 4)])
+def test_l2_ahead_loop_issues_one_bulk_prefetch_per_row_group_and_plane(bits, block_n, per_step):
+    """KernelSpec.l2_ahead on sm_90: each K step asks the L2 for the words of the step l2_ahead ahead with one
+    uniform bulk prefetch (UBLKPF.L2) per row group of 16 and plane, and adds no load to the loop."""
+    spec = {"bits": bits, "variant": "gemv", "block_m": 1, "block_n": block_n, "block_k": 128, "num_warps": 2,
+            "num_stages": 2}
+    plain, ahead = sass_report(spec), sass_report({**spec, "l2_ahead": 4})
+    assert ahead["opcodes"].get("UBLKPF.L2") == per_step and "UBLKPF.L2" not in plain["opcodes"]
+    assert ahead["global_loads"] == plain["global_loads"] and ahead["local_memory"] == 0

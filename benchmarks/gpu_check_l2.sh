@@ -1,0 +1,26 @@
+#!/bin/bash
+# One device call (about 4 min): the GEMV's bulk L2 prefetch of the words l2_ahead K steps ahead (KernelSpec.l2_ahead,
+# render._l2_prefetch_lines):
+#   1. the CPU tests' K-tail, x_ahead and l2_ahead kernel cases compiled on the GPU, inputs inside NaN poison
+#   2. the tuner's M=1 picks (session 33: w2, w3, w4, w8 on both 28672/8192 shapes) with l2_ahead 0, 3 and 6, cases
+#      interleaved by distance (benchmarks/cases/gemv_m1_l2_ahead.json), beside cuBLAS fp16
+# Run from the repo root on the GPU machine:  bash benchmarks/gpu_check_l2.sh OUT_DIR
+set -u
+OUT=${1:?usage: bash benchmarks/gpu_check_l2.sh OUT_DIR}
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+T0=$(date +%s)
+el() { echo "(elapsed $(( $(date +%s) - T0 )) s)"; }
+python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARNING | tail -2
+nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,driver_version --format=csv,noheader
+
+echo "--- 1. K tails, x_ahead and l2_ahead cases on the GPU $(el)"
+timeout 120 python3 benchmarks/check_k_tails_gpu.py 2>&1 | tail -6
+echo "check_k_tails_rc=${PIPESTATUS[0]}"
+
+echo "--- 2. l2_ahead timed $(el)"
+timeout $(( 560 - $(date +%s) + T0 )) python3 benchmarks/time_specs.py benchmarks/cases/gemv_m1_l2_ahead.json \
+    --out "$OUT/l2" 2>&1 | grep -vE "Warning|warn\(" | tail -25
+echo "time_l2_rc=${PIPESTATUS[0]}"
+echo "--- total $(el)"
