@@ -3,8 +3,7 @@
 # render._l2_prefetch_lines):
 #   1. the CPU tests' K-tail, x_ahead and l2_ahead kernel cases compiled on the GPU, inputs inside NaN poison
 #   2. the tuner's M=1 picks (session 33: w4 on both 28672/8192 shapes, w2 / w3 / w8 at 28672x8192) with l2_ahead 0, 3
-#      and 6 (w3, w8: 0 and 3), cases
-#      interleaved by distance (benchmarks/cases/gemv_m1_l2_ahead.json), beside cuBLAS fp16
+#      and 6 (w3, w8: 0 and 3), cases interleaved by distance (benchmarks/cases/gemv_m1_l2_ahead.json), beside fp16
 # Run from the repo root on the GPU machine:  bash benchmarks/gpu_check_l2.sh OUT_DIR
 set -u
 OUT=${1:?usage: bash benchmarks/gpu_check_l2.sh OUT_DIR}
