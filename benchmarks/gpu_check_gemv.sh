@@ -7,20 +7,10 @@
 #   3. the #5 M=1 matrix with the tuner (w2 picks now take x_ahead): 2 shapes, b in {2, 3, 4, 8}, uniform, no rotation
 # Make the old text first, here:  mkdir -p .gpu && git show 7acbefd:codegen/render.py > .gpu/old_render_7acbefd.py
 # then carry .gpu. Run from the repo root on the GPU machine:  bash benchmarks/gpu_check_gemv.sh OUT_DIR [OLD_RENDER]
-set -u
-OUT=${1:?usage: bash benchmarks/gpu_check_gemv.sh OUT_DIR [OLD_RENDER]}
+source "$(dirname "$0")/gpu_prelude.sh" "$@"
 OLD=${2:-.gpu/old_render_7acbefd.py}
-cd "$(dirname "$0")/.."
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-T0=$(date +%s)
-el() { echo "(elapsed $(( $(date +%s) - T0 )) s)"; }
-python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARNING | tail -2
-nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,driver_version --format=csv,noheader
 
-echo "--- 1. K tails and x_ahead on the GPU $(el)"
-timeout 100 python3 benchmarks/check_k_tails_gpu.py 2>&1 | tail -4
-echo "check_k_tails_rc=${PIPESTATUS[0]}"
+k_tails_check 1
 
 echo "--- 2. A/B against $OLD $(el)"
 if [ -f "$OLD" ]; then

@@ -5,19 +5,9 @@
 #   2. the tuner's M=1 picks (session 33: w4 on both 28672/8192 shapes, w2 / w3 / w8 at 28672x8192) with l2_ahead 0, 3
 #      and 6 (w3, w8: 0 and 3), cases interleaved by distance (benchmarks/cases/gemv_m1_l2_ahead.json), beside fp16
 # Run from the repo root on the GPU machine:  bash benchmarks/gpu_check_l2.sh OUT_DIR
-set -u
-OUT=${1:?usage: bash benchmarks/gpu_check_l2.sh OUT_DIR}
-cd "$(dirname "$0")/.."
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-T0=$(date +%s)
-el() { echo "(elapsed $(( $(date +%s) - T0 )) s)"; }
-python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARNING | tail -2
-nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,driver_version --format=csv,noheader
+source "$(dirname "$0")/gpu_prelude.sh" "$@"
 
-echo "--- 1. K tails, x_ahead and l2_ahead cases on the GPU $(el)"
-timeout 120 python3 benchmarks/check_k_tails_gpu.py 2>&1 | tail -6
-echo "check_k_tails_rc=${PIPESTATUS[0]}"
+k_tails_check 1
 
 echo "--- 2. l2_ahead timed $(el)"
 timeout $(( 560 - $(date +%s) + T0 )) python3 benchmarks/time_specs.py benchmarks/cases/gemv_m1_l2_ahead.json \

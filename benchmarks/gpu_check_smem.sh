@@ -8,19 +8,9 @@
 #   3. those cases timed beside the tuner's M=256 / M=64 picks and cuBLAS fp16 (time_specs.py)
 #   4. the #5 M=1 matrix with the tuner at b = 4 (the 3.3x fp16 target; the x pairs now packed by PTX)
 # Run from the repo root on the GPU machine:  bash benchmarks/gpu_check_smem.sh OUT_DIR
-set -u
-OUT=${1:?usage: bash benchmarks/gpu_check_smem.sh OUT_DIR}
-cd "$(dirname "$0")/.."
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-T0=$(date +%s)
-el() { echo "(elapsed $(( $(date +%s) - T0 )) s)"; }
-python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARNING | tail -2
-nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,driver_version --format=csv,noheader
+source "$(dirname "$0")/gpu_prelude.sh" "$@"
 
-echo "--- 1. K tails and x_ahead on the GPU $(el)"
-timeout 100 python3 benchmarks/check_k_tails_gpu.py 2>&1 | tail -4
-echo "check_k_tails_rc=${PIPESTATUS[0]}"
+k_tails_check 1
 
 echo "--- 2. a_smem specs against the reference $(el)"
 timeout 120 python3 benchmarks/check_wgmma.py benchmarks/cases/wgmma_smem.json 2>&1 | tail -12

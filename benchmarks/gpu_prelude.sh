@@ -1,0 +1,19 @@
+# Sourced by the benchmarks/gpu_check_*.sh scripts as their first step on the GPU machine:
+#     source "$(dirname "$0")/gpu_prelude.sh" "$@"
+# takes OUT_DIR ($1), goes to the repo root, installs the project (editable, no dependencies), prints the card, and
+# defines el (seconds since the start, for the section lines) and k_tails_check (benchmarks/check_k_tails_gpu.py:
+# the CPU tests' K-tail, x_ahead and l2_ahead kernel cases compiled on the GPU, inputs inside NaN poison).
+set -u
+OUT=${1:?usage: bash $0 OUT_DIR}
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+T0=$(date +%s)
+el() { echo "(elapsed $(( $(date +%s) - T0 )) s)"; }
+k_tails_check() {
+    echo "--- $1. K tails, x_ahead and l2_ahead cases on the GPU $(el)"
+    timeout 120 python3 benchmarks/check_k_tails_gpu.py 2>&1 | tail -6
+    echo "check_k_tails_rc=${PIPESTATUS[0]}"
+}
+python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARNING | tail -2
+nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,driver_version --format=csv,noheader
