@@ -299,7 +299,6 @@ def _smem_step(s, version: tuple[int, int], first: bool) -> list[str]:
         "sc = gl.expand_dims(scl, 1)",
         "ab = it % 2  # this step's A buffer: the wgmmas of step it - 2 that read it were retired last step",
     ]
-    per_half = HALF // W0
     for j in range(32 // s.bits):
         L.append(f"a{j} = gl.inline_asm_elementwise(SLOT_{j}, \"=r,r,r\", [words], dtype=gl.float16, is_pure=True, "
                  "pack=2) * sc")

@@ -636,7 +636,6 @@ def _even_load(target: str, ptr: str, mask: str, other: str, tail: str = "") -> 
 def _load_planes(s: KernelSpec, step: str = "step", suffix: str = "") -> list[str]:
     """Load every plane's words of K step `step` (an expression) into word_<w><suffix> [BLOCK_N, C] (int32); the
     trio plane's three words of each column into word_3a/b/c<suffix>."""
-    W0 = s.tile_cols
     T = s.block_k // s.p // 128
     L = [f"tile_w = {step} * {T} + tile_c  # pack tile of each column"]
     mask = "mask_n[:, None] & (tile_w < plane_words // 4)[None, :]"
