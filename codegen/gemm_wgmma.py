@@ -321,7 +321,8 @@ def _smem_step(s, version: tuple[int, int], first: bool) -> list[str]:
         "if nxt < hi:",
         f"    {_fill_call(s, '(it + STAGES - 2) % STAGES', 'nxt')}",
         "for h in gl.static_range(2):",
-        f"    acc = warpgroup_mma(asm.index(ab).slice(h * BLOCK_N, BLOCK_N), xs.index(2 * st + h).permute((1, 0)), acc{use}, is_async=True)",
+        "    a_h = asm.index(ab).slice(h * BLOCK_N, BLOCK_N)  # K half h of this step's A",
+        f"    acc = warpgroup_mma(a_h, xs.index(2 * st + h).permute((1, 0)), acc{use}, is_async=True)",
         "acc = warpgroup_mma_wait(num_outstanding=2, deps=(acc,))  # step it - 1's wgmmas retired, it's in flight",
         "scl = scl_n",
     ]
@@ -348,7 +349,7 @@ def _loop_smem(s, version: tuple[int, int]) -> list[str]:
         *_ring_lines(s),
         "    # A: two buffers (K steps alternate) of two [BLOCK_N, 64] halves, 128-byte swizzle rows as x's",
         "    asm = gl.allocate_shared_memory(gl.float16, [2, 2 * BLOCK_N, HALF], a_sl)",
-        "    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)  # (not read: the first wgmma has use_acc=False)",
+        "    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)  # (not read: the first wgmmas have use_acc=False)",
         f"    scl = gl.load(s_ptrs + {_scale_col(s, 'lo')})",
         "    step = lo",
         "    it = 0",

@@ -70,7 +70,7 @@ class KernelSpec:
     # (render._x_ahead_loads) instead of at each step's head; the tuner sets it where it was timed faster
     # (tune.gemv_x_ahead: one row of 2-bit uniform codes)
     l2_ahead: int = 0  # gemv: each K step also asks the L2 for the words of the step l2_ahead ahead (one bulk
-    # prefetch per row group and plane, issued by one thread: render._l2_prefetch), so DRAM is read further ahead
+    # prefetch per row group and plane, issued by one thread: render._l2_prefetch_lines), so DRAM is read further ahead
     # than the registers' prefetch distance (num_stages - 1) reaches; 0: off
     a_smem: bool = False  # wgmma: the dequantized weights go through shared memory (two A buffers) and SS wgmmas stay
     # in flight while the next K step is dequantized (gemm_wgmma._loop_smem)
@@ -130,8 +130,8 @@ class KernelSpec:
                 why = gemm_wgmma.smem_eligible(self.bits, self.block_m, self.block_n, self.num_warps, self.num_stages,
                                                self.a_regs)
             if why is None and self.block_m > 128 and not (self.a_regs or self.a_smem):
-                why = (f"needs a_regs or a_smem at block_m > 128, got {self.block_m} (the TMA loop's second accumulator, "
-                       f"one K step's sum, would not fit in registers)")
+                why = (f"needs a_regs or a_smem at block_m > 128, got {self.block_m} (the TMA loop's second "
+                       f"accumulator, one K step's sum, would not fit in registers)")
             if why:
                 bad(f"variant 'wgmma' (Gluon, sm_90) {why}")
         if self.had_scratch and not (h and self.variant == "gemv"):
@@ -143,10 +143,10 @@ class KernelSpec:
         if self.x_ahead and not (self.variant == "gemv" and self.num_stages >= 2 and not self.x_norm):
             bad("x_ahead needs the gemv variant with num_stages >= 2 (a prefetch distance) and no x_norm (whose sum "
                 "of squares reads x at each step)")
-        if self.l2_ahead and not (self.variant == "gemv" and isinstance(self.l2_ahead, int)
-                                  and max(1, self.num_stages - 1) < self.l2_ahead <= 16):
-            bad(f"l2_ahead needs the gemv variant and a distance in {max(1, self.num_stages - 1) + 1}..16 K steps "
-                f"(beyond the registers' prefetch distance num_stages - 1), got {self.l2_ahead!r}")
+        if self.l2_ahead and not (self.variant == "gemv" and self.num_stages >= 2 and isinstance(self.l2_ahead, int)
+                                  and self.num_stages - 1 < self.l2_ahead <= 16):
+            bad(f"l2_ahead needs the gemv variant with num_stages >= 2 and a distance in {max(2, self.num_stages)}..16 "
+                f"K steps (beyond the registers' prefetch distance num_stages - 1), got {self.l2_ahead!r}")
         if self.a_smem and self.variant != "wgmma":
             bad("a_smem (weights through shared memory) needs the wgmma variant")
         if self.a_regs and self.variant != "wgmma":  # (wgmma: a_regs picks its registers loop, gemm_wgmma.py)
@@ -197,8 +197,9 @@ class KernelSpec:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for late in ("a_regs", "a_scales", "x_ahead", "a_smem", "l2_ahead"):  # (added later: off, they stay out, so earlier specs keep
-            if not d[late]:  # their JSON, digest and tuning keys)
+        # (added later: off, they stay out, so earlier specs keep their JSON, digest and tuning keys)
+        for late in ("a_regs", "a_scales", "x_ahead", "a_smem", "l2_ahead"):
+            if not d[late]:
                 del d[late]
         return d
 

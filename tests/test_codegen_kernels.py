@@ -358,12 +358,14 @@ def l2_ahead_case(bits, grid, p, stages, l2, bn, n, k, m):
 
 
 def test_l2_ahead_scope():
-    with pytest.raises(KernelSpecError, match="l2_ahead needs the gemv variant and a distance in 3..16"):
+    with pytest.raises(KernelSpecError, match="l2_ahead needs the gemv variant with num_stages >= 2 and a distance in 3..16"):
         KernelSpec(variant="gemv", num_stages=3, l2_ahead=2)
     with pytest.raises(KernelSpecError, match="l2_ahead needs the gemv variant"):
         KernelSpec(variant="gemm", block_m=16, l2_ahead=4)
     with pytest.raises(KernelSpecError, match="l2_ahead needs"):
         KernelSpec(variant="gemv", l2_ahead=17)
+    with pytest.raises(KernelSpecError, match="l2_ahead needs the gemv variant with num_stages >= 2"):
+        KernelSpec(variant="gemv", num_stages=1, l2_ahead=4)
     assert KernelSpec(variant="gemv", num_stages=2, l2_ahead=2).name().endswith("_l2p2_m16n64k128w4s2")
     assert "l2_ahead" not in KernelSpec(variant="gemv").to_json()  # specs without it keep their keys
 

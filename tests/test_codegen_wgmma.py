@@ -190,7 +190,8 @@ def test_a_smem_source_keeps_a_step_in_flight(bits, version, monkeypatch):
         assert text.count("asm.index(ab).store(") == 1 and text.count("pack=2) * sc") == 32 // bits
         order = [next(i for i, ln in enumerate(part) if key in ln) for key in (
             "asm.index(ab).store(", "fence_async_shared()", gemm_wgmma.barrier_name(version) + "()",
-            "fill_stage(x_desc, w_desc, xs, wsm, bars, (it + STAGES - 2) % STAGES", "acc = warpgroup_mma(asm.index(ab).slice(h * BLOCK_N, BLOCK_N)",
+            "fill_stage(x_desc, w_desc, xs, wsm, bars, (it + STAGES - 2) % STAGES",
+            "a_h = asm.index(ab).slice(h * BLOCK_N, BLOCK_N)", "acc = warpgroup_mma(a_h, xs.index(2 * st + h)",
             "warpgroup_mma_wait(num_outstanding=2, deps=(acc,))")]
         assert order == sorted(order), order
     after = [ln for ln in body if ln.startswith("    acc = warpgroup_mma_wait(")]
