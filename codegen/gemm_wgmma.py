@@ -241,6 +241,19 @@ def _loop_regs(s, version: tuple[int, int]) -> list[str]:
     return L
 
 
+def _tma_words_head(s, layout: str) -> list[str]:
+    """The start of the loops that take the words through TMA (_loop_tma, _loop_smem): the program's rows in
+    `layout`'s row slice, their scale pointers, the first row group, then the ring."""
+    return [
+        f"    offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, {layout}))",
+        "    s_ptrs = s_ptr + gl.minimum(offs_n, N - 1) * stride_s  # (tail rows read row N - 1: their words are 0)",
+        f"    # words: packing v5 as [row groups, K steps * {ROW_GROUP}, {4 * s.bits}] (w_descriptor), ours from grp0",
+        f"    grp0 = pid_n * (BLOCK_N // {ROW_GROUP})",
+        "",
+        *_ring_lines(s),
+    ]
+
+
 def _loop_tma(s, version: tuple[int, int]) -> list[str]:
     """The default K loop: each step's words come through TMA with its x (fill_stage); the
     step's wgmmas sum into acc_s from scratch and the group scale is applied after the step's wait (acc += acc_s *
@@ -249,13 +262,7 @@ def _loop_tma(s, version: tuple[int, int]) -> list[str]:
     W0 = 4 * s.bits
     L = [
         "    # group scales along the accumulator's rows (they scale each K step's wgmma sum, after the step)",
-        "    offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))",
-        "    mask_n = offs_n < N",
-        "    s_ptrs = s_ptr + gl.minimum(offs_n, N - 1) * stride_s  # (tail rows read row N - 1: their words are 0)",
-        f"    # words: packing v5 as [row groups, K steps * {ROW_GROUP}, {W0}] (w_descriptor), ours from grp0",
-        f"    grp0 = pid_n * (BLOCK_N // {ROW_GROUP})",
-        "",
-        *_ring_lines(s),
+        *_tma_words_head(s, "mma"),
         "    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)",
         "    acc_s = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)  # one K step's sum (its registers reused)",
         f"    scf = gl.load(s_ptrs + {_scale_col(s, 'lo')}).to(gl.float32)",
@@ -337,16 +344,10 @@ def _loop_smem(s, version: tuple[int, int]) -> list[str]:
     The first step is peeled and starts the accumulator (use_acc=False): with zeros moved into it before the loop,
     ptxas serialized every wgmma (C7515: the loop-skipping path defines the accumulator registers while wgmmas are
     in flight); so every split must have a step (launch checks SPLIT_K <= K / 128)."""
-    W0 = 4 * s.bits
     return [
         f"    w_l: gl.constexpr = {_words_layout(s)}",
         "    a_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)",
-        "    offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, w_l))",
-        "    s_ptrs = s_ptr + gl.minimum(offs_n, N - 1) * stride_s  # (tail rows read row N - 1: their words are 0)",
-        f"    # words: packing v5 as [row groups, K steps * {ROW_GROUP}, {W0}] (w_descriptor), ours from grp0",
-        f"    grp0 = pid_n * (BLOCK_N // {ROW_GROUP})",
-        "",
-        *_ring_lines(s),
+        *_tma_words_head(s, "w_l"),
         "    # A: two buffers (K steps alternate) of two [BLOCK_N, 64] halves, 128-byte swizzle rows as x's",
         "    asm = gl.allocate_shared_memory(gl.float16, [2, 2 * BLOCK_N, HALF], a_sl)",
         "    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)  # (not read: the first wgmmas have use_acc=False)",

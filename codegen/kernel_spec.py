@@ -186,9 +186,14 @@ class KernelSpec:
         return 128 // self.tile_cols
 
     @property
+    def tiles_per_step(self) -> int:
+        """128-code pack tiles per K step (block_k weights = block_k / p codes)."""
+        return self.block_k // self.p // 128
+
+    @property
     def cols_per_step(self) -> int:
         """Kernel columns per row and K step (C): (block_k / p / 128 tiles) x tile_cols."""
-        return self.block_k // self.p // 128 * self.tile_cols
+        return self.tiles_per_step * self.tile_cols
 
     @property
     def scale_per_tile(self) -> bool:

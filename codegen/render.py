@@ -57,6 +57,9 @@ def cache_dir() -> Path:
 _MAGIC = 0x4A800000  # float32 bits of 2**22, mantissa LSB worth 0.5: (2*code | _MAGIC) as float32 is 2**22 + code
 
 
+USE_PTX_DECL = 'USE_PTX = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")'  # generated helpers: PTX on CUDA, plain Triton in the interpreter
+
+
 def _header(s: KernelSpec) -> list[str]:
     pl = " + ".join(f"{w}-bit plane (code bits {o}..{o + w - 1})" for w, o in planes(s.code_bits))
     grid = {
@@ -90,7 +93,7 @@ def _header(s: KernelSpec) -> list[str]:
         "HAS_RES: y = res + y (y rounded to its dtype first, as torch adds a layer's output to the residual stream)",
         *layout,
         f"rows in groups of {ROW_GROUP}: a (group, plane, tile) is one run of {ROW_GROUP} rows x 4w words.",
-        f"A K step covers {s.block_k // s.p // 128} tile(s) = C = {s.cols_per_step} columns per row;",
+        f"A K step covers {s.tiles_per_step} tile(s) = C = {s.cols_per_step} columns per row;",
         f"column c holds the codes (c // {W0}) * 128 + c % {W0} + j * {W0} of the block, slot j = 0..{s.col_slots - 1}.",
         '"""',
         "import triton",
@@ -125,7 +128,7 @@ def _half2_helpers(s: KernelSpec) -> list[str]:
     zz2 = zz | zz << 16
     return [
         "# two fp16 per int32 (lo, hi): PTX on CUDA; the same values in plain Triton in the CPU interpreter",
-        'USE_PTX = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")',
+        USE_PTX_DECL,
         "",
         "",
         "@triton.jit",
@@ -636,7 +639,7 @@ def _even_load(target: str, ptr: str, mask: str, other: str, tail: str = "") -> 
 def _load_planes(s: KernelSpec, step: str = "step", suffix: str = "") -> list[str]:
     """Load every plane's words of K step `step` (an expression) into word_<w><suffix> [BLOCK_N, C] (int32); the
     trio plane's three words of each column into word_3a/b/c<suffix>."""
-    T = s.block_k // s.p // 128
+    T = s.tiles_per_step
     L = [f"tile_w = {step} * {T} + tile_c  # pack tile of each column"]
     mask = "mask_n[:, None] & (tile_w < plane_words // 4)[None, :]"
     if s.widest_plane == TRIO:
@@ -917,9 +920,14 @@ def _load_row_scales(s: KernelSpec, step: str, suffix: str = "") -> list[str]:
     return L
 
 
-def _row_scale_helper(have_use_ptx: bool) -> list[str]:
+def _use_ptx_decl(hdr: list[str]) -> list[str]:
+    """The USE_PTX constant (PTX on CUDA, plain Triton in the CPU interpreter) for a helper, unless hdr declares it."""
+    return [] if any(h.startswith("USE_PTX = ") for h in hdr) else [USE_PTX_DECL, "", ""]
+
+
+def _row_scale_helper() -> list[str]:
     """_ld_row_scale (ROW_SCALE_LOAD "asm"): a pure inline-asm load on CUDA, tl.load in the CPU interpreter."""
-    return ([] if have_use_ptx else ['USE_PTX = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")', "", ""]) + [
+    return [
         "@triton.jit",
         "def _ld_row_scale(p):",
         "    # scales are never written while a kernel runs: a pure load (the non-coherent path), merged per address",
@@ -933,10 +941,10 @@ def _row_scale_helper(have_use_ptx: bool) -> list[str]:
     ]
 
 
-def _l2_prefetch_helper(have_use_ptx: bool) -> list[str]:
+def _l2_prefetch_helper() -> list[str]:
     """_l2_prefetch (KernelSpec.l2_ahead): thread 0 of the program asks the L2 for a byte range (sm_90's bulk
     prefetch: no registers, nothing waits for it); nothing in the CPU interpreter."""
-    return ([] if have_use_ptx else ['USE_PTX = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")', "", ""]) + [
+    return [
         "@triton.jit",
         "def _l2_prefetch(p, nbytes):",
         "    if USE_PTX:",
@@ -951,14 +959,12 @@ def _l2_prefetch_helper(have_use_ptx: bool) -> list[str]:
 def _l2_prefetch_lines(s: KernelSpec, step: str) -> list[str]:
     """KernelSpec.l2_ahead: one bulk L2 prefetch per row group of the program and plane, of K step `step` (clamped to
     the program's last step; groups past N clamped to the last: a repeated prefetch is an L2 hit)."""
-    T = s.block_k // s.p // 128
     L = [f"pf_step = tl.minimum({step}, last)"]
     for g in range(s.block_n // ROW_GROUP):
         L.append(f"pf_grp = w_ptr + tl.minimum(pid_n * {s.block_n // ROW_GROUP} + {g}, (N - 1) // {ROW_GROUP}) * "
                  f"({ROW_GROUP} * stride_w)")
         for w, off in planes(s.code_bits):
-            Wp = 12 if w == TRIO else 4 * w
-            run = T * ROW_GROUP * Wp
+            run = s.tiles_per_step * ROW_GROUP * 4 * w  # words of a (group, plane) per K step (the trio: 12 a tile)
             L.append(f"_l2_prefetch(pf_grp + {ROW_GROUP * off} * plane_words + pf_step * {run}, {run * 4})  "
                      f"# group {g}, {w}-bit plane: {run * 4} bytes")
     return L
@@ -1344,9 +1350,9 @@ def kernel_source(spec: KernelSpec) -> str:
     if lut_regs.tile_eligible(s):
         hdr += lut_regs.tile_helpers(_DT[s.act_dtype])
     if asm_scales:
-        hdr += _row_scale_helper(any(h.startswith("USE_PTX = ") for h in hdr))
+        hdr += _use_ptx_decl(hdr) + _row_scale_helper()
     if s.l2_ahead:
-        hdr += _l2_prefetch_helper(any(h.startswith("USE_PTX = ") for h in hdr))
+        hdr += _use_ptx_decl(hdr) + _l2_prefetch_helper()
     return "\n".join(hdr + sig + ["    " + b for b in body]) + "\n"
 
 
