@@ -258,14 +258,26 @@ def _loop_tma(s, version: tuple[int, int]) -> list[str]:
     """The default K loop: each step's words come through TMA with its x (fill_stage); the
     step's wgmmas sum into acc_s from scratch and the group scale is applied after the step's wait (acc += acc_s *
     scale). Its only global loads are the next step's scales, so no wait for a load lands before the step's wgmmas
-    (NOTES_kernels.md, session 30: loads in registers made every step wait for its own prefetch)."""
+    (NOTES_kernels.md, session 30: loads in registers made every step wait for its own prefetch). With a_scales the
+    scale multiplies the slots' A values instead and every wgmma chains on acc: no second accumulator (64 registers
+    fewer at 128 activation rows), the same loads; the next step's scale is converted at the step's end as before."""
     W0 = 4 * s.bits
-    L = [
-        "    # group scales along the accumulator's rows (they scale each K step's wgmma sum, after the step)",
-        *_tma_words_head(s, "mma"),
-        "    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)",
-        "    acc_s = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)  # one K step's sum (its registers reused)",
-        f"    scf = gl.load(s_ptrs + {_scale_col(s, 'lo')}).to(gl.float32)",
+    if s.a_scales:
+        L = [
+            "    # group scales along A's rows (they multiply each slot's dequantized values)",
+            *_tma_words_head(s, "a_l"),
+            "    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)",
+            f"    scl = gl.load(s_ptrs + {_scale_col(s, 'lo')})",
+        ]
+    else:
+        L = [
+            "    # group scales along the accumulator's rows (they scale each K step's wgmma sum, after the step)",
+            *_tma_words_head(s, "mma"),
+            "    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)",
+            "    acc_s = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)  # one K step's sum (its registers reused)",
+            f"    scf = gl.load(s_ptrs + {_scale_col(s, 'lo')}).to(gl.float32)",
+        ]
+    L += [
         "    for step in range(lo, hi):",
         "        # the next step's scales, converted at this step's end: the only global loads of the loop (the words",
         "        # come through TMA), so nothing later shares their scoreboard (NOTES_kernels.md, session 30)",
@@ -277,10 +289,16 @@ def _loop_tma(s, version: tuple[int, int]) -> list[str]:
         "        mbarrier.wait(bars.index(st), (it // STAGES) & 1)",
         f"        words = wsm.index(st).reshape([BLOCK_N, {W0}]).load(a_l)",
     ]
+    cvt = "gl.inline_asm_elementwise(CVT_LO, \"=f,r\", [scl_n], dtype=gl.float32, is_pure=True, pack=1)"
+    if s.a_scales:
+        L.append("        sc = gl.expand_dims(scl, 1)")
+        L += _slot_lines(s, step_sum=False)
+        L.append(f"        scl = {cvt}.to(gl.float16)")
+        return L
     L += _slot_lines(s, step_sum=True)
     L += [
         "        acc += acc_s * gl.expand_dims(scf, 1)",
-        "        scf = gl.inline_asm_elementwise(CVT_LO, \"=f,r\", [scl_n], dtype=gl.float32, is_pure=True, pack=1)",
+        f"        scf = {cvt}",
     ]
     return L
 

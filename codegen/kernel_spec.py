@@ -124,13 +124,14 @@ class KernelSpec:
                 why = f"needs block_k 128 (one pack tile per K step), got {self.block_k}"
             if why is None and self.num_stages < 2:
                 why = f"needs num_stages >= 2 (x copied one K step ahead), got {self.num_stages}"
-            if why is None and self.a_scales:
-                why = "takes no a_scales (with a_regs, its registers loop multiplies the scales into A anyway)"
+            if why is None and self.a_scales and (self.a_regs or self.a_smem):
+                why = ("takes a_scales only on its TMA loop (a_regs' registers loop multiplies the scales into A "
+                       "anyway, a_smem's too)")
             if why is None and self.a_smem:
                 why = gemm_wgmma.smem_eligible(self.bits, self.block_m, self.block_n, self.num_warps, self.num_stages,
                                                self.a_regs)
-            if why is None and self.block_m > 128 and not (self.a_regs or self.a_smem):
-                why = (f"needs a_regs or a_smem at block_m > 128, got {self.block_m} (the TMA loop's second "
+            if why is None and self.block_m > 128 and not (self.a_regs or self.a_smem or self.a_scales):
+                why = (f"needs a_regs, a_smem or a_scales at block_m > 128, got {self.block_m} (the TMA loop's second "
                        f"accumulator, one K step's sum, would not fit in registers)")
             if why:
                 bad(f"variant 'wgmma' (Gluon, sm_90) {why}")
@@ -156,7 +157,8 @@ class KernelSpec:
                 why = f"needs block_k >= {gemm_regs.min_block_k(self.bits)} at {self.bits} bits (16 codes per slot and row)"
             if why:
                 bad(f"a_regs (weights in registers) {why}")
-        if self.a_scales and not (self.a_regs and self.group_size != -1 and self.scale_per_tile):
+        if self.a_scales and self.variant != "wgmma" and not (self.a_regs and self.group_size != -1
+                                                                and self.scale_per_tile):
             bad("a_scales needs a_regs and one scale per (row, K step) from groups: group_size a multiple of "
                 "block_k, not -1 (a per-row scale is applied once after the K loop anyway)")
         if self.block_k % (128 * self.p):
@@ -225,7 +227,8 @@ class KernelSpec:
         return (
             f"qlinear_{self.variant}_w{self.bits}_{grid}_g{g}_{self.act_dtype}{had}{'_glu' if self.x_glu else ''}"
             f"{'_rms' if self.x_norm else ''}{'_xa' if self.x_ahead else ''}"
-            f"{'_ra' if self.a_regs else ''}{'s' if self.a_scales else ''}{'_as' if self.a_smem else ''}"
+            f"{'_ra' if self.a_regs else ''}{('s' if self.a_regs else '_sa') if self.a_scales else ''}"
+            f"{'_as' if self.a_smem else ''}"
             f"{f'_l2p{self.l2_ahead}' if self.l2_ahead else ''}"
             f"_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
         )

@@ -199,6 +199,7 @@ _WGMMA = KernelSpec(bits=4, group_size=128, variant="wgmma", block_m=32, block_n
 @pytest.mark.parametrize("spec, fallback", [
     (_SCALES_IN_A, dataclasses.replace(_SCALES_IN_A, a_scales=False)),
     (_WGMMA, dataclasses.replace(_WGMMA, variant="gemm", a_regs=True)),
+    (dataclasses.replace(_WGMMA, a_scales=True), dataclasses.replace(_WGMMA, variant="gemm", a_regs=True)),
 ])
 def test_tuned_scales_in_a_fall_back_for_scales_they_cannot_take(monkeypatch, spec, fallback):
     """A tuned choice that multiplies the scales into fp16 weights (a_scales, or the wgmma tile; cached per shape)

@@ -33,8 +33,8 @@ W4 = dict(bits=4, variant="wgmma", block_m=64, block_n=64, block_k=128, num_warp
     (dict(block_m=512), "block_m in 8..256"),
     (dict(block_k=256), "block_k 128"),
     (dict(num_stages=1), "num_stages >= 2"),
-    (dict(a_scales=True), "takes no a_scales"),
-    (dict(block_m=256), "needs a_regs or a_smem at block_m > 128"),
+    (dict(a_scales=True, a_regs=True), "takes a_scales only on its TMA loop"),
+    (dict(block_m=256), "needs a_regs, a_smem or a_scales at block_m > 128"),
 ])
 def test_spec_refuses_what_the_tile_cannot_run(fields, why):
     with pytest.raises(KernelSpecError, match="variant 'wgmma'") as e:
@@ -92,6 +92,27 @@ def test_source_registers_loop_scales_a_and_waits_once(bits):
     assert "words_n = gl.load(w_ptrs" in src
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_source_tma_loop_with_scales_in_a_chains_one_accumulator(bits):
+    """a_scales on the TMA loop: the words still come through TMA and the next step's scale is still the loop's only
+    global load (LD_U16), converted after the step's wait; each slot's A is multiplied by the scale and every wgmma
+    chains on acc (no acc_s: one accumulator, which lets 256 activation rows take this loop)."""
+    spec = KernelSpec(**{**W4, "bits": bits, "block_m": 256, "block_n": 128, "num_warps": 8, "num_stages": 2,
+                         "a_scales": True})
+    assert spec.name().endswith("_fp16_sa_m256n128k128w8s2")
+    src = kernel_source(spec)
+    ast.parse(src)
+    slots = 32 // bits
+    lines = src.splitlines()
+    waits = [i for i, ln in enumerate(lines) if "warpgroup_mma_wait(" in ln]
+    assert len(waits) == 1 and "deps=(acc, " + ", ".join(f"a{j}" for j in range(slots)) + ")" in lines[waits[0]]
+    assert src.count("pack=2) * sc") == slots and "acc_s" not in src and "use_acc" not in src
+    assert "w_desc, [grp0, step * 16, 0]" in src
+    loop = lines[lines.index("    for step in range(lo, hi):"): waits[0] + 2]
+    assert not any("gl.load(" in ln for ln in loop) and sum("LD_U16" in ln for ln in loop) == 1
+    assert "CVT_LO" in lines[waits[0] + 1] and lines[waits[0] + 1].endswith(".to(gl.float16)")
+
+
 @pytest.mark.parametrize("bits, block_n, hgmma", [(4, 128, 8), (8, 128, 8)])
 def test_static_sm90_loop_has_one_wgmma_wait_per_k_step(bits, block_n, hgmma):
     """Compiled for sm_90 (Triton's bundled ptxas): the K loop issues its HGMMAs (8 x K16 per 128 codes and m64 row
@@ -120,6 +141,20 @@ def test_static_sm90_tma_words_loop_waits_for_no_load_of_its_own_step_early(bits
     mbar = [row[0] for row in rows if "TRYWAIT" in row[1]]
     first_hgmma = r["first_hgmma"]
     assert waiters and mbar and all(w[0] > first_hgmma > mbar[0] for w in waiters), (rows, first_hgmma)
+
+
+def test_static_sm90_tma_loop_with_scales_in_a_fits_two_programs_per_sm():
+    """a_scales at m128 n128 s2 (the M=256 candidate): at most 128 registers a thread (two 256-thread programs per
+    SM; the acc_s form needs 187), no spills, one wgmma wait per step, and the scale loads' first waiter after the
+    step's first wgmma (the TMA loop's property, kept)."""
+    r = sass_report({**W4, "block_m": 128, "block_n": 128, "num_warps": 8, "num_stages": 2, "a_scales": True},
+                    "--waits")
+    assert r["registers"] <= 128 and r["local_memory"] == 0 and len(r["wgmma_waits"]) == 1, r
+    assert r["global_loads"] == 2
+    rows = r["scoreboards"]
+    loads = {row[2] for row in rows if "LDG" in row[1]}
+    waiters = [row for row in rows if set(row[3]) & loads and "LDG" not in row[1]]
+    assert waiters and all(w[0] > r["first_hgmma"] for w in waiters), (rows, r["first_hgmma"])
 
 
 SMEM = {**W4, "block_m": 128, "block_n": 128, "num_warps": 8, "a_smem": True}
