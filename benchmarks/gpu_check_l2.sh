@@ -9,8 +9,5 @@ source "$(dirname "$0")/gpu_prelude.sh" "$@"
 
 k_tails_check 1
 
-echo "--- 2. l2_ahead timed $(el)"
-timeout $(( 560 - $(date +%s) + T0 )) python3 benchmarks/time_specs.py benchmarks/cases/gemv_m1_l2_ahead.json \
-    --out "$OUT/l2" 2>&1 | grep -vE "Warning|warn\(" | tail -25
-echo "time_l2_rc=${PIPESTATUS[0]}"
+time_cases 2 benchmarks/cases/gemv_m1_l2_ahead.json "l2_ahead" l2 $(( 560 - $(date +%s) + T0 )) 25
 echo "--- total $(el)"

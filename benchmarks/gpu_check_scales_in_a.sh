@@ -11,18 +11,7 @@
 source "$(dirname "$0")/gpu_prelude.sh" "$@"
 
 k_tails_check 1
-
-echo "--- 2. wgmma a_scales specs against the reference $(el)"
-timeout 120 python3 benchmarks/check_wgmma.py benchmarks/cases/wgmma_scales_in_a.json 2>&1 | tail -12
-echo "check_sa_rc=${PIPESTATUS[0]}"
-
-echo "--- 3. wgmma a_scales timed $(el)"
-timeout 200 python3 benchmarks/time_specs.py benchmarks/cases/wgmma_scales_in_a.json --out "$OUT/sa" 2>&1 \
-    | grep -vE "Warning|warn\(" | tail -20
-echo "time_sa_rc=${PIPESTATUS[0]}"
-
-echo "--- 4. l2_ahead timed $(el)"
-timeout $(( 585 - $(date +%s) + T0 )) python3 benchmarks/time_specs.py benchmarks/cases/gemv_m1_l2_ahead.json \
-    --out "$OUT/l2" 2>&1 | grep -vE "Warning|warn\(" | tail -18
-echo "time_l2_rc=${PIPESTATUS[0]}"
+wgmma_check 2 benchmarks/cases/wgmma_scales_in_a.json "wgmma a_scales specs"
+time_cases 3 benchmarks/cases/wgmma_scales_in_a.json "wgmma a_scales" sa 200 22
+time_cases 4 benchmarks/cases/gemv_m1_l2_ahead.json "l2_ahead" l2 $(( 585 - $(date +%s) + T0 )) 18
 echo "--- total $(el)"

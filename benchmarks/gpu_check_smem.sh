@@ -12,14 +12,8 @@ source "$(dirname "$0")/gpu_prelude.sh" "$@"
 
 k_tails_check 1
 
-echo "--- 2. a_smem specs against the reference $(el)"
-timeout 120 python3 benchmarks/check_wgmma.py benchmarks/cases/wgmma_smem.json 2>&1 | tail -12
-echo "check_smem_rc=${PIPESTATUS[0]}"
-
-echo "--- 3. a_smem timed $(el)"
-timeout 240 python3 benchmarks/time_specs.py benchmarks/cases/wgmma_smem.json --out "$OUT/smem" 2>&1 \
-    | grep -vE "Warning|warn\(" | tail -24
-echo "time_smem_rc=${PIPESTATUS[0]}"
+wgmma_check 2 benchmarks/cases/wgmma_smem.json "a_smem specs"
+time_cases 3 benchmarks/cases/wgmma_smem.json "a_smem" smem 240 24
 
 echo "--- 4. M=1 matrix with the tuner, w4 $(el)"
 timeout $(( 585 - $(date +%s) + T0 )) python3 benchmarks/bench_kernels.py --out "$OUT/kernels" --shapes 2 \
