@@ -18,7 +18,7 @@ k_tails_check() {
 }
 wgmma_check() {  # SECTION CASES_JSON WHAT
     echo "--- $1. $3 against the reference $(el)"
-    timeout 120 python3 benchmarks/check_wgmma.py "$2" 2>&1 | tail -12
+    timeout 150 python3 benchmarks/check_wgmma.py "$2" 2>&1 | tail -12
     echo "check_wgmma_rc=${PIPESTATUS[0]}"
 }
 time_cases() {  # SECTION CASES_JSON WHAT OUT_SUBDIR TIMEOUT_S ROWS

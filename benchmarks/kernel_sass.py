@@ -28,16 +28,16 @@ _LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?);")
 _BRA = re.compile(r"BRA\s+`?\(?(\.L_x_\d+)")
 
 
-def compile_spec(spec, arch: int, even: bool = True, pdl: int | None = None, residual: bool = False):
+def compile_spec(spec, arch: int, even: bool = True, pdl: int | None = None, residual: bool = False, per_sm: int = 2):
     """triton.compile of the spec's kernel for sm_<arch>: its activation dtype, no bias; even: whole tiles (the
     unmasked loop of shapes that divide into the tiles, as the decode shapes do), else the masked one; pdl: the
     programmatic-dependent-launch level (ops.pdl_level; default: as the runtime launches without QCOMP_PDL, on
-    sm_90 and later)."""
+    sm_90 and later); per_sm: a stream_k wgmma launch's programs per SM."""
     from qcomp.codegen.ops import DEFAULT_PDL, PDL_LEVELS
 
     os.environ["TRITON_INTERPRET"] = "0"  # the interpreter would be used otherwise (set by the CPU tests)
     if spec.variant == "wgmma":
-        return compile_wgmma(spec, arch, even)
+        return compile_wgmma(spec, arch, even, per_sm=per_sm)
     pdl = (PDL_LEVELS[DEFAULT_PDL] if arch >= 90 else 0) if pdl is None else pdl
     import triton
     from triton.backends.compiler import GPUTarget
@@ -60,16 +60,17 @@ def compile_spec(spec, arch: int, even: bool = True, pdl: int | None = None, res
                           options={"num_warps": spec.num_warps, "num_stages": spec.num_stages, "launch_pdl": bool(pdl)})
 
 
-def compile_wgmma(spec, arch: int, even: bool = True, split_k: int = 1):
+def compile_wgmma(spec, arch: int, even: bool = True, split_k: int = 1, per_sm: int = 2):
     """triton.compile of a Gluon wgmma kernel (gemm_wgmma.py) for sm_<arch> (90: wgmma exists only there), with x's
-    TMA descriptor as the runtime builds it; split_k 1 is a constant, as Triton specializes an int argument of 1."""
+    TMA descriptor as the runtime builds it; split_k 1 is a constant, as Triton specializes an int argument of 1
+    (stream_k: per_sm programs per SM, whose register cap launch compiles in; its SPLIT_K is always 1)."""
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
-    from qcomp.codegen.gemm_wgmma import tma_words, w_descriptor, x_descriptor
+    from qcomp.codegen.gemm_wgmma import compile_options, tma_words, w_descriptor, x_descriptor
     from qcomp.codegen.render import load_kernel
 
     desc = x_descriptor(torch.empty(spec.block_m, 128, dtype=torch.float16), spec.block_m)
@@ -86,7 +87,8 @@ def compile_wgmma(spec, arch: int, even: bool = True, split_k: int = 1):
     aligned = (1, 2, 3, 4, 5, 6, 9, 10, 11, 12)  # pointers and the K-like sizes: multiples of 16
     src = GluonASTSource(load_kernel(spec), sig, constexprs=consts,
                          attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": spec.num_warps})
+    options = {"num_warps": spec.num_warps, **compile_options(spec, per_sm)}
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def disassemble(cubin: bytes, hex_words: bool = False) -> str:
@@ -195,13 +197,15 @@ def main(argv=None) -> int:
     ap.add_argument("--waits", action="store_true",
                     help="also list the K loop's global loads, mbarrier waits and the instructions waiting for them "
                          "(scoreboards decoded from the SASS control bits)")
+    ap.add_argument("--per-sm", type=int, default=2, help="stream_k wgmma specs: programs per SM (the register cap)")
     ap.add_argument("--pdl", type=int, choices=(0, 1, 2), default=None,
                     help="programmatic dependent launch level (QCOMP_PDL; default: the runtime's default on sm_90+)")
     args = ap.parse_args(argv)
     from qcomp.codegen.kernel_spec import KernelSpec
 
     spec = KernelSpec(**json.loads(args.spec))
-    kernel = compile_spec(spec, args.arch, even=not args.ragged, pdl=args.pdl, residual=args.residual)
+    kernel = compile_spec(spec, args.arch, even=not args.ragged, pdl=args.pdl, residual=args.residual,
+                          per_sm=args.per_sm)
     sass = disassemble(kernel.asm["cubin"])
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -142,8 +142,8 @@ def fill_lines(s) -> list[str]:
     return L + ["", ""]
 
 
-def _ring_lines(s) -> list[str]:
-    """The shared-memory ring (x, and the words with tma_words), its mbarriers and the first STAGES - 1 steps' fill."""
+def ring_alloc_lines(s) -> list[str]:
+    """The shared-memory ring (x, and the words with tma_words) and its mbarriers."""
     W0 = 4 * s.bits
     return [
         "    xs = gl.allocate_shared_memory(gl.float16, [STAGES * 2, BLOCK_M, HALF], x_desc.layout)",
@@ -152,16 +152,26 @@ def _ring_lines(s) -> list[str]:
         "    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())",
         "    for p in gl.static_range(STAGES):",
         "        mbarrier.init(bars.index(p), count=1)",
+    ]
+
+
+def _ring_lines(s) -> list[str]:
+    """The ring (ring_alloc_lines; not with stream_k, whose programs make it once for all their segments) and the fill
+    of the first STAGES - 1 steps; with stream_k the stages count on from g, the steps the program ran before."""
+    stage = "(g + p) % STAGES" if s.stream_k else "p"
+    return [
+        *([] if s.stream_k else ring_alloc_lines(s)),
         f"    for p in gl.static_range(STAGES - {2 if s.a_smem else 1}):  # the first steps",
         "        if lo + p < hi:",
-        f"            {_fill_call(s, 'p', 'lo + p')}",
+        f"            {_fill_call(s, stage, 'lo + p')}",
     ]
 
 
 def _step_head_lines(s, version: tuple[int, int]) -> list[str]:
     """A K step's start: refill the stage the step before used (its wgmmas finished at the last wait)."""
     return [
-        "        it = step - lo",
+        "        it = g + step - lo  # (stream_k: the ring's steps count on across the program's tiles)" if s.stream_k
+        else "        it = step - lo",
         "        # the stage of step it - 1 is free: its wgmmas finished at the last wait",
         "        nxt = step + STAGES - 1",
         *([f"        {barrier_name(version)}()  # every warp group has retired step it - 1 (the copy must not "
@@ -380,6 +390,24 @@ def _loop_smem(s, version: tuple[int, int]) -> list[str]:
     ]
 
 
+def out_lines(s, first: str) -> list[str]:
+    """The accumulator as y's tile res [BLOCK_M, BLOCK_N] (0.5 * acc^T, stored along n: y's unit stride), its offsets
+    and mask, and the bias, added where `first` (a condition, its colon and comment) holds: in the one partial sum of a
+    tile that covers its first K step."""
+    return [
+        "    # out: y[m, n] = 0.5 * acc[n, m] (+ bias), stored along n (y's unit stride) from a blocked layout",
+        "    out_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [NUM_WARPS, 1], [1, 0])",
+        "    res = gl.convert_layout(gl.permute(acc * 0.5, (1, 0)), out_l)",
+        "    offs_mo = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, out_l))",
+        "    offs_no = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_l))",
+        "    mask_mn = gl.expand_dims(offs_mo < M, 1) & gl.expand_dims(offs_no < N, 0)",
+        "    y_ptrs = y_ptr + gl.expand_dims(offs_mo, 1) * stride_ym + gl.expand_dims(offs_no, 0)",
+        "    if HAS_BIAS:",
+        f"        if {first}",
+        "            res += gl.expand_dims(gl.load(bias_ptr + offs_no, mask=offs_no < N, other=0.0).to(gl.float32), 0)",
+    ]
+
+
 def kernel_lines(s, version: tuple[int, int]) -> list[str]:
     """The @gluon.jit kernel (signature and body)."""
     bar = barrier_name(version)
@@ -390,6 +418,19 @@ def kernel_lines(s, version: tuple[int, int]) -> list[str]:
         "    M, N, K, stride_w, stride_s, stride_ym, SPLIT_K,",
         "    HAS_BIAS: gl.constexpr," if tma_words(s) else "    HAS_BIAS: gl.constexpr, EVEN: gl.constexpr,",
         "):",
+    ]
+    layouts = [
+        "    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],",
+        "                                                  instr_shape=[16, BLOCK_M, 16])",
+        "    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)",
+    ]
+    loop = _loop_smem(s, version) if s.a_smem else _loop_tma(s, version) if tma_words(s) else _loop_regs(s, version)
+    if s.stream_k:
+        from . import wgmma_stream_k
+
+        L += wgmma_stream_k.body_lines(s, version, layouts, loop)
+        return [line.replace("tma.async_copy_global_to_shared(", tma_load_name(version) + "(") for line in L]
+    L += [
         "    # programs: the M blocks of one N block run next to each other (its words stay in L2 for all of them)",
         "    num_m = gl.cdiv(M, BLOCK_M)",
         "    pid = gl.program_id(0)",
@@ -400,25 +441,12 @@ def kernel_lines(s, version: tuple[int, int]) -> list[str]:
         "    lo = pid_k * n_steps // SPLIT_K",
         "    hi = (pid_k + 1) * n_steps // SPLIT_K",
         "    off_m = pid_m * BLOCK_M",
-        "    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],",
-        "                                                  instr_shape=[16, BLOCK_M, 16])",
-        "    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)",
-    ]
-    L += _loop_smem(s, version) if s.a_smem else _loop_tma(s, version) if tma_words(s) else _loop_regs(s, version)
-    L += [
+        *layouts,
+        *loop,
         "    for p in gl.static_range(STAGES):",
         "        mbarrier.invalidate(bars.index(p))",
         "",
-        "    # out: y[m, n] = 0.5 * acc[n, m] (+ bias), stored along n (y's unit stride) from a blocked layout",
-        "    out_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [NUM_WARPS, 1], [1, 0])",
-        "    res = gl.convert_layout(gl.permute(acc * 0.5, (1, 0)), out_l)",
-        "    offs_mo = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, out_l))",
-        "    offs_no = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_l))",
-        "    mask_mn = gl.expand_dims(offs_mo < M, 1) & gl.expand_dims(offs_no < N, 0)",
-        "    y_ptrs = y_ptr + gl.expand_dims(offs_mo, 1) * stride_ym + gl.expand_dims(offs_no, 0)",
-        "    if HAS_BIAS:",
-        "        if pid_k == 0:  # split-K: one program per output tile adds the bias",
-        "            res += gl.expand_dims(gl.load(bias_ptr + offs_no, mask=offs_no < N, other=0.0).to(gl.float32), 0)",
+        *out_lines(s, "pid_k == 0:  # split-K: one program per output tile adds the bias"),
         "    if SPLIT_K == 1:",
         "        gl.store(y_ptrs, res.to(gl.float16), mask=mask_mn)",
         "    else:  # split-K: partials to the workspace; the tile's last split to finish sums them in order",
@@ -489,10 +517,19 @@ def w_descriptor(packed, bits: int, block_n: int):
     return TensorDescriptor.from_tensor(runs, block, gl.NVMMASharedLayout.get_default_for(block, gl.int32))
 
 
+def compile_options(spec, per_sm: int) -> dict:
+    """Triton options of a launch beyond num_warps: a stream_k launch of per_sm programs per SM caps the registers so
+    that that many programs fit an SM's 65536 (its segment loop holds a few more than the data-parallel kernel)."""
+    if not spec.stream_k:
+        return {}
+    return {"maxnreg": min(255, 65536 // (32 * spec.num_warps * per_sm) // 8 * 8)}
+
+
 def launch(spec, kern, grid: tuple[int, int], x2, packed, scales, bias, y, ws, cnt, n: int, k: int,
-           warmup: bool = False) -> None:
-    """Run a wgmma kernel: y [M, n] = x2 [M, k] @ W^T (+ bias) on grid (M blocks x N blocks, splits), with ws / cnt
-    as ops.launch makes them for that grid. warmup: compile it for these arguments without running it."""
+           warmup: bool = False, per_sm: int = 1) -> None:
+    """Run a wgmma kernel: y [M, n] = x2 [M, k] @ W^T (+ bias) on grid (M blocks x N blocks, splits; stream_k: the
+    programs, 1), with ws / cnt as ops.launch makes them for that grid. warmup: compile it for these arguments without
+    running it. per_sm: a stream_k launch's programs per SM (its register cap, compile_options)."""
     if k % 128:
         raise ValueError(f"the wgmma tile needs K a multiple of 128, got {k}: use a 'gemm' spec")
     if spec.a_smem and grid[1] > k // 128:
@@ -502,11 +539,13 @@ def launch(spec, kern, grid: tuple[int, int], x2, packed, scales, bias, y, ws, c
         raise ValueError(f"the wgmma tile reads scales of x's dtype {x2.dtype}, got {scales.dtype}")
     if not tma_ready(x2):  # (a view whose start or rows TMA cannot address: the tuned choice does not depend on it)
         x2 = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device).copy_(x2)
+    if spec.stream_k and grid[1] != 1:
+        raise ValueError(f"a stream_k launch takes grid (programs, 1), got {grid}")
     run = functools.partial(kern.warmup, grid=grid) if warmup else kern[grid]
     w = w_descriptor(packed, spec.bits, spec.block_n) if tma_words(spec) else packed
     even = {} if tma_words(spec) else {"EVEN": n % spec.block_n == 0}
     run(
         x_descriptor(x2, spec.block_m), w, scales, bias if bias is not None else scales, y, ws, cnt,
         x2.shape[0], n, k, packed.stride(0), scales.stride(0), y.stride(0), grid[1],
-        HAS_BIAS=bias is not None, num_warps=spec.num_warps, **even,
+        HAS_BIAS=bias is not None, num_warps=spec.num_warps, **even, **compile_options(spec, per_sm),
     )

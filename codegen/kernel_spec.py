@@ -74,6 +74,9 @@ class KernelSpec:
     # than the registers' prefetch distance (num_stages - 1) reaches; 0: off
     a_smem: bool = False  # wgmma: the dequantized weights go through shared memory (two A buffers) and SS wgmmas stay
     # in flight while the next K step is dequantized (gemm_wgmma._loop_smem)
+    stream_k: bool = False  # wgmma TMA loop: a fixed grid of programs (the launch's split_k per SM) shares out the
+    # (output tile, K step) units evenly, so no last wave of tiles runs on part of the GPU; tiles split between
+    # programs are summed through the workspace (wgmma_stream_k.py)
 
     def __post_init__(self):
         self.validate()
@@ -130,6 +133,8 @@ class KernelSpec:
             if why is None and self.a_smem:
                 why = gemm_wgmma.smem_eligible(self.bits, self.block_m, self.block_n, self.num_warps, self.num_stages,
                                                self.a_regs)
+            if why is None and self.stream_k and (self.a_regs or self.a_smem):
+                why = "takes stream_k on its TMA loop only (not with a_regs or a_smem)"
             if why is None and self.block_m > 128 and not (self.a_regs or self.a_smem or self.a_scales):
                 why = (f"needs a_regs, a_smem or a_scales at block_m > 128, got {self.block_m} (the TMA loop's second "
                        f"accumulator, one K step's sum, would not fit in registers)")
@@ -148,6 +153,8 @@ class KernelSpec:
                                   and self.num_stages - 1 < self.l2_ahead <= 16):
             bad(f"l2_ahead needs the gemv variant with num_stages >= 2 and a distance in {max(2, self.num_stages)}..16 "
                 f"K steps (beyond the registers' prefetch distance num_stages - 1), got {self.l2_ahead!r}")
+        if self.stream_k and self.variant != "wgmma":
+            bad("stream_k (units of work shared out over a fixed grid) needs the wgmma variant")
         if self.a_smem and self.variant != "wgmma":
             bad("a_smem (weights through shared memory) needs the wgmma variant")
         if self.a_regs and self.variant != "wgmma":  # (wgmma: a_regs picks its registers loop, gemm_wgmma.py)
@@ -205,7 +212,7 @@ class KernelSpec:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         # (added later: off, they stay out, so earlier specs keep their JSON, digest and tuning keys)
-        for late in ("a_regs", "a_scales", "x_ahead", "a_smem", "l2_ahead"):
+        for late in ("a_regs", "a_scales", "x_ahead", "a_smem", "l2_ahead", "stream_k"):
             if not d[late]:
                 del d[late]
         return d
@@ -229,7 +236,7 @@ class KernelSpec:
             f"{'_rms' if self.x_norm else ''}{'_xa' if self.x_ahead else ''}"
             f"{'_ra' if self.a_regs else ''}{('s' if self.a_regs else '_sa') if self.a_scales else ''}"
             f"{'_as' if self.a_smem else ''}"
-            f"{f'_l2p{self.l2_ahead}' if self.l2_ahead else ''}"
+            f"{f'_l2p{self.l2_ahead}' if self.l2_ahead else ''}{'_sk' if self.stream_k else ''}"
             f"_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
         )
 

@@ -41,7 +41,7 @@ from .hadamard_util import rotate_blocks, signs_for
 from .kernel_spec import MAX_FUSED_HADAMARD, KernelSpec
 from .packing import packed_shape, padded_codes, unpack_codes
 from .render import load_kernel
-from . import gemm_wgmma, precompile, tune
+from . import gemm_wgmma, precompile, tune, wgmma_stream_k
 
 _GRID_ALIASES = {"uniform": "uniform", "uniform_asym": "uniform_asym", "lut": "lut", "normal": "lut"}
 _ACT = {torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -176,11 +176,17 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
     sg = signs.to(device=dev, dtype=torch.float32).contiguous() if spec.had_block else scales
     if spec.variant == "gemv":
         grid = (triton_cdiv(n, spec.block_n), split_k, triton_cdiv(m, spec.block_m))
+    elif spec.stream_k:  # split_k is the programs per SM; they share out the (tile, K step) units
+        grid = (wgmma_stream_k.programs(split_k, tune.sm_count(dev), m, n, k, spec.block_m, spec.block_n), 1)
     else:
         grid = (triton_cdiv(m, spec.block_m) * triton_cdiv(n, spec.block_n), split_k)
     # scratch rows for a rotated x that goes through memory (spec.had_scratch): two per program and activation row
     scratch = spec.block_m * 2 * spec.block_k * grid[0] * grid[1] * grid[2] if spec.had_scratch else 0
-    if split_k > 1:  # the kernel sums the splits itself: fp32 partials and one self-resetting counter per tile
+    if spec.stream_k:  # two tile slots per program for the parts of split tiles, a counter per tile
+        ws = torch.empty(wgmma_stream_k.workspace_floats(grid[0], spec.block_m, spec.block_n), device=dev,
+                         dtype=torch.float32)
+        cnt = split_k_counters(dev, triton_cdiv(m, spec.block_m) * triton_cdiv(n, spec.block_n))
+    elif split_k > 1:  # the kernel sums the splits itself: fp32 partials and one self-resetting counter per tile
         # (x_norm: and each split's sum of squares of x, [split_k, m], before the scratch rows)
         ws = torch.empty(split_k * m * n + (split_k * m if spec.x_norm else 0) + scratch, device=dev,
                          dtype=torch.float32)
@@ -191,7 +197,8 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
         cnt = scales  # unused
     if spec.variant == "wgmma":  # Gluon + TMA (gemm_wgmma.py); its scales multiply fp16 weights
         check_fp16_scales(scales, spec.bits, "the wgmma tile")
-        gemm_wgmma.launch(spec, kern, grid, x2, packed, scales, bias, y, ws, cnt, n, k, warmup=warmup)
+        gemm_wgmma.launch(spec, kern, grid, x2, packed, scales, bias, y, ws, cnt, n, k, warmup=warmup,
+                          per_sm=split_k)
         return y
     run = functools.partial(kern.warmup, grid=grid) if warmup else kern[grid]
     pdl = use_pdl(spec, dev)

@@ -110,7 +110,8 @@ def _on_cuda(device) -> bool:
     return isinstance(device, torch.device) and device.type == "cuda"
 
 
-def _sm_count(device) -> int:
+def sm_count(device) -> int:
+    """The SMs of a CUDA device (132, an H100's, elsewhere)."""
     if _on_cuda(device) and torch.cuda.is_available():
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 132
@@ -167,7 +168,7 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
     """[(spec, split_k)], heuristic choice first. M <= 16: the gemv variant (and, for M > 4, tensor-core
     tiles of 16 rows); M > 16: gemm tiles (the caller has rotated x already)."""
     out = []
-    sms = _sm_count(device)
+    sms = sm_count(device)
     if m <= 16:
         dots = []
         if m > 4 and not (base.had_block or base.x_glu or base.x_norm):  # (ops.py rotates x, and applies
