@@ -22,6 +22,9 @@ Data flow of one program (BLOCK_N weight rows x BLOCK_M activation rows, acc^T =
   only global loads. Why: with the words loaded into registers a step ahead, ptxas put all the loop's loads on one
   scoreboard and the step's first dequantization waited for it, i.e. for the loads the step had just issued for the
   next one (ncu: 33 % of the stall samples; NOTES_kernels.md, session 30). M=64: 107 -> 80 us.
+* weights, a_scales (_loop_tma): as the default, but the slots' values are multiplied by the group scale and every
+  wgmma chains on acc: no acc_s, 128 registers at m128 n128 (two programs per SM) where acc_s needs 187.
+* stream_k (wgmma_stream_k.py): the TMA loop run over segments of a program's share of the (tile, K step) units.
 * weights, a_regs (_loop_regs; where a second accumulator does not fit: 256 rows, or 128 rows at 2 programs/SM):
   the words are loaded into the A layout one step ahead and the slots' values are multiplied by the group scale.
 * out: 0.5 * acc (the slot values are 2 * code - (2^w - 1)); split-K partials and their sum as in render.py.

@@ -17,8 +17,10 @@ Three spec families come from one renderer (render.py):
 * variant "wgmma" (Hopper only, Gluon: gemm_wgmma.py): the registers tile's dequantization with the slots' wgmmas
   issued asynchronously back to back and one wait per K step; x and the words through TMA into a ring of
   shared-memory stages, each K step's sum scaled after its wait. With a_regs: the words loaded into registers a step
-  ahead and the scales multiplied into A instead (block_m > 128 needs it or a_smem: one accumulator). With a_smem:
-  the scaled weights are stored into two shared-memory A buffers and SS wgmmas stay in flight across K steps.
+  ahead and the scales multiplied into A instead (block_m > 128 needs it, a_scales or a_smem: one accumulator).
+  With a_scales: the TMA loop multiplies the scales into A (one accumulator, no second one for the step's sum).
+  With a_smem: the scaled weights are stored into two shared-memory A buffers and SS wgmmas stay in flight across
+  K steps. With stream_k: a fixed grid of programs shares out the (tile, K step) units (wgmma_stream_k.py).
   Uniform grid, 4/8-bit codes, fp16, groups of 128k; the tuner tries it on sm_90 GPUs for M > 16 (tune.WGMMA_TILES).
 
 Fields that are not a kernel's text (the shape, the split count) stay out of it, so one compiled kernel
@@ -65,7 +67,8 @@ class KernelSpec:
     x_norm: bool = False  # gemv: y of rms_norm(x) * weight: weight * x in the loop, 1 / rms after it (render._norm_ssq)
     a_regs: bool = False  # gemm: one tl.dot per slot, the dequantized weights stay in registers (gemm_regs.py)
     a_scales: bool = False  # a_regs: the row scale multiplies the dequantized weights (A) instead of each K step's
-    # partial sum, so every tl.dot accumulates into one chain; the kernel reads the scales widened to int32 (o_ptr)
+    # partial sum, so every tl.dot accumulates into one chain; the kernel reads the scales widened to int32 (o_ptr).
+    # wgmma (its TMA loop): the same product, so every wgmma chains on one accumulator (gemm_wgmma._loop_tma)
     x_ahead: bool = False  # gemv with num_stages >= 2: x is loaded num_stages - 1 K steps ahead with the weights
     # (render._x_ahead_loads) instead of at each step's head; the tuner sets it where it was timed faster
     # (tune.gemv_x_ahead: one row of 2-bit uniform codes)
