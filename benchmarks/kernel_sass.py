@@ -28,16 +28,18 @@ _LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?);")
 _BRA = re.compile(r"BRA\s+`?\(?(\.L_x_\d+)")
 
 
-def compile_spec(spec, arch: int, even: bool = True, pdl: int | None = None, residual: bool = False, per_sm: int = 2):
+def compile_spec(spec, arch: int, even: bool = True, pdl: int | None = None, residual: bool = False, per_sm: int = 2,
+                 split_k: int = 1):
     """triton.compile of the spec's kernel for sm_<arch>: its activation dtype, no bias; even: whole tiles (the
     unmasked loop of shapes that divide into the tiles, as the decode shapes do), else the masked one; pdl: the
     programmatic-dependent-launch level (ops.pdl_level; default: as the runtime launches without QCOMP_PDL, on
-    sm_90 and later); per_sm: a stream_k wgmma launch's programs per SM."""
+    sm_90 and later); per_sm: a stream_k wgmma launch's programs per SM; split_k > 1: a wgmma kernel as split-K
+    launches run it (SPLIT_K not a constant: the partial sums' epilogue compiled in)."""
     from qcomp.codegen.ops import DEFAULT_PDL, PDL_LEVELS
 
     os.environ["TRITON_INTERPRET"] = "0"  # the interpreter would be used otherwise (set by the CPU tests)
     if spec.variant == "wgmma":
-        return compile_wgmma(spec, arch, even, per_sm=per_sm)
+        return compile_wgmma(spec, arch, even, split_k=split_k, per_sm=per_sm)
     pdl = (PDL_LEVELS[DEFAULT_PDL] if arch >= 90 else 0) if pdl is None else pdl
     import triton
     from triton.backends.compiler import GPUTarget
@@ -197,6 +199,7 @@ def main(argv=None) -> int:
     ap.add_argument("--waits", action="store_true",
                     help="also list the K loop's global loads, mbarrier waits and the instructions waiting for them "
                          "(scoreboards decoded from the SASS control bits)")
+    ap.add_argument("--split-k", type=int, default=1, help="wgmma specs: compile as a split-K launch runs (> 1)")
     ap.add_argument("--per-sm", type=int, default=2, help="stream_k wgmma specs: programs per SM (the register cap)")
     ap.add_argument("--pdl", type=int, choices=(0, 1, 2), default=None,
                     help="programmatic dependent launch level (QCOMP_PDL; default: the runtime's default on sm_90+)")
@@ -205,7 +208,7 @@ def main(argv=None) -> int:
 
     spec = KernelSpec(**json.loads(args.spec))
     kernel = compile_spec(spec, args.arch, even=not args.ragged, pdl=args.pdl, residual=args.residual,
-                          per_sm=args.per_sm)
+                          per_sm=args.per_sm, split_k=args.split_k)
     sass = disassemble(kernel.asm["cubin"])
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ every program has a unit, so each of them contributes one part.
 """
 from __future__ import annotations
 
-from .gemm_wgmma import barrier_name, out_lines, ring_alloc_lines
+from .gemm_wgmma import Y_TILE, barrier_name, out_lines, ring_alloc_lines, sum_lines
 
 
 def units(m: int, n: int, k: int, block_m: int, block_n: int) -> int:
@@ -64,13 +64,10 @@ def body_lines(s, version: tuple[int, int], layouts: list[str], loop: list[str])
     (`loop`, made with s.stream_k: no ring allocation, stages counted from g) and the segment's store or part."""
     bar = barrier_name(version)
     tile_elems = "(BLOCK_M * BLOCK_N)"
-    tn = min(32, s.block_n // 8)  # the sum's threads along a row (8 columns each), then rows: one load per thread
-    rows = min(s.block_m, 32 // tn * s.num_warps)
-    Y = "y_ptr + gl.expand_dims(offs_mo, 1) * stride_ym + gl.expand_dims(offs_no, 0)"
     fixup = [
         "if hi - lo == n_steps:  # the whole tile: straight to y",
-        f"    gl.store({Y}, res.to(gl.float16),",
-        "             mask=mask_mn)",
+        f"    gl.store({Y_TILE},",
+        "             res.to(gl.float16), mask=mask_mn)",
         "else:  # a part: to this program's slot (0: its first segment, 1: its last); the last part sums them",
         "    t_off = gl.expand_dims(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, out_l)), 1) * BLOCK_N + \\",
         "        gl.expand_dims(gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_l)), 0)",
@@ -83,21 +80,11 @@ def body_lines(s, version: tuple[int, int], layouts: list[str], loop: list[str])
         "    done = gl.atomic_add(cnt_ptr + tile, 1, sem=\"acq_rel\", scope=\"gpu\")",
         "    if done == last - first:",
         "        gl.store(cnt_ptr + tile, 0)  # zero again for the next launch",
-        "        # the sum in chunks of SUM_ROWS rows (a whole tile of loads would hold ~100 registers more)",
-        f"        sum_l: gl.constexpr = gl.BlockedLayout([1, 8], [{32 // tn}, {tn}], [NUM_WARPS, 1], [1, 0])",
-        f"        SUM_ROWS: gl.constexpr = {rows}",
-        "        c_off = gl.expand_dims(gl.arange(0, SUM_ROWS, layout=gl.SliceLayout(1, sum_l)), 1) * BLOCK_N + \\",
-        "            gl.expand_dims(gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, sum_l)), 0)",
-        "        offs_nc = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, sum_l))",
-        "        for r in range(0, BLOCK_M, SUM_ROWS):",
-        "            tot = gl.zeros([SUM_ROWS, BLOCK_N], gl.float32, layout=sum_l)",
-        "            for q in range(first, last + 1):  # q's part is its last segment if q started before the tile",
-        "                q_slot = 2 * q + (q.to(gl.int64) * total // progs < t0).to(gl.int32)",
-        f"                tot += gl.load(ws_ptr + q_slot.to(gl.int64) * {tile_elems} + r * BLOCK_N + c_off,",
-        "                               cache_modifier=\".cg\")",
-        "            offs_mc = off_m + r + gl.arange(0, SUM_ROWS, layout=gl.SliceLayout(1, sum_l))",
-        "            gl.store(y_ptr + gl.expand_dims(offs_mc, 1) * stride_ym + gl.expand_dims(offs_nc, 0),",
-        "                     tot.to(gl.float16), mask=gl.expand_dims(offs_mc < M, 1) & gl.expand_dims(offs_nc < N, 0))",
+        *["        " + ln for ln in sum_lines(
+            s, ["for q in range(first, last + 1):  # q's part is its last segment if q started before the tile",
+                "    q_slot = 2 * q + (q.to(gl.int64) * total // progs < t0).to(gl.int32)"],
+            f"ws_ptr + q_slot.to(gl.int64) * {tile_elems} + gl.expand_dims(rows_c, 1) * BLOCK_N + "
+            "gl.expand_dims(cols_c, 0)", False)],
     ]
     return [
         "    # stream-K (wgmma_stream_k.py): this program's units [u0, u1) of the (tile, K step) units, tile-major, tiles",

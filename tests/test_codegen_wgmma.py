@@ -157,6 +157,14 @@ def test_static_sm90_tma_loop_with_scales_in_a_fits_two_programs_per_sm():
     assert waiters and all(w[0] > r["first_hgmma"] for w in waiters), (rows, r["first_hgmma"])
 
 
+def test_static_sm90_split_k_sum_costs_no_registers_over_the_k_loop():
+    """A split-K launch compiles the partial sums' epilogue in (SPLIT_K is not the constant 1): summed SUM_ROWS rows at
+    a time it stays within the K loop's registers (the whole-tile sum took 168 at m64 n64, where 4 programs per SM
+    need <= 128)."""
+    r = sass_report({**W4, "num_stages": 2}, "--split-k", "2")
+    assert r["registers"] <= 128 and r["local_memory"] == 0, r
+
+
 SMEM = {**W4, "block_m": 128, "block_n": 128, "num_warps": 8, "a_smem": True}
 
 
