@@ -13,6 +13,6 @@ source "$(dirname "$0")/gpu_prelude.sh" "$@"
 
 k_tails_check 1
 wgmma_check 2 benchmarks/cases/wgmma_scales_in_a.json "wgmma a_scales and stream_k specs"
-time_cases 3 benchmarks/cases/wgmma_scales_in_a.json "wgmma a_scales and stream_k" sa 250 29
-time_cases 4 benchmarks/cases/gemv_m1_l2_ahead.json "l2_ahead" l2 $(( 585 - $(date +%s) + T0 )) 18
+time_cases 3 benchmarks/cases/wgmma_scales_in_a.json "wgmma a_scales and stream_k" sa 200 16
+time_cases 4 benchmarks/cases/gemv_m1_l2_ahead.json "l2_ahead" l2 $(( 585 - $(date +%s) + T0 )) 13
 echo "--- total $(el)"
