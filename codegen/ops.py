@@ -342,9 +342,11 @@ def triton_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, gr
             try:  # multiply into fp16 weights (not fp16, or too large)
                 check_fp16_scales(scales, spec.bits)
             except ValueError:  # the same tile, or the registers tile of the wgmma's size, scales after each K step
+                if spec.stream_k:  # (its split_k was programs per SM)
+                    split_k = 1
                 spec = dataclasses.replace(spec, variant="gemm", block_m=max(16, spec.block_m), a_regs=True,
-                                           a_scales=False) if spec.variant == "wgmma" else dataclasses.replace(
-                    spec, a_scales=False)
+                                           a_scales=False, stream_k=False) if spec.variant == "wgmma" else \
+                    dataclasses.replace(spec, a_scales=False)
     elif spec.had_block and not had_block:
         raise ValueError(f"spec {spec.name()} fuses a Hadamard of {spec.had_block} but x was rotated separately")
     elif spec.x_glu != glu or spec.x_norm != (norm is not None):

@@ -200,6 +200,7 @@ _WGMMA = KernelSpec(bits=4, group_size=128, variant="wgmma", block_m=32, block_n
     (_SCALES_IN_A, dataclasses.replace(_SCALES_IN_A, a_scales=False)),
     (_WGMMA, dataclasses.replace(_WGMMA, variant="gemm", a_regs=True)),
     (dataclasses.replace(_WGMMA, a_scales=True), dataclasses.replace(_WGMMA, variant="gemm", a_regs=True)),
+    (dataclasses.replace(_WGMMA, a_scales=True, stream_k=True), dataclasses.replace(_WGMMA, variant="gemm", a_regs=True)),
 ])
 def test_tuned_scales_in_a_fall_back_for_scales_they_cannot_take(monkeypatch, spec, fallback):
     """A tuned choice that multiplies the scales into fp16 weights (a_scales, or the wgmma tile; cached per shape)
@@ -209,13 +210,13 @@ def test_tuned_scales_in_a_fall_back_for_scales_they_cannot_take(monkeypatch, sp
 
     n, k, m = 64, 512, 20
     d = make_case(4, "uniform", 1, 128, 0, m, n, k, seed=5)
-    monkeypatch.setattr(tune, "choose", lambda *a, **kw: (spec, 1))
+    monkeypatch.setattr(tune, "choose", lambda *a, **kw: (spec, 2 if spec.stream_k else 1))
     seen = []
     real = ops.launch
-    monkeypatch.setattr(ops, "launch", lambda s, *a, **kw: seen.append(s) or real(s, *a, **kw))
+    monkeypatch.setattr(ops, "launch", lambda s, sk, *a, **kw: seen.append((s, sk)) or real(s, sk, *a, **kw))
     y = ops.triton_qlinear(d["x"], d["packed"], d["scales"].float(), d["lut"], None, d["bias"], None, 4, 1, 128,
                            "uniform", n, k, 0)
-    assert seen == [fallback]
+    assert seen == [(fallback, 1)]  # (a stream_k choice's 2 programs per SM is no split-K count)
     check(y, reference(d, 4, 1, 128, "uniform", n, k, 0))
 
 
