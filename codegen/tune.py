@@ -50,8 +50,10 @@ GEMM_TILES = {
 }
 
 
-# the Gluon wgmma tile (KernelSpec variant "wgmma", gemm_wgmma.py) per M bucket: (m, n, warps, stages, a_regs),
-# n = 16 * warps; a_regs: the registers loop (words in registers, scales into A) instead of the TMA loop.
+# the Gluon wgmma tile (KernelSpec variant "wgmma", gemm_wgmma.py) per M bucket: (m, n, warps, stages, loop, per_sm),
+# n = 16 * warps; loop: WGMMA_LOOPS' key ("regs": words in registers and scales into A, _loop_regs; "tma": the TMA
+# loop, the step's sum scaled; "tma_sa": the TMA loop with scales into A); per_sm 0: a data-parallel grid (split-K
+# counts from _dot_splits), else stream-K with that many programs per SM (KernelSpec.stream_k).
 # H100, session 28 (benchmarks/results/time_specs_v28_wgmma_h100.tsv, w4 g128): M=64 m64 n64 108.8 / 106.0 us
 # (split 4 at 8192x28672) against the registers tile's 114.3 / 122.6; M=256 m128 n128 252.2 and m256 n128 split 2
 # 279.7 against 296.6 / 297.4. More stages or 16 warps were slower (fewer programs per SM), and so were two m64 row
@@ -59,12 +61,13 @@ GEMM_TILES = {
 # 121.1 vs 107.0 at M=64, m128 n256 8 warps 328.5 vs 249.5 at M=256). Session 30, tiles of <= 64 rows taking their
 # words through TMA (gemm_wgmma._loop_tma; time_specs_v30_wgmma_tma_words_h100.tsv): m64 n64 s2 80.2 / 81.8 (split 4)
 # where s3 ran 113.4 (its shared memory leaves fewer programs per SM), m64 n128 8 warps s2 83.2 / 90.7.
+WGMMA_LOOPS = {"regs": {"a_regs": True}, "tma": {}, "tma_sa": {"a_scales": True}}
 WGMMA_TILES = {
-    32: [(32, 64, 4, 2, False), (32, 64, 4, 3, False)],
-    64: [(64, 64, 4, 2, False), (64, 128, 8, 2, False)],
-    128: [(128, 128, 8, 3, True), (128, 128, 8, 2, False), (64, 64, 4, 2, False)],
-    256: [(128, 128, 8, 3, True), (128, 128, 8, 3, False), (128, 128, 8, 2, False), (256, 128, 8, 3, True),
-          (256, 128, 8, 2, True)],
+    32: [(32, 64, 4, 2, "tma", 0), (32, 64, 4, 3, "tma", 0)],
+    64: [(64, 64, 4, 2, "tma", 0), (64, 128, 8, 2, "tma", 0)],
+    128: [(128, 128, 8, 3, "regs", 0), (128, 128, 8, 2, "tma", 0), (64, 64, 4, 2, "tma", 0)],
+    256: [(128, 128, 8, 3, "regs", 0), (128, 128, 8, 3, "tma", 0), (128, 128, 8, 2, "tma", 0),
+          (256, 128, 8, 3, "regs", 0), (256, 128, 8, 2, "regs", 0)],
 }
 
 
@@ -92,13 +95,15 @@ def _wgmma_candidates(base: KernelSpec, m: int, n: int, k: int, sms: int) -> lis
     if k % 128:
         return []
     out = []
-    for bm, bn, warps, stages, a_regs in WGMMA_TILES.get(min(256, max(32, m_bucket(m))), []):
+    for bm, bn, warps, stages, loop, per_sm in WGMMA_TILES.get(min(256, max(32, m_bucket(m))), []):
+        fields = {"a_regs": False, "a_scales": False, **WGMMA_LOOPS[loop], "stream_k": per_sm > 0}
         try:
             spec = dataclasses.replace(base, variant="wgmma", block_m=bm, block_n=bn, block_k=128,
-                                       num_warps=warps, num_stages=stages, a_regs=a_regs, a_scales=False)
+                                       num_warps=warps, num_stages=stages, **fields)
         except KernelSpecError:  # not a width, grid or group the wgmma tile takes
             return []
-        out += [(spec, s) for s in _dot_splits(-(-m // bm) * -(-n // spec.block_n), k // 128, sms)]
+        splits = [per_sm] if per_sm else _dot_splits(-(-m // bm) * -(-n // spec.block_n), k // 128, sms)
+        out += [(spec, s) for s in splits]
     return out
 
 

@@ -310,8 +310,11 @@ def test_tuner_adds_wgmma_tiles_where_they_apply(m, n, k_tiles, bits, group):
     tiles = tune.WGMMA_TILES[min(256, max(32, tune.m_bucket(m)))]
     for spec, split in wg:
         spec.validate()
-        assert (spec.block_m, spec.block_n, spec.num_warps, spec.num_stages, spec.a_regs) in tiles
-        assert split == 1 or 2 * split <= k // 128
+        loop = next(name for name, f in tune.WGMMA_LOOPS.items()
+                    if (spec.a_regs, spec.a_scales) == (f.get("a_regs", False), f.get("a_scales", False)))
+        per_sm = split if spec.stream_k else 0
+        assert (spec.block_m, spec.block_n, spec.num_warps, spec.num_stages, loop, per_sm) in tiles
+        assert spec.stream_k or split == 1 or 2 * split <= k // 128
     assert all(s.variant == "gemm" for s, _ in cands if s.variant != "wgmma")
 
 
@@ -329,11 +332,15 @@ def test_check_cases_are_valid_wgmma_specs():
 
     root = Path(__file__).resolve().parents[1] / "benchmarks" / "cases"
     check = [KernelSpec(**c[0]) for c in json.loads((root / "wgmma_tuner_tiles.json").read_text())]
-    for name in ("wgmma_sweep.json", "wgmma_picks.json", "wgmma_two_blocks.json"):
+    for name in ("wgmma_sweep.json", "wgmma_picks.json", "wgmma_two_blocks.json", "wgmma_smem.json",
+                 "wgmma_scales_in_a.json"):
         for c in json.loads((root / name).read_text()):
             KernelSpec(**c[0])
-    covered = {(s.bits, s.block_m, s.block_n, s.num_warps, s.num_stages, s.a_regs) for s in check}
+    covered = {(s.bits, s.block_m, s.block_n, s.num_warps, s.num_stages, s.a_regs, s.a_scales, s.stream_k)
+               for s in check}
     for tiles in tune.WGMMA_TILES.values():
-        for tile in tiles:
+        for bm, bn, warps, stages, loop, per_sm in tiles:
+            f = tune.WGMMA_LOOPS[loop]
+            tile = (bm, bn, warps, stages, f.get("a_regs", False), f.get("a_scales", False), per_sm > 0)
             assert {(4, *tile), (8, *tile)} <= covered
     assert all(dataclasses.asdict(s)["variant"] == "wgmma" for s in check)
