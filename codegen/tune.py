@@ -61,12 +61,18 @@ GEMM_TILES = {
 # 121.1 vs 107.0 at M=64, m128 n256 8 warps 328.5 vs 249.5 at M=256). Session 30, tiles of <= 64 rows taking their
 # words through TMA (gemm_wgmma._loop_tma; time_specs_v30_wgmma_tma_words_h100.tsv): m64 n64 s2 80.2 / 81.8 (split 4)
 # where s3 ran 113.4 (its shared memory leaves fewer programs per SM), m64 n128 8 warps s2 83.2 / 90.7.
+# Session 35, the TMA loop with scales into A (128 registers at m128 n128 s2: two programs per SM;
+# time_specs_v35_wgmma_sa*_h100.tsv): M=256 206.3 / 203.5 us (split 2) against 253.6 / 257.9, M=128 106.4 against
+# 133.6, w8 M=256 316.6 against 477.4, 14336x4096 53.6 against 64.7; at M=64 m64 n64 level (79.5 / 79.3); m256 n128
+# 239.6; stream-K over it slower (292.6 / 293.5 at 2 per SM, 127.6 / 124.5 at M=64), so the tuner offers none.
 WGMMA_LOOPS = {"regs": {"a_regs": True}, "tma": {}, "tma_sa": {"a_scales": True}}
 WGMMA_TILES = {
     32: [(32, 64, 4, 2, "tma", 0), (32, 64, 4, 3, "tma", 0)],
     64: [(64, 64, 4, 2, "tma", 0), (64, 128, 8, 2, "tma", 0)],
-    128: [(128, 128, 8, 3, "regs", 0), (128, 128, 8, 2, "tma", 0), (64, 64, 4, 2, "tma", 0)],
-    256: [(128, 128, 8, 3, "regs", 0), (128, 128, 8, 3, "tma", 0), (128, 128, 8, 2, "tma", 0),
+    128: [(128, 128, 8, 2, "tma_sa", 0), (128, 128, 8, 3, "regs", 0), (128, 128, 8, 2, "tma", 0),
+          (64, 64, 4, 2, "tma", 0)],
+    256: [(128, 128, 8, 2, "tma_sa", 0), (128, 128, 8, 3, "regs", 0), (128, 128, 8, 3, "tma", 0),
+          (128, 128, 8, 2, "tma", 0),
           (256, 128, 8, 3, "regs", 0), (256, 128, 8, 2, "regs", 0)],
 }
 
@@ -299,7 +305,8 @@ def _key(base: KernelSpec, m: int, n: int, k: int, device) -> str:
     tried += "" if a_regs == _a_regs_default(device) else f"|a_regs {a_regs}"
     a_scales = a_scales_setting(device)
     tried += "" if a_scales == _a_regs_default(device) else f"|a_scales {a_scales}"
-    tried += "|wgmma19" if wgmma_setting(device) else ""  # (choices made before the wgmma tile's v19 are tuned again)
+    # (choices made before the a_scales TMA tile joined WGMMA_TILES, session 35, are tuned again)
+    tried += "|wgmma35" if wgmma_setting(device) else ""
     return f"{gpu}|m{m_bucket(m)}|{n}x{k}|{base.to_json()}{tried}"
 
 

@@ -323,7 +323,7 @@ def test_tuner_keys_wgmma_choices_apart(monkeypatch):
     base = KernelSpec(bits=4, group_size=128, block_m=1)
     off = tune._key(base, 64, 4096, 4096, torch.device("cpu"))
     monkeypatch.setattr(tune, "wgmma_setting", lambda device: True)
-    assert tune._key(base, 64, 4096, 4096, torch.device("cpu")) == off + "|wgmma19"
+    assert tune._key(base, 64, 4096, 4096, torch.device("cpu")) == off + "|wgmma35"
 
 
 def test_check_cases_are_valid_wgmma_specs():
