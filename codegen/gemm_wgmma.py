@@ -575,8 +575,16 @@ def launch(spec, kern, grid: tuple[int, int], x2, packed, scales, bias, y, ws, c
     run = functools.partial(kern.warmup, grid=grid) if warmup else kern[grid]
     w = w_descriptor(packed, spec.bits, spec.block_n) if tma_words(spec) else packed
     even = {} if tma_words(spec) else {"EVEN": n % spec.block_n == 0}
-    run(
-        x_descriptor(x2, spec.block_m), w, scales, bias if bias is not None else scales, y, ws, cnt,
-        x2.shape[0], n, k, packed.stride(0), scales.stride(0), y.stride(0), grid[1],
-        HAS_BIAS=bias is not None, num_warps=spec.num_warps, **even, **compile_options(spec, per_sm),
-    )
+    options = compile_options(spec, per_sm)
+    try:
+        run(
+            x_descriptor(x2, spec.block_m), w, scales, bias if bias is not None else scales, y, ws, cnt,
+            x2.shape[0], n, k, packed.stride(0), scales.stride(0), y.stride(0), grid[1],
+            HAS_BIAS=bias is not None, num_warps=spec.num_warps, **even, **options,
+        )
+    except Exception as e:  # ptxas C7602 (H100, session 35: a_scales m128 at 3 per SM, m256 at 2 and 3)
+        if "maxnreg" not in options or "Insufficient registers" not in str(e):
+            raise
+        raise ValueError(f"{spec.name()} at {per_sm} stream-K programs per SM: their register cap "
+                         f"({options['maxnreg']} a thread) is below what the tile needs (ptxas: insufficient "
+                         f"registers); use fewer programs per SM (1 lifts the cap to 255) or a smaller tile") from e

@@ -88,3 +88,34 @@ def test_static_sm90_stream_k_keeps_two_programs_per_sm():
     assert gemm_wgmma.compile_options(KernelSpec(**{**SK, "stream_k": False}), 2) == {}
     r = sass_report(SK, "--per-sm", "2")
     assert r["registers"] <= 128 and r["local_memory"] == 0 and len(r["wgmma_waits"]) == 1, r
+
+
+class _PtxasRefuses:
+    """A compiled kernel stand-in whose launch fails as ptxas did on the H100 for a_scales m256 n128 at 2 programs
+    per SM (session 35: C7602, the register cap below what the tile needs)."""
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            raise RuntimeError("PTXAS error: ptxas fatal   : (C7602) Insufficient registers (128) to compile "
+                               f"instruction (maxnreg {kwargs.get('maxnreg')})")
+        return run
+
+
+@pytest.mark.parametrize("stream_k", [True, False])
+def test_a_register_cap_too_low_for_the_tile_names_the_fix(stream_k):
+    import torch
+
+    spec = KernelSpec(**{**SK, "block_m": 256, "stream_k": stream_k})
+    n, k, m = 256, 256, 256
+    x2 = torch.randn(m, k).half()
+    packed = torch.randint(-2 ** 31, 2 ** 31 - 1, (n, k * spec.bits // 32), dtype=torch.int32)
+    scales = torch.rand(n, k // 128).half()
+    y = torch.empty(m, n).half()
+    args = (spec, _PtxasRefuses(), (2 if stream_k else 1, 1), x2, packed, scales, None, y, None, None, n, k)
+    if stream_k:  # the cap named with the way out
+        with pytest.raises(ValueError, match=r"2 stream-K programs per SM: their register cap \(128 a thread\).*"
+                                             r"use fewer programs per SM"):
+            gemm_wgmma.launch(*args, per_sm=2)
+    else:  # no cap of ours: ptxas' own error goes up unchanged
+        with pytest.raises(RuntimeError, match="C7602"):
+            gemm_wgmma.launch(*args, per_sm=2)
