@@ -165,6 +165,49 @@ def scoreboard_waits(sass_hex: str, holding: str | None = None) -> list[tuple[in
     return [d for d in loop if re.search(r"\bLDG|TRYWAIT|WARPGROUP.DEPBAR", d[1]) or set(d[3]) & sources]
 
 
+_HGMMA_A = re.compile(r"HGMMA\.64x\d+x16\S*\s+R\d+,\s+R(\d+),")  # A from registers: 4 per thread (8 fp16)
+_DEPBAR = re.compile(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s+(0x[0-9a-f]+|\d+)")
+_DEST = re.compile(r"^(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)\s+(R\d+)")
+_NO_DEST = ("ST", "RED", "ATOM", "BAR", "BRA", "SYNCS", "HGMMA", "WARPGROUP", "CCTL", "MEMBAR", "FENCE", "UTMA")
+
+
+def _dest_regs(instr: str) -> set[int]:
+    """Registers an instruction writes (its first operand; .64 / WIDE: two, .128: four); none for stores, branches,
+    barriers and the wgmma itself (its accumulator is its own)."""
+    m = _DEST.match(instr.strip())
+    if not m or m.group(1).startswith(_NO_DEST):
+        return set()
+    r = int(m.group(2)[1:])
+    n = 4 if ".128" in m.group(1) else 2 if (".64" in m.group(1) or ".WIDE" in m.group(1)) else 1
+    return set(range(r, r + n))
+
+
+def wgmma_a_hazards(body: list[str]) -> list[str]:
+    """Writes to a register an in-flight wgmma still reads as its A operand, in two passes over the K loop's SASS
+    (the second starts with what the first left in flight): each HGMMA puts its 4 A registers in flight, each
+    WARPGROUP.DEPBAR.LE gsb0, N retires all but the N most recent. A wgmma reads A until it is retired, and nothing
+    promises that ptxas's allocation respects that (NOTES_kernels.md, session 28: a wait one step late computed
+    wrong results so), so a loop that keeps wgmmas in flight across K steps must come out of this empty. Branches
+    inside the loop (the mbarrier retry) are read straight through."""
+    flight: list[tuple[int, set[int]]] = []
+    out = []
+    for rnd in range(2):
+        for i, ins in enumerate(body):
+            if (m := _HGMMA_A.search(ins)):
+                a = int(m.group(1))
+                flight.append((i, set(range(a, a + 4))))
+                continue
+            if (m := _DEPBAR.search(ins)):
+                keep = int(m.group(1), 0)
+                flight = flight[len(flight) - keep:] if keep else []
+                continue
+            hit = _dest_regs(ins) & set().union(*(r for _, r in flight))
+            if hit:
+                who = [body[j] for j, r in flight if r & hit]
+                out.append(f"pass {rnd + 1}: {ins.strip()} writes R{min(hit)} read by in-flight {who[0].strip()}")
+    return out
+
+
 def opcode(instr: str) -> str:
     op = instr.split()[0] if not instr.startswith("@") else instr.split()[1]
     return op
@@ -185,6 +228,7 @@ def report(spec, kernel, sass: str) -> dict:
             "barriers": sum(v for k, v in ops.items() if k.startswith("BAR")),
             "local_memory": sum(v for k, v in ops.items() if k.startswith(("LDL", "STL"))),
             "wgmma_waits": [i for i in body if i.startswith("WARPGROUP.DEPBAR")],
+            "wgmma_a_hazards": wgmma_a_hazards(body) if spec.variant == "wgmma" else [],
             "shared_bytes": getattr(md, "shared", None), "opcodes": dict(ops.most_common())}
 
 
@@ -233,6 +277,9 @@ def main(argv=None) -> int:
           f"shared stores {r['shared_stores']} / loads {r['shared_loads']}, barriers {r['barriers']}; "
           f"{r['registers']} registers")
     print("  " + ", ".join(f"{k} {v}" for k, v in list(r["opcodes"].items())[:16]))
+    if spec.variant == "wgmma":
+        hz = r["wgmma_a_hazards"]
+        print(f"wgmma A-register hazards: {len(hz)}" + "".join(f"\n  {h}" for h in hz[:8]))
     if args.waits:
         print("K loop scoreboards (address, sets, waits for, instruction):")
         for addr, ins, wb, waits in r["scoreboards"]:

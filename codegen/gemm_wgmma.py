@@ -72,6 +72,16 @@ def smem_bytes(bits: int, block_m: int, block_n: int, num_stages: int, a_smem: b
     return num_stages * (block_m * 256 + block_n * 16 * bits) + (2 * block_n * 256 if a_smem else 0)
 
 
+def ring_eligible(bits: int, block_m: int, block_n: int, num_stages: int, words_in_ring: bool) -> str | None:
+    """None if the ring of a TMA or registers loop fits one program's shared memory, else why not (a_smem's own
+    buffers: smem_eligible)."""
+    need = smem_bytes(bits, block_m, block_n, num_stages, False) if words_in_ring else num_stages * block_m * 256
+    if need > SMEM_BYTES:
+        return (f"needs {need} bytes of shared memory for {num_stages} stages > {SMEM_BYTES}: fewer stages or a "
+                f"smaller tile")
+    return None
+
+
 def smem_eligible(bits: int, block_m: int, block_n: int, num_warps: int, num_stages: int, a_regs: bool) -> str | None:
     """None if a wgmma spec may take a_smem (_loop_smem), else why not."""
     if a_regs:
@@ -164,23 +174,25 @@ def _ring_lines(s) -> list[str]:
     stage = "(g + p) % STAGES" if s.stream_k else "p"
     return [
         *([] if s.stream_k else ring_alloc_lines(s)),
-        f"    for p in gl.static_range(STAGES - {2 if s.a_smem else 1}):  # the first steps",
+        f"    for p in gl.static_range(STAGES - {2 if s.a_smem or s.rolling_wait else 1}):  # the first steps",
         "        if lo + p < hi:",
         f"            {_fill_call(s, stage, 'lo + p')}",
     ]
 
 
 def _step_head_lines(s, version: tuple[int, int]) -> list[str]:
-    """A K step's start: refill the stage the step before used (its wgmmas finished at the last wait)."""
+    """A K step's start: refill the stage the step before used (its wgmmas finished at the last wait); with
+    rolling_wait the stage of step it - 2 (step it - 1's wgmmas are still in flight)."""
+    back = 2 if s.rolling_wait else 1
     return [
         "        it = g + step - lo  # (stream_k: the ring's steps count on across the program's tiles)" if s.stream_k
         else "        it = step - lo",
-        "        # the stage of step it - 1 is free: its wgmmas finished at the last wait",
-        "        nxt = step + STAGES - 1",
-        *([f"        {barrier_name(version)}()  # every warp group has retired step it - 1 (the copy must not "
+        f"        # the stage of step it - {back} is free: its wgmmas were retired by the waits before this step",
+        f"        nxt = step + STAGES - {back}",
+        *([f"        {barrier_name(version)}()  # every warp group has retired step it - {back} (the copy must not "
            "overwrite its x)"] if s.num_warps > 4 else []),
         "        if nxt < hi:",
-        f"            {_fill_call(s, '(it + STAGES - 1) % STAGES', 'nxt')}",
+        f"            {_fill_call(s, f'(it + STAGES - {back}) % STAGES', 'nxt')}",
     ]
 
 
@@ -208,6 +220,32 @@ def _slot_lines(s, step_sum: bool) -> list[str]:
     cur = ", ".join(f"a{j}" for j in range(slots))
     # the A operands as deps: their registers stay untouched until the wgmmas that read them are retired
     return L + [f"        {acc}, {cur} = warpgroup_mma_wait(num_outstanding=0, deps=({acc}, {cur}))"]
+
+
+def _rolling_slot_lines(s) -> list[str]:
+    """rolling_wait: slot j's wgmma is followed by a wait until at most slots - 1 wgmmas are in flight, which retires
+    the oldest: slot j + 1 of the step before (after the last slot: slot 0 of this step), the one whose A registers
+    the next dequantization rewrites. No wait drains the step, so the tensor cores run the in-flight slots while the
+    next ones (and the next step's head) are dequantized. The wait ends the slot, so acc leaves the loop body as the
+    tensor it entered as. A wgmma reads its A registers until it is retired; ptxas keeps each slot's registers apart
+    in this loop (no new value lands in registers an in-flight wgmma reads: benchmarks/kernel_sass.py's
+    wgmma_a_hazards, tests/test_codegen_wgmma.py) and serializes the wgmmas with a full wait where it cannot (a wait
+    one whole step late: NOTES_kernels.md, session 36)."""
+    W0 = 4 * s.bits
+    slots = 32 // s.bits
+    L = []
+    for j in range(slots):
+        half, off = divmod(j * W0, HALF)
+        nj = (j + 1) % slots
+        L += [
+            f"        a{j} = gl.inline_asm_elementwise(SLOT_{j}, \"=r,r,r\", [words], dtype=gl.float16, is_pure=True,",
+            "                                         pack=2) * sc",
+            f"        b = xs.index(2 * st + {half}).slice({off}, {W0}, dim=1).permute((1, 0))  # x^T, codes {j * W0}..",
+            f"        acc = warpgroup_mma(a{j}, b, acc, is_async=True)",
+            f"        acc = warpgroup_mma_wait(num_outstanding={slots - 1}, deps=(acc,))  # retires "
+            + (f"slot {nj} of step it - 1" if nj else "slot 0 of step it"),
+        ]
+    return L
 
 
 def _loop_regs(s, version: tuple[int, int]) -> list[str]:
@@ -282,6 +320,7 @@ def _loop_tma(s, version: tuple[int, int]) -> list[str]:
             "    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)",
             f"    scl = gl.load(s_ptrs + {_scale_col(s, 'lo')})",
         ]
+
     else:
         L = [
             "    # group scales along the accumulator's rows (they scale each K step's wgmma sum, after the step)",
@@ -305,8 +344,10 @@ def _loop_tma(s, version: tuple[int, int]) -> list[str]:
     cvt = "gl.inline_asm_elementwise(CVT_LO, \"=f,r\", [scl_n], dtype=gl.float32, is_pure=True, pack=1)"
     if s.a_scales:
         L.append("        sc = gl.expand_dims(scl, 1)")
-        L += _slot_lines(s, step_sum=False)
+        L += _rolling_slot_lines(s) if s.rolling_wait else _slot_lines(s, step_sum=False)
         L.append(f"        scl = {cvt}.to(gl.float16)")
+        if s.rolling_wait:
+            L.append("    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))")
         return L
     L += _slot_lines(s, step_sum=True)
     L += [

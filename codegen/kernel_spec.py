@@ -21,6 +21,8 @@ Three spec families come from one renderer (render.py):
   With a_scales: the TMA loop multiplies the scales into A (one accumulator, no second one for the step's sum).
   With a_smem: the scaled weights are stored into two shared-memory A buffers and SS wgmmas stay in flight across
   K steps. With stream_k: a fixed grid of programs shares out the (tile, K step) units (wgmma_stream_k.py).
+  With rolling_wait (on a_scales): each slot waits only for its own slot of the step before, so the wgmmas stay in
+  flight across K steps.
   Uniform grid, 4/8-bit codes, fp16, groups of 128k; the tuner tries it on sm_90 GPUs for M > 16 (tune.WGMMA_TILES).
 
 Fields that are not a kernel's text (the shape, the split count) stay out of it, so one compiled kernel
@@ -80,6 +82,9 @@ class KernelSpec:
     stream_k: bool = False  # wgmma TMA loop: a fixed grid of programs (the launch's split_k per SM) shares out the
     # (output tile, K step) units evenly, so no last wave of tiles runs on part of the GPU; tiles split between
     # programs are summed through the workspace (wgmma_stream_k.py)
+    rolling_wait: bool = False  # wgmma TMA loop with a_scales: no wait at a K step's end; before slot j is
+    # dequantized, one wait retires the step before's slot j, so the tensor cores run the slots still in flight
+    # meanwhile (gemm_wgmma._rolling_slot_lines); needs num_stages >= 3 (a stage stays in use one step longer)
 
     def __post_init__(self):
         self.validate()
@@ -133,11 +138,18 @@ class KernelSpec:
             if why is None and self.a_scales and (self.a_regs or self.a_smem):
                 why = ("takes a_scales only on its TMA loop (a_regs' registers loop multiplies the scales into A "
                        "anyway, a_smem's too)")
+            if why is None and not self.a_smem:
+                why = gemm_wgmma.ring_eligible(self.bits, self.block_m, self.block_n, self.num_stages, not self.a_regs)
             if why is None and self.a_smem:
                 why = gemm_wgmma.smem_eligible(self.bits, self.block_m, self.block_n, self.num_warps, self.num_stages,
                                                self.a_regs)
             if why is None and self.stream_k and (self.a_regs or self.a_smem):
                 why = "takes stream_k on its TMA loop only (not with a_regs or a_smem)"
+            if why is None and self.rolling_wait and not (self.a_scales and self.num_stages >= 3
+                                                          and not self.stream_k):
+                why = (f"takes rolling_wait only with a_scales, without stream_k and with num_stages >= 3 (a stage "
+                       f"is read one K step longer), got a_scales={self.a_scales}, stream_k={self.stream_k}, "
+                       f"num_stages={self.num_stages}")
             if why is None and self.block_m > 128 and not (self.a_regs or self.a_smem or self.a_scales):
                 why = (f"needs a_regs, a_smem or a_scales at block_m > 128, got {self.block_m} (the TMA loop's second "
                        f"accumulator, one K step's sum, would not fit in registers)")
@@ -158,6 +170,8 @@ class KernelSpec:
                 f"K steps (beyond the registers' prefetch distance num_stages - 1), got {self.l2_ahead!r}")
         if self.stream_k and self.variant != "wgmma":
             bad("stream_k (units of work shared out over a fixed grid) needs the wgmma variant")
+        if self.rolling_wait and self.variant != "wgmma":
+            bad("rolling_wait (the wgmma's wait before each slot) needs the wgmma variant")
         if self.a_smem and self.variant != "wgmma":
             bad("a_smem (weights through shared memory) needs the wgmma variant")
         if self.a_regs and self.variant != "wgmma":  # (wgmma: a_regs picks its registers loop, gemm_wgmma.py)
@@ -215,7 +229,7 @@ class KernelSpec:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         # (added later: off, they stay out, so earlier specs keep their JSON, digest and tuning keys)
-        for late in ("a_regs", "a_scales", "x_ahead", "a_smem", "l2_ahead", "stream_k"):
+        for late in ("a_regs", "a_scales", "x_ahead", "a_smem", "l2_ahead", "stream_k", "rolling_wait"):
             if not d[late]:
                 del d[late]
         return d
@@ -240,7 +254,7 @@ class KernelSpec:
             f"{'_ra' if self.a_regs else ''}{('s' if self.a_regs else '_sa') if self.a_scales else ''}"
             f"{'_as' if self.a_smem else ''}"
             f"{f'_l2p{self.l2_ahead}' if self.l2_ahead else ''}{'_sk' if self.stream_k else ''}"
-            f"_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
+            f"{'_rw' if self.rolling_wait else ''}_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
         )
 
     def digest(self) -> str:
