@@ -345,7 +345,8 @@ def triton_qlinear(x, packed, scales, lut, offsets, bias, had_signs, bits, p, gr
                 if spec.stream_k:  # (its split_k was programs per SM)
                     split_k = 1
                 spec = dataclasses.replace(spec, variant="gemm", block_m=max(16, spec.block_m), a_regs=True,
-                                           a_scales=False, stream_k=False) if spec.variant == "wgmma" else \
+                                           a_scales=False, stream_k=False, rolling_wait=False) \
+                    if spec.variant == "wgmma" else \
                     dataclasses.replace(spec, a_scales=False)
     elif spec.had_block and not had_block:
         raise ValueError(f"spec {spec.name()} fuses a Hadamard of {spec.had_block} but x was rotated separately")

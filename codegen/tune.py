@@ -65,13 +65,19 @@ GEMM_TILES = {
 # time_specs_v35_wgmma_sa*_h100.tsv): M=256 206.3 / 203.5 us (split 2) against 253.6 / 257.9, M=128 106.4 against
 # 133.6, w8 M=256 316.6 against 477.4, 14336x4096 53.6 against 64.7; at M=64 m64 n64 level (79.5 / 79.3); m256 n128
 # 239.6; stream-K over it slower (292.6 / 293.5 at 2 per SM, 127.6 / 124.5 at M=64), so the tuner offers none.
-WGMMA_LOOPS = {"regs": {"a_regs": True}, "tma": {}, "tma_sa": {"a_scales": True}}
+# Session 36, "tma_sa_rw": that loop with rolling_wait (a wait per slot for the step before's slot, no drain per
+# step; time_specs_v36_wgmma_rolling_wait_h100.tsv): m256 n128 s3 (one program per SM) 188.1 / 186.9 us (split 2)
+# against sa m128 n128's 207.8 / 207.6 and fp16's 200.4 / 188.4; w8 m128 n128 s3 270.9 against 317.0 (w8 m256 s3
+# does not fit shared memory); at M=128 rw m128 s3 124.8 against 107.0, at M=64 rw m64 n64 s3 104.3 against 83.3.
+WGMMA_LOOPS = {"regs": {"a_regs": True}, "tma": {}, "tma_sa": {"a_scales": True},
+               "tma_sa_rw": {"a_scales": True, "rolling_wait": True}}
 WGMMA_TILES = {
     32: [(32, 64, 4, 2, "tma", 0), (32, 64, 4, 3, "tma", 0)],
     64: [(64, 64, 4, 2, "tma", 0), (64, 128, 8, 2, "tma", 0)],
     128: [(128, 128, 8, 2, "tma_sa", 0), (128, 128, 8, 3, "regs", 0), (128, 128, 8, 2, "tma", 0),
           (64, 64, 4, 2, "tma", 0)],
-    256: [(128, 128, 8, 2, "tma_sa", 0), (128, 128, 8, 3, "regs", 0), (128, 128, 8, 3, "tma", 0),
+    256: [(256, 128, 8, 3, "tma_sa_rw", 0), (128, 128, 8, 2, "tma_sa", 0), (128, 128, 8, 3, "tma_sa_rw", 0),
+          (128, 128, 8, 3, "regs", 0), (128, 128, 8, 3, "tma", 0),
           (128, 128, 8, 2, "tma", 0),
           (256, 128, 8, 3, "regs", 0), (256, 128, 8, 2, "regs", 0)],
 }
@@ -102,12 +108,13 @@ def _wgmma_candidates(base: KernelSpec, m: int, n: int, k: int, sms: int) -> lis
         return []
     out = []
     for bm, bn, warps, stages, loop, per_sm in WGMMA_TILES.get(min(256, max(32, m_bucket(m))), []):
-        fields = {"a_regs": False, "a_scales": False, **WGMMA_LOOPS[loop], "stream_k": per_sm > 0}
+        fields = {"a_regs": False, "a_scales": False, "rolling_wait": False, **WGMMA_LOOPS[loop],
+                  "stream_k": per_sm > 0}
         try:
             spec = dataclasses.replace(base, variant="wgmma", block_m=bm, block_n=bn, block_k=128,
                                        num_warps=warps, num_stages=stages, **fields)
-        except KernelSpecError:  # not a width, grid or group the wgmma tile takes
-            return []
+        except KernelSpecError:  # not a width, grid or group the wgmma tile takes, or a tile too big at this width
+            continue
         splits = [per_sm] if per_sm else _dot_splits(-(-m // bm) * -(-n // spec.block_n), k // 128, sms)
         out += [(spec, s) for s in splits]
     return out
@@ -306,7 +313,7 @@ def _key(base: KernelSpec, m: int, n: int, k: int, device) -> str:
     a_scales = a_scales_setting(device)
     tried += "" if a_scales == _a_regs_default(device) else f"|a_scales {a_scales}"
     # (choices made before the a_scales TMA tile joined WGMMA_TILES, session 35, are tuned again)
-    tried += "|wgmma35" if wgmma_setting(device) else ""
+    tried += "|wgmma36" if wgmma_setting(device) else ""
     return f"{gpu}|m{m_bucket(m)}|{n}x{k}|{base.to_json()}{tried}"
 
 

@@ -201,6 +201,8 @@ _WGMMA = KernelSpec(bits=4, group_size=128, variant="wgmma", block_m=32, block_n
     (_WGMMA, dataclasses.replace(_WGMMA, variant="gemm", a_regs=True)),
     (dataclasses.replace(_WGMMA, a_scales=True), dataclasses.replace(_WGMMA, variant="gemm", a_regs=True)),
     (dataclasses.replace(_WGMMA, a_scales=True, stream_k=True), dataclasses.replace(_WGMMA, variant="gemm", a_regs=True)),
+    (dataclasses.replace(_WGMMA, a_scales=True, rolling_wait=True),
+     dataclasses.replace(_WGMMA, variant="gemm", a_regs=True)),
 ])
 def test_tuned_scales_in_a_fall_back_for_scales_they_cannot_take(monkeypatch, spec, fallback):
     """A tuned choice that multiplies the scales into fp16 weights (a_scales, or the wgmma tile; cached per shape)
