@@ -291,7 +291,7 @@ def main():
                                  TBs=nbytes / us / 1e6, x_copy=nbytes / us / 1e6 / bw, x_fp16=fp16_us[m] / us,
                                  relerr=err, kernel=f"{spec.variant}:n{spec.block_n}k{spec.block_k}m{spec.block_m}"
                                  f"w{spec.num_warps}s{spec.num_stages}x{split}{'ra' if spec.a_regs else ''}"
-                                 f"{'s' if spec.a_scales else ''}",
+                                 f"{'s' if spec.a_scales else ''}{'rw' if spec.rolling_wait else ''}",
                                  status="ok" if err < 1e-2 else "BAD")
                         except Exception as e:
                             traceback.print_exc()
