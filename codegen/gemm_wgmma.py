@@ -229,7 +229,7 @@ def _rolling_slot_lines(s) -> list[str]:
     next ones (and the next step's head) are dequantized. The wait ends the slot, so acc leaves the loop body as the
     tensor it entered as. A wgmma reads its A registers until it is retired; ptxas keeps each slot's registers apart
     in this loop (no new value lands in registers an in-flight wgmma reads: benchmarks/kernel_sass.py's
-    wgmma_a_hazards, tests/test_codegen_wgmma.py) and serializes the wgmmas with a full wait where it cannot (a wait
+    wgmma_a_hazards, tests/test_wgmma_rolling_wait.py) and serializes the wgmmas with a full wait where it cannot (a wait
     one whole step late: NOTES_kernels.md, session 36)."""
     W0 = 4 * s.bits
     slots = 32 // s.bits
@@ -320,7 +320,6 @@ def _loop_tma(s, version: tuple[int, int]) -> list[str]:
             "    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)",
             f"    scl = gl.load(s_ptrs + {_scale_col(s, 'lo')})",
         ]
-
     else:
         L = [
             "    # group scales along the accumulator's rows (they scale each K step's wgmma sum, after the step)",

@@ -21,8 +21,8 @@ Three spec families come from one renderer (render.py):
   With a_scales: the TMA loop multiplies the scales into A (one accumulator, no second one for the step's sum).
   With a_smem: the scaled weights are stored into two shared-memory A buffers and SS wgmmas stay in flight across
   K steps. With stream_k: a fixed grid of programs shares out the (tile, K step) units (wgmma_stream_k.py).
-  With rolling_wait (on a_scales): each slot waits only for its own slot of the step before, so the wgmmas stay in
-  flight across K steps.
+  With rolling_wait (on a_scales): a wait after each slot retires only the step before's matching slot, so the
+  wgmmas stay in flight across K steps.
   Uniform grid, 4/8-bit codes, fp16, groups of 128k; the tuner tries it on sm_90 GPUs for M > 16 (tune.WGMMA_TILES).
 
 Fields that are not a kernel's text (the shape, the split count) stay out of it, so one compiled kernel
@@ -82,9 +82,10 @@ class KernelSpec:
     stream_k: bool = False  # wgmma TMA loop: a fixed grid of programs (the launch's split_k per SM) shares out the
     # (output tile, K step) units evenly, so no last wave of tiles runs on part of the GPU; tiles split between
     # programs are summed through the workspace (wgmma_stream_k.py)
-    rolling_wait: bool = False  # wgmma TMA loop with a_scales: no wait at a K step's end; before slot j is
-    # dequantized, one wait retires the step before's slot j, so the tensor cores run the slots still in flight
-    # meanwhile (gemm_wgmma._rolling_slot_lines); needs num_stages >= 3 (a stage stays in use one step longer)
+    rolling_wait: bool = False  # wgmma TMA loop with a_scales: no wait drains a K step; after each slot's wgmma
+    # one wait retires the oldest in flight (the step before's next slot, whose registers the next dequantization
+    # rewrites), so the tensor cores run the slots still in flight meanwhile (gemm_wgmma._rolling_slot_lines); needs
+    # num_stages >= 3 (a stage stays in use one step longer)
 
     def __post_init__(self):
         self.validate()
@@ -254,7 +255,8 @@ class KernelSpec:
             f"{'_ra' if self.a_regs else ''}{('s' if self.a_regs else '_sa') if self.a_scales else ''}"
             f"{'_as' if self.a_smem else ''}"
             f"{f'_l2p{self.l2_ahead}' if self.l2_ahead else ''}{'_sk' if self.stream_k else ''}"
-            f"{'_rw' if self.rolling_wait else ''}_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
+            f"{'_rw' if self.rolling_wait else ''}"
+            f"_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
         )
 
     def digest(self) -> str:
