@@ -201,50 +201,47 @@ def _scale_col(s, step: str) -> str:
     return "0" if s.group_size == -1 else f"({step} * 128) // {s.group_size}"
 
 
-def _slot_lines(s, step_sum: bool) -> list[str]:
-    """Each slot's dequantization and async wgmma, then the step's one wait. step_sum (the TMA loop): the wgmmas sum
-    into acc_s from scratch at slot 0, the scale applied after; else they chain on acc, each slot times the scale sc."""
+def _slot_issue_lines(s, j: int, step_sum: bool) -> list[str]:
+    """Slot j's dequantization and async wgmma. step_sum (the TMA loop): the wgmmas sum into acc_s from scratch at
+    slot 0, the scale applied after the step; else they chain on acc, each slot times the scale sc."""
     W0 = 4 * s.bits
+    half, off = divmod(j * W0, HALF)
+    acc = "acc_s" if step_sum else "acc"
+    use = f"use_acc={j > 0}, " if step_sum else ""
+    return [
+        f"        a{j} = gl.inline_asm_elementwise(SLOT_{j}, \"=r,r,r\", [words], dtype=gl.float16, is_pure=True,",
+        "                                         pack=2)" + ("" if step_sum else " * sc"),
+        f"        b = xs.index(2 * st + {half}).slice({off}, {W0}, dim=1).permute((1, 0))  # x^T, codes {j * W0}..",
+        f"        {acc} = warpgroup_mma(a{j}, b, {acc}, {use}is_async=True)",
+    ]
+
+
+def _slot_lines(s, step_sum: bool) -> list[str]:
+    """Each slot's dequantization and async wgmma (_slot_issue_lines), then the step's one wait."""
     slots = 32 // s.bits
     acc = "acc_s" if step_sum else "acc"
-    L = []
-    for j in range(slots):
-        half, off = divmod(j * W0, HALF)
-        use = f"use_acc={j > 0}, " if step_sum else ""
-        L += [
-            f"        a{j} = gl.inline_asm_elementwise(SLOT_{j}, \"=r,r,r\", [words], dtype=gl.float16, is_pure=True,",
-            "                                         pack=2)" + ("" if step_sum else " * sc"),
-            f"        b = xs.index(2 * st + {half}).slice({off}, {W0}, dim=1).permute((1, 0))  # x^T, codes {j * W0}..",
-            f"        {acc} = warpgroup_mma(a{j}, b, {acc}, {use}is_async=True)",
-        ]
+    L = [ln for j in range(slots) for ln in _slot_issue_lines(s, j, step_sum)]
     cur = ", ".join(f"a{j}" for j in range(slots))
     # the A operands as deps: their registers stay untouched until the wgmmas that read them are retired
     return L + [f"        {acc}, {cur} = warpgroup_mma_wait(num_outstanding=0, deps=({acc}, {cur}))"]
 
 
 def _rolling_slot_lines(s) -> list[str]:
-    """rolling_wait: slot j's wgmma is followed by a wait until at most slots - 1 wgmmas are in flight, which retires
-    the oldest: slot j + 1 of the step before (after the last slot: slot 0 of this step), the one whose A registers
-    the next dequantization rewrites. No wait drains the step, so the tensor cores run the in-flight slots while the
-    next ones (and the next step's head) are dequantized. The wait ends the slot, so acc leaves the loop body as the
-    tensor it entered as. A wgmma reads its A registers until it is retired; ptxas keeps each slot's registers apart
-    in this loop (no new value lands in registers an in-flight wgmma reads: benchmarks/kernel_sass.py's
-    wgmma_a_hazards, tests/test_wgmma_rolling_wait.py) and serializes the wgmmas with a full wait where it cannot (a wait
-    one whole step late: NOTES_kernels.md, session 36)."""
-    W0 = 4 * s.bits
+    """rolling_wait: slot j's wgmma (_slot_issue_lines) is followed by a wait until at most slots - 1 wgmmas are in
+    flight, which retires the oldest: slot j + 1 of the step before (after the last slot: slot 0 of this step), the
+    one whose A registers the next dequantization rewrites. No wait drains the step, so the tensor cores run the
+    in-flight slots while the next ones (and the next step's head) are dequantized. The wait ends the slot, so acc
+    leaves the loop body as the tensor it entered as. A wgmma reads its A registers until it is retired; ptxas keeps
+    each slot's registers apart in this loop (no new value lands in registers an in-flight wgmma reads:
+    benchmarks/kernel_sass.py's wgmma_a_hazards, tests/test_wgmma_rolling_wait.py) and serializes the wgmmas with a
+    full wait where it cannot (a wait one whole step late: NOTES_kernels.md, session 36)."""
     slots = 32 // s.bits
     L = []
     for j in range(slots):
-        half, off = divmod(j * W0, HALF)
         nj = (j + 1) % slots
-        L += [
-            f"        a{j} = gl.inline_asm_elementwise(SLOT_{j}, \"=r,r,r\", [words], dtype=gl.float16, is_pure=True,",
-            "                                         pack=2) * sc",
-            f"        b = xs.index(2 * st + {half}).slice({off}, {W0}, dim=1).permute((1, 0))  # x^T, codes {j * W0}..",
-            f"        acc = warpgroup_mma(a{j}, b, acc, is_async=True)",
-            f"        acc = warpgroup_mma_wait(num_outstanding={slots - 1}, deps=(acc,))  # retires "
-            + (f"slot {nj} of step it - 1" if nj else "slot 0 of step it"),
-        ]
+        L += _slot_issue_lines(s, j, step_sum=False)
+        L.append(f"        acc = warpgroup_mma_wait(num_outstanding={slots - 1}, deps=(acc,))  # retires "
+                 + (f"slot {nj} of step it - 1" if nj else "slot 0 of step it"))
     return L
 
 

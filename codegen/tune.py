@@ -312,7 +312,7 @@ def _key(base: KernelSpec, m: int, n: int, k: int, device) -> str:
     tried += "" if a_regs == _a_regs_default(device) else f"|a_regs {a_regs}"
     a_scales = a_scales_setting(device)
     tried += "" if a_scales == _a_regs_default(device) else f"|a_scales {a_scales}"
-    # (choices made before the a_scales TMA tile joined WGMMA_TILES, session 35, are tuned again)
+    # (choices made before the rolling-wait tiles joined WGMMA_TILES, session 36, are tuned again)
     tried += "|wgmma36" if wgmma_setting(device) else ""
     return f"{gpu}|m{m_bucket(m)}|{n}x{k}|{base.to_json()}{tried}"
 
