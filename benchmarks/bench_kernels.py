@@ -25,7 +25,27 @@ import traceback
 import torch
 import torch.nn.functional as F
 
-from qcomp.codegen.tune import graph_time_us  # noqa: F401 - also imported from here by sweep/ab scripts
+from qcomp.codegen.tune import graph_time_us as _graph_time_us
+
+
+def _graph_calls_setting() -> int:
+    raw = os.environ.get("QCOMP_BENCH_GRAPH_CALLS", "32").strip()
+    if not raw.isdigit() or int(raw) < 1:
+        raise SystemExit(f"QCOMP_BENCH_GRAPH_CALLS={raw!r}: give the least number of calls per timed CUDA graph (>= 1; "
+                         f"1 times one call per weight copy, as before session 37)")
+    return int(raw)
+
+
+# Calls per timed CUDA graph, at least (the weight copies cycled): until session 36 a graph held one call per copy,
+# 2-3 for the big shapes, and each call carried a third to a half of the replay's launch cost (session 37 measured
+# both ways in one run: RESULTS_kernels.md). --graph-calls or QCOMP_BENCH_GRAPH_CALLS set it; 1 is the old way.
+GRAPH_CALLS = _graph_calls_setting()
+
+
+def graph_time_us(fns, replays: int = 15) -> float:
+    """Median µs per call (codegen.tune.graph_time_us) with at least GRAPH_CALLS calls per graph; also imported from
+    here by the sweep, A/B and time_specs scripts."""
+    return _graph_time_us(fns, replays, min_calls=GRAPH_CALLS)
 
 SHAPES = [(28672, 8192), (8192, 28672), (4096, 4096), (14336, 4096), (4096, 14336)]  # target shapes first
 MS = [1, 16, 64, 256]
@@ -191,6 +211,7 @@ def _shape(text: str) -> tuple[int, int]:
 
 
 def main():
+    global GRAPH_CALLS
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="one shape, M in {1, 16, 256}, b in {2, 4}")
     ap.add_argument("--budget", type=float, default=420, help="seconds; later configs are skipped past it")
@@ -205,7 +226,14 @@ def main():
     ap.add_argument("--grids", default=",".join(GRIDS), help="comma-separated grids (uniform, lut)")
     ap.add_argument("--hads", default=",".join(map(str, HADS)), help="comma-separated Hadamard blocks (0: none)")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    ap.add_argument("--graph-calls", type=int, default=None,
+                    help=f"least calls per timed CUDA graph, the weight copies cycled (default {GRAPH_CALLS}; 1: one "
+                         "call per copy, as before session 37)")
     args = ap.parse_args()
+    if args.graph_calls is not None:
+        if args.graph_calls < 1:
+            ap.error(f"--graph-calls must be >= 1, got {args.graph_calls}")
+        GRAPH_CALLS = args.graph_calls
     unknown = [p for p in args.peers.split(",") if p and p not in PEERS]
     if unknown and not args.no_peers:
         ap.error(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}")
@@ -223,7 +251,8 @@ def main():
     t_start = time.time()
     name = torch.cuda.get_device_name()
     bw = copy_bandwidth()
-    log(f"GPU {name} | torch {torch.__version__} | copy 1 GiB D2D (read+write): {bw:.2f} TB/s")
+    log(f"GPU {name} | torch {torch.__version__} | copy 1 GiB D2D (read+write): {bw:.2f} TB/s | timed CUDA graphs "
+        f"of >= {GRAPH_CALLS} calls")
     configs = [(n, k, m, b, g, h) for n, k in shapes for m in ms for b in bits_list for g in GRIDS for h in HADS]
     precompile(configs, args.workers)
 
@@ -291,7 +320,9 @@ def main():
                                  TBs=nbytes / us / 1e6, x_copy=nbytes / us / 1e6 / bw, x_fp16=fp16_us[m] / us,
                                  relerr=err, kernel=f"{spec.variant}:n{spec.block_n}k{spec.block_k}m{spec.block_m}"
                                  f"w{spec.num_warps}s{spec.num_stages}x{split}{'ra' if spec.a_regs else ''}"
-                                 f"{'s' if spec.a_scales else ''}{'rw' if spec.rolling_wait else ''}",
+                                 f"{'s' if spec.a_scales else ''}{'rw' if spec.rolling_wait else ''}"
+                                 f"{'hx' if spec.had_scratch else ''}{'ho' if spec.had_once else ''}"
+                                 f"{'cpa' if spec.cp_async else ''}",
                                  status="ok" if err < 1e-2 else "BAD")
                         except Exception as e:
                             traceback.print_exc()

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_kernels  # noqa: E402
 from bench_kernels import copies_for, copy_bandwidth, graph_time_us, log, relerr  # noqa: E402
 
 
@@ -43,13 +44,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "time_specs_out"))
     args = ap.parse_args(argv)
     cases = load_cases(args.cases)
+    from qcomp.codegen.hadamard_util import rotate_blocks
     from qcomp.codegen.kernel_spec import KernelSpec
     from qcomp.codegen.ops import launch, reference_weight
     from qcomp.codegen.packing import pack_codes
 
     os.makedirs(args.out, exist_ok=True)
     bw = copy_bandwidth()
-    log(f"GPU {torch.cuda.get_device_name()} | torch {torch.__version__} | copy {bw:.2f} TB/s")
+    log(f"GPU {torch.cuda.get_device_name()} | torch {torch.__version__} | copy {bw:.2f} TB/s | timed CUDA graphs of "
+        f">= {bench_kernels.GRAPH_CALLS} calls (QCOMP_BENCH_GRAPH_CALLS)")
     gen = torch.Generator().manual_seed(0)
     rows, fp16 = [], {}
     tsv = open(os.path.join(args.out, "time_specs.tsv"), "w")
@@ -63,7 +66,9 @@ def main(argv=None) -> int:
         lut = torch.sort(torch.randn(2 ** spec.bits, generator=gen))[0].reshape(-1, 1).repeat(1, spec.p).float().cuda()
         dtype = torch.bfloat16 if spec.act_dtype == "bf16" else torch.float16
         x = torch.randn(m, k, generator=gen).to(dtype).cuda()
-        signs = torch.ones(1, device="cuda")
+        h = spec.had_block  # a fused rotation: random signs, and the reference rotates x as the kernel does
+        signs = (torch.randint(0, 2, (h,), generator=gen) * 2 - 1).float().cuda() if h else torch.ones(1, device="cuda")
+        xr = rotate_blocks(x.float(), signs, h) if h else x.float()
         if (n, k, m, dtype) not in fp16:
             w16 = (torch.randn(n, k, generator=gen) * 0.02).to(dtype).cuda()
             wc = [w16] + [w16.clone() for _ in range(copies_for(w16.numel() * 2) - 1)]
@@ -74,7 +79,7 @@ def main(argv=None) -> int:
         nbytes = packed.numel() * 4 + scales.numel() * 2
         pcs = [packed] + [packed.clone() for _ in range(copies_for(nbytes) - 1)]
         try:
-            err = relerr(launch(spec, split, x, packed, scales, lut, None, None, signs, n, k), x.float() @ what.t())
+            err = relerr(launch(spec, split, x, packed, scales, lut, None, None, signs, n, k), xr @ what.t())
             us = graph_time_us([lambda p_=p_: launch(spec, split, x, p_, scales, lut, None, None, signs, n, k)
                                 for p_ in pcs])
         except Exception as e:  # (resources: a tile too large for this GPU) reported, the others go on

@@ -86,6 +86,12 @@ class KernelSpec:
     # one wait retires the oldest in flight (the step before's next slot, whose registers the next dequantization
     # rewrites), so the tensor cores run the slots still in flight meanwhile (gemm_wgmma._rolling_slot_lines); needs
     # num_stages >= 3 (a stage stays in use one step longer)
+    had_once: bool = False  # gemv + fused Hadamard on the half2 path: each program rotates its K range of x once,
+    # before the K loop, into scratch as the loop's fp16 pairs (render._had_once_prologue); the loop then loads the
+    # pairs instead of rotating each step's chunk (no butterflies, layout moves or barriers among its weight loads)
+    cp_async: bool = False  # gemv: no register prefetch in the text; the K loop is a tl.range with num_stages, so
+    # Triton's pipeliner copies its loads (words, x, scales) num_stages - 1 steps ahead into shared memory by cp.async:
+    # data in flight takes no registers (render.prefetch_distance)
 
     def __post_init__(self):
         self.validate()
@@ -158,6 +164,19 @@ class KernelSpec:
                 bad(f"variant 'wgmma' (Gluon, sm_90) {why}")
         if self.had_scratch and not (h and self.variant == "gemv"):
             bad("had_scratch needs the gemv variant with a fused Hadamard")
+        if self.cp_async and not (self.variant == "gemv" and self.num_stages >= 2 and not self.x_ahead
+                                  and not self.l2_ahead):
+            bad("cp_async needs the gemv variant with num_stages >= 2 (the steps in flight) and neither x_ahead nor "
+                "l2_ahead (both belong to the register prefetch it replaces)")
+        if self.had_once:
+            from .render import use_half2
+
+            if not (h and self.variant == "gemv" and use_half2(self)):
+                bad("had_once needs the gemv variant with a fused Hadamard on the half2 path (uniform codes of 1..7 "
+                    "bits or a 2/4-bit table, scales per row or K step)")
+            if self.had_scratch or self.x_norm or self.x_ahead:
+                bad("had_once rotates x once before the K loop: it takes no had_scratch (per-step scratch rows), "
+                    "x_norm (the norm's sum of squares is taken per step) or x_ahead (x is not loaded in the loop)")
         if self.x_glu and self.variant != "gemv":
             bad("x_glu needs the gemv variant (ops.py applies silu(gate) * up in torch before a gemm)")
         if self.x_norm and (self.variant != "gemv" or self.x_glu):
@@ -230,7 +249,8 @@ class KernelSpec:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         # (added later: off, they stay out, so earlier specs keep their JSON, digest and tuning keys)
-        for late in ("a_regs", "a_scales", "x_ahead", "a_smem", "l2_ahead", "stream_k", "rolling_wait"):
+        for late in ("a_regs", "a_scales", "x_ahead", "a_smem", "l2_ahead", "stream_k", "rolling_wait", "had_once",
+                     "cp_async"):
             if not d[late]:
                 del d[late]
         return d
@@ -248,14 +268,15 @@ class KernelSpec:
     def name(self) -> str:
         g = "ch" if self.group_size == -1 else str(self.group_size)
         grid = f"lut{self.p}" if self.grid == "lut" else self.grid
-        had = (f"_h{self.had_block}" + ("x" if self.had_scratch else "")) if self.had_block else ""
+        had = (f"_h{self.had_block}" + ("x" if self.had_scratch else "o" if self.had_once else "")) if self.had_block \
+            else ""
         return (
             f"qlinear_{self.variant}_w{self.bits}_{grid}_g{g}_{self.act_dtype}{had}{'_glu' if self.x_glu else ''}"
             f"{'_rms' if self.x_norm else ''}{'_xa' if self.x_ahead else ''}"
             f"{'_ra' if self.a_regs else ''}{('s' if self.a_regs else '_sa') if self.a_scales else ''}"
             f"{'_as' if self.a_smem else ''}"
             f"{f'_l2p{self.l2_ahead}' if self.l2_ahead else ''}{'_sk' if self.stream_k else ''}"
-            f"{'_rw' if self.rolling_wait else ''}"
+            f"{'_rw' if self.rolling_wait else ''}{'_cpa' if self.cp_async else ''}"
             f"_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
         )
 

@@ -664,7 +664,7 @@ def _load_planes(s: KernelSpec, step: str = "step", suffix: str = "") -> list[st
 def prefetch_distance(s: KernelSpec) -> int:
     """GEMV: how many K steps ahead the weight words are loaded (num_stages - 1; Triton pipelines only loads that
     feed tl.dot, so the GEMV's software pipeline is written out in its text). 0: each step loads, then waits."""
-    return max(0, s.num_stages - 1) if s.variant == "gemv" else 0
+    return max(0, s.num_stages - 1) if s.variant == "gemv" and not s.cp_async else 0
 
 
 def _prologue_step(i: int) -> str:
@@ -811,9 +811,10 @@ def _x_prologue(s: KernelSpec) -> list[str]:
     return L
 
 
-def _hadamard_x(s: KernelSpec, m: int, dt: str) -> list[str]:
+def _hadamard_x(s: KernelSpec, m: int, dt: str, pairs_only: bool = False) -> list[str]:
     """Rotate row m's x chunk in registers (fast Walsh-Hadamard, log2 h butterfly stages), then split it into
-    the per-slot column vectors x{m}_{j}_{e} the dequantized words pair with."""
+    the per-slot column vectors x{m}_{j}_{e} the dequantized words pair with. pairs_only (half2 path, had_once's
+    prologue): stop at xt, the [C, pairs] int32 tensor of the step's fp16 pairs."""
     h = s.had_block
     W0, S, P = s.tile_cols, s.col_slots, s.p
     kt = s.block_k // P // 128
@@ -832,7 +833,7 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str) -> list[str]:
         ]
         d *= 2
     L.append(f"xk = xk * ({h ** -0.5!r} * xs{m})" if use_half2(s) else f"xk = xk * {h ** -0.5!r}")
-    if s.had_scratch:
+    if s.had_scratch and not pairs_only:
         # Triton would otherwise move x into the words' layout after the first butterfly and run the other six
         # there, every thread of a column redoing its 32 values (16x the work at 64 threads and 4 columns). Through
         # a scratch row (two per program and activation row, by step parity: one barrier per step suffices) the
@@ -866,11 +867,40 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str) -> list[str]:
         assert half2_pairs(s) == [(i, i + H) for i in range(H)]
         L += [f"xlo, xhi = tl.split(tl.permute(tl.reshape(xk, (C, 2, {H})), (0, 2, 1)))  # slots i and i + {H}",
               "xt = _xpair(xlo, xhi)  # [C, pairs] int32: two fp16 each"]
+        if pairs_only:
+            return L
         tree("xt", H, list(range(H)), lambda i: f"xp{m}_{i}")
     else:
         L.append("xt = xk")
         tree("xt", S * P, list(range(S * P)), lambda l: f"x{m}_{l // P}_{l % P}")
     return L
+
+
+def _had_once_slot(s: KernelSpec, m: int) -> str:
+    """had_once: the scratch offset of row m's pairs of K step `step` (i * C + c within it: pair i, column c)."""
+    return f"scr_once + ((step - step_lo) * BLOCK_M + {m}) * ({len(half2_pairs(s))} * C)"
+
+
+def _had_once_prologue(s: KernelSpec, dt: str) -> list[str]:
+    """had_once, before the K loop: every K step of the program's range rotated once (_hadamard_x up to the fp16
+    pairs) and stored to the program's scratch in ws (after the split-K partials; ops.launch sizes it), [step, row,
+    pair, column]; then one CTA barrier, so every thread's pairs are stored before the loop reads any."""
+    npairs = len(half2_pairs(s))
+    L = [f"# this program's scratch: [K steps of the largest split, BLOCK_M, {npairs} pairs, C] int32 (as float32 bits)",
+         "scr_once = ws_ptr + SPLIT_K * M * N + ((pid_m * tl.num_programs(1) + pid_k) * tl.num_programs(0) + pid_n) "
+         f"* (tl.cdiv(n_steps, SPLIT_K) * BLOCK_M * {npairs} * C)",
+         f"scr_pc = tl.arange(0, {npairs})[None, :] * C + offs_c[:, None]  # [C, pairs] offsets within a row's step",
+         "for step in range(step_lo, step_hi):  # rotated once per program, not once per K step of the loop"]
+    for m in range(s.block_m):
+        L += ["    " + x for x in _hadamard_x(s, m, dt, pairs_only=True)]
+        L.append(f"    tl.store({_had_once_slot(s, m)} + scr_pc, xt.to(tl.float32, bitcast=True))")
+    return L + ["tl.debug_barrier()  # the pairs of every thread are stored before any thread loads them"]
+
+
+def _had_once_loads(s: KernelSpec, m: int) -> list[str]:
+    """had_once, in the K loop: row m's fp16 pairs of this step from the program's scratch (L2: .cg)."""
+    return [f"xp{m}_{i} = tl.load({_had_once_slot(s, m)} + {i} * C + offs_c, cache_modifier=\".cg\").to(tl.int32, "
+            "bitcast=True)" for i in range(len(half2_pairs(s)))]
 
 
 def _row_scale_names(s: KernelSpec) -> list[str]:
@@ -1016,13 +1046,18 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
         L += _half2_masks(s)
     if s.x_ahead:  # after the PDL wait: x may be the previous kernel's output
         L += _x_prologue(s)
+    if s.had_once:  # (after the PDL wait and the x scale)
+        L += _had_once_prologue(s, dt)
     loop = _prefetch_step(s) if prefetch_distance(s) else _load_planes(s)
     if s.x_ahead:
         loop += _x_ahead_loads(s)
     if s.x_norm and not s.had_block:
         for m in ms:
             loop += _norm_ssq(m)
-    if s.had_block:
+    if s.had_once:
+        for m in ms:
+            loop += _had_once_loads(s, m)
+    elif s.had_block:
         for m in ms:
             loop += _hadamard_x(s, m, dt)
     else:
@@ -1072,8 +1107,11 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
     if mode == "channel" and s.grid == "uniform_asym":
         L += [f"xsum{m} = tl.zeros((C,), dtype=tl.float32)" for m in ms]
     unroll = prefetch_distance(s) + 1 if GEMV_UNROLL and prefetch_distance(s) else 1
-    L.append(f"for step in tl.range(step_lo, step_hi, loop_unroll_factor={unroll}):  # buffers take turns, no moves"
-             if unroll > 1 else "for step in range(step_lo, step_hi):")
+    if s.cp_async:  # Triton's pipeliner: the loop's loads go to shared memory by cp.async, num_stages - 1 steps ahead
+        L.append(f"for step in tl.range(step_lo, step_hi, num_stages={s.num_stages}):")
+    else:
+        L.append(f"for step in tl.range(step_lo, step_hi, loop_unroll_factor={unroll}):  # buffers take turns, no moves"
+                 if unroll > 1 else "for step in range(step_lo, step_hi):")
     L += ["    " + x for x in loop]
     # epilogue: one reduction per row
     if mode == "channel":

@@ -24,7 +24,7 @@ import threading
 import torch
 
 from .kernel_spec import KernelSpec, KernelSpecError
-from .render import cache_dir
+from .render import cache_dir, use_half2
 
 _CHOICES: dict[str, tuple[dict, int]] = {}
 _LOCK = threading.Lock()
@@ -89,6 +89,23 @@ def gemv_x_ahead(base: KernelSpec, block_m: int) -> bool:
     was 17-26 % slower with it and w4 level, and other grids, rotations and row counts were not timed."""
     return (block_m == 1 and base.code_bits == 2 and base.grid == "uniform"
             and not (base.had_block or base.x_glu or base.x_norm))
+
+
+GEMV_CP_ASYNC_STAGES = 4  # the cp_async twin of a gemv tile: 3 K steps in flight in shared memory
+
+
+def gemv_cp_async_setting(device) -> bool:
+    """Whether the tuner also tries each gemv tile with cp_async (KernelSpec.cp_async): on CUDA unless
+    QCOMP_GEMV_CP_ASYNC=0; never in the CPU interpreter, which runs the same text either way."""
+    raw = os.environ.get("QCOMP_GEMV_CP_ASYNC", "").strip()
+    if raw not in ("", "0", "1"):
+        raise ValueError(f"QCOMP_GEMV_CP_ASYNC={raw!r}: use 0 (off) or 1 (on; the default on CUDA)")
+    return raw != "0" and _on_cuda(device)
+
+
+def gemv_cp_async_twin(spec: KernelSpec) -> KernelSpec:
+    """A gemv tile's cp_async twin: GEMV_CP_ASYNC_STAGES stages, no x_ahead (it belongs to the register prefetch)."""
+    return dataclasses.replace(spec, cp_async=True, num_stages=GEMV_CP_ASYNC_STAGES, x_ahead=False)
 
 
 def wgmma_setting(device) -> bool:
@@ -214,9 +231,16 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
                                            num_warps=warps, num_stages=2, x_ahead=gemv_x_ahead(base, bm))
                 for split in _gemv_splits(-(-n // bn) * -(-m // bm), -(-k // bk), sms):
                     out.append((spec, split))
+                    if gemv_cp_async_setting(device):  # the K loop's loads copied ahead by cp.async, no registers
+                        out.append((gemv_cp_async_twin(spec), split))
                     if base.had_block:  # the rotated x through a scratch row (kernel_spec.had_scratch): fewer
                         # instructions, one more L2 trip
                         out.append((dataclasses.replace(spec, had_scratch=True), split))
+                        if not (base.x_norm or spec.x_ahead) and use_half2(spec):  # rotated once per program
+                            once = dataclasses.replace(spec, had_once=True)  # (kernel_spec.had_once)
+                            out.append((once, split))
+                            if gemv_cp_async_setting(device):
+                                out.append((gemv_cp_async_twin(once), split))
         out += dots
     else:
         if base.had_block or base.x_glu or base.x_norm:
@@ -314,7 +338,9 @@ def _key(base: KernelSpec, m: int, n: int, k: int, device) -> str:
     tried += "" if a_scales == _a_regs_default(device) else f"|a_scales {a_scales}"
     # (choices made before the rolling-wait tiles joined WGMMA_TILES, session 36, are tuned again)
     tried += "|wgmma36" if wgmma_setting(device) else ""
-    return f"{gpu}|m{m_bucket(m)}|{n}x{k}|{base.to_json()}{tried}"
+    # (gemv choices made before had_once and the cp_async twins joined the candidates, session 37, are tuned again)
+    had = "|gemv37" if m <= 16 and gemv_cp_async_setting(device) else "|had37" if base.had_block and m <= 16 else ""
+    return f"{gpu}|m{m_bucket(m)}|{n}x{k}|{base.to_json()}{had}{tried}"
 
 
 def _file():
@@ -354,10 +380,16 @@ def _flush_buffer(device) -> torch.Tensor:
     return _FLUSH[key]
 
 
-def graph_time_us(fns, replays: int = 15) -> float:
+def graph_time_us(fns, replays: int = 15, min_calls: int = 1) -> float:
     """Median µs per call of CUDA-graph replays of the calls fns (captured in order; no Python between them). The
-    tuner passes one call TUNE_REPS times; the benchmarks one call per weight copy (copies past L2)."""
+    tuner passes one call TUNE_REPS times; the benchmarks one call per weight copy (copies past L2), cycled until the
+    graph holds at least min_calls calls: a replay's own cost (the host's graph launch, which the GPU waits for after
+    the start event) is then shared by that many calls instead of the 2-3 copies of a large weight."""
     import statistics
+
+    if min_calls < 1:
+        raise ValueError(f"min_calls must be >= 1, got {min_calls}")
+    fns = list(fns) * -(-min_calls // len(fns))
 
     dev = torch.cuda.current_device()
     if str(dev) not in _SIDE:

@@ -668,6 +668,83 @@ def test_gemv_rotated_x_through_scratch(bits, grid, p, act, m, split, k):
     assert torch.allclose(y.float(), run_kernel(d, base, split, n, k).float(), rtol=0, atol=1e-2)
 
 
+@pytest.mark.parametrize("bits,grid,act,m,split,k,had,g", [
+    (2, "uniform", "fp16", 1, 3, 640, 128, 128),  # the M=1 decode case; 5 K steps over 3 splits (1, 2, 2)
+    (3, "uniform", "bf16", 1, 1, 512, 128, 128),  # trio words, bf16 x
+    (4, "uniform", "fp16", 2, 4, 384, 64, 128),  # two activation rows, a smaller block, more splits than steps
+    (1, "uniform", "bf16", 3, 2, 768, 256, 256),  # ragged rows, the largest fused block (K steps of 256)
+    (5, "uniform", "fp16", 1, 2, 384, 128, 128),  # two planes
+    (6, "uniform", "bf16", 4, 2, 384, 128, -1),  # two planes, four rows, one scale per row
+    (4, "lut", "fp16", 1, 2, 512, 128, 128),  # a 4-bit table in registers
+])
+def test_gemv_rotated_x_once_per_program(bits, grid, act, m, split, k, had, g):
+    """had_once: each program rotates its K range of x once, before the K loop, into scratch as fp16 pairs, and the
+    loop loads them: every width class (1-bit, trio, two planes, table), row count and split (one with more splits
+    than K steps), ragged N and M; the result matches the reference, and the per-step rotation up to rounding."""
+    n = 40
+    dt = torch.float16 if act == "fp16" else torch.bfloat16
+    d = make_case(bits, grid, 1, g, had, m, n, k, seed=bits * 13 + m + k)
+    d["x"] = d["x"].to(dt)
+    base = KernelSpec(bits=bits, grid=grid, group_size=g, act_dtype=act, had_block=had, variant="gemv",
+                      block_m=1 << (m - 1).bit_length(), block_n=16, block_k=max(128, had), num_warps=2,
+                      num_stages=2)
+    spec = dataclasses.replace(base, had_once=True)
+    src = kernel_source(spec)
+    assert src.count("tl.store(scr_once") == spec.block_m and "xt = _xpair" in src
+    loop = src[src.index("for step in range(step_lo, step_hi):", src.index("tl.debug_barrier()")):]
+    assert "tl.split" not in loop and "_xpair" not in loop  # no rotation left in the K loop
+    assert spec.name() == base.name().replace(f"_h{had}_", f"_h{had}o_")
+    ref = reference(d, bits, 1, g, grid, n, k, had)
+    y = run_kernel(d, spec, split, n, k)
+    check(y, ref, tol=2e-3 if act == "fp16" else 8e-3)
+    assert torch.allclose(y.float(), run_kernel(d, base, split, n, k).float(), rtol=0, atol=1e-2)
+
+
+def test_had_once_scope():
+    """had_once needs the half2 path's pairs and a rotation, and takes none of the per-step x options."""
+    ok = dict(bits=2, variant="gemv", block_m=1, block_n=64, block_k=128, had_block=128, had_once=True)
+    KernelSpec(**ok)
+    for bad in ({"had_block": 0}, {"bits": 8}, {"variant": "gemm", "block_m": 16}, {"had_scratch": True},
+                {"x_norm": True}, {"x_ahead": True}):
+        with pytest.raises(KernelSpecError, match="had_once"):
+            KernelSpec(**{**ok, **bad})
+
+
+@pytest.mark.parametrize("bits,grid,act,m,split,k,had,once", [
+    (2, "uniform", "fp16", 1, 3, 640, 0, False),  # the M=1 case of the tuner, 5 K steps over 3 splits
+    (3, "uniform", "bf16", 2, 1, 512, 0, False),  # trio words, two rows
+    (5, "uniform", "fp16", 1, 2, 384, 128, False),  # two planes, the per-step rotation
+    (2, "uniform", "fp16", 1, 2, 512, 128, True),  # with had_once
+    (8, "uniform_asym", "bf16", 3, 2, 384, 0, False),  # fp32 arithmetic, offsets, ragged rows
+    (4, "lut", "fp16", 1, 1, 256, 0, False),
+])
+def test_gemv_cp_async_pipeline(bits, grid, act, m, split, k, had, once):
+    """cp_async: no register prefetch in the text, the K loop a tl.range with num_stages (Triton's pipeliner copies
+    its loads ahead into shared memory on a GPU); the result matches the reference and the register-prefetch kernel."""
+    n = 40
+    dt = torch.float16 if act == "fp16" else torch.bfloat16
+    d = make_case(bits, grid, 1, 128, had, m, n, k, seed=bits * 17 + m + k)
+    d["x"] = d["x"].to(dt)
+    base = KernelSpec(bits=bits, grid=grid, group_size=128, act_dtype=act, had_block=had, variant="gemv",
+                      block_m=1 << (m - 1).bit_length(), block_n=16, block_k=128, num_warps=2, num_stages=3,
+                      had_once=once)
+    spec = dataclasses.replace(base, cp_async=True)
+    src = kernel_source(spec)
+    assert "for step in tl.range(step_lo, step_hi, num_stages=3):" in src and "_p0" not in src
+    assert "_p0" in kernel_source(base) and spec.name().endswith("_cpa_m" + base.name().split("_m")[-1])
+    y = run_kernel(d, spec, split, n, k)
+    check(y, reference(d, bits, 1, 128, grid, n, k, had), tol=2e-3 if act == "fp16" else 8e-3)
+    assert torch.allclose(y.float(), run_kernel(d, base, split, n, k).float(), rtol=0, atol=1e-2)
+
+
+def test_cp_async_scope():
+    ok = dict(bits=4, variant="gemv", block_m=1, block_n=64, block_k=128, num_stages=3, cp_async=True)
+    KernelSpec(**ok)
+    for bad in ({"num_stages": 1}, {"x_ahead": True}, {"l2_ahead": 4}, {"variant": "gemm", "block_m": 16}):
+        with pytest.raises(KernelSpecError, match="cp_async"):
+            KernelSpec(**{**ok, **bad})
+
+
 def test_had_scratch_needs_a_fused_rotation():
     with pytest.raises(KernelSpecError, match="had_scratch"):
         KernelSpec(had_scratch=True, block_k=128)

@@ -109,3 +109,16 @@ def test_l2_ahead_loop_issues_one_bulk_prefetch_per_row_group_and_plane(bits, bl
     plain, ahead = sass_report(spec), sass_report({**spec, "l2_ahead": 4})
     assert ahead["opcodes"].get("UBLKPF.L2") == per_step and "UBLKPF.L2" not in plain["opcodes"]
     assert ahead["global_loads"] == plain["global_loads"] and ahead["local_memory"] == 0
+
+
+def test_cp_async_gemv_loop_copies_its_words_into_shared_memory():
+    """KernelSpec.cp_async on sm_90: the GEMV's K loop issues its loads as cp.async copies into shared memory
+    (LDGSTS, committed per step: LDGDEPBAR) and reads them back from there (LDS), where the register-prefetch text
+    loads the words into registers (LDG.E.128) and has no LDGSTS; neither spills."""
+    spec = {"bits": 4, "variant": "gemv", "block_m": 1, "block_n": 64, "block_k": 128, "num_warps": 2, "num_stages": 4}
+    plain, cpa = sass_report(spec), sass_report({**spec, "cp_async": True})
+    ldgsts = sum(v for op, v in cpa["opcodes"].items() if op.startswith("LDGSTS"))
+    assert ldgsts >= 4 and cpa["opcodes"].get("LDGDEPBAR", 0) >= 1
+    assert any(op.startswith("LDS") for op in cpa["opcodes"])
+    assert not any(op.startswith("LDGSTS") for op in plain["opcodes"]) and plain["opcodes"].get("LDG.E.128", 0) >= 4
+    assert cpa["local_memory"] == 0 and plain["local_memory"] == 0
