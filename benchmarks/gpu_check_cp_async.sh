@@ -1,7 +1,7 @@
 #!/bin/bash
 # One device call (<= 10 min): the M=1 GEMV with Triton's cp.async pipeline (KernelSpec.cp_async: the K loop's loads
 # go to shared memory num_stages - 1 steps ahead, taking no registers) against the register prefetch, then the #5
-# M=1 matrix with the tuner offering both.
+# M=1 matrix with the tuner offering both (QCOMP_GEMV_CP_ASYNC=1; off by default since session 37).
 #   1. benchmarks/cases/gemv_cp_async.json: the session-37 picks with the register prefetch and as cp_async s3/s4/s6,
 #      splits that fill whole waves, had_once with cp_async; checked against the reference and timed (at most
 #      CASES_S seconds, 240 by default)
@@ -11,7 +11,7 @@ source "$(dirname "$0")/gpu_prelude.sh" "$@"
 time_cases 1 benchmarks/cases/gemv_cp_async.json "cp.async pipeline against the register prefetch" cp_async \
     "${CASES_S:-240}" 40
 echo "--- 2. M=1 matrix with the tuner $(el)"
-timeout $(( ${TOTAL_S:-570} - $(date +%s) + T0 )) python3 benchmarks/bench_kernels.py --out "$OUT/kernels" \
+QCOMP_GEMV_CP_ASYNC=${QCOMP_GEMV_CP_ASYNC:-1} timeout $(( ${TOTAL_S:-570} - $(date +%s) + T0 )) python3 benchmarks/bench_kernels.py --out "$OUT/kernels" \
     --shapes 2 --bits 4,2,3,8 --ms 1 --grids uniform --hads 0,128 --no-peers --budget 240 --workers 14 2>&1 \
     | grep -vE "Warning|warn\(" | tail -30
 echo "--- total $(el)"

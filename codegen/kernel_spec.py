@@ -91,7 +91,8 @@ class KernelSpec:
     # pairs instead of rotating each step's chunk (no butterflies, layout moves or barriers among its weight loads)
     cp_async: bool = False  # gemv: no register prefetch in the text; the K loop is a tl.range with num_stages, so
     # Triton's pipeliner copies its loads (words, x, scales) num_stages - 1 steps ahead into shared memory by cp.async:
-    # data in flight takes no registers (render.prefetch_distance)
+    # data in flight takes no registers (render.prefetch_distance). Slower than the register prefetch on the H200
+    # (session 37); the tuner tries it only with QCOMP_GEMV_CP_ASYNC=1
 
     def __post_init__(self):
         self.validate()

@@ -95,12 +95,14 @@ GEMV_CP_ASYNC_STAGES = 4  # the cp_async twin of a gemv tile: 3 K steps in fligh
 
 
 def gemv_cp_async_setting(device) -> bool:
-    """Whether the tuner also tries each gemv tile with cp_async (KernelSpec.cp_async): on CUDA unless
-    QCOMP_GEMV_CP_ASYNC=0; never in the CPU interpreter, which runs the same text either way."""
+    """Whether the tuner also tries each gemv tile with cp_async (KernelSpec.cp_async): only with
+    QCOMP_GEMV_CP_ASYNC=1, and only on CUDA (the CPU interpreter runs the same text either way). Off by default: on
+    the H200 (session 37, results/time_specs_v37_gemv_cp_async_h200.tsv) the cp.async pipeline ran 4-24 % slower
+    than the register prefetch at every width but w8 (1.5 % faster, within noise) and made tuning twice as long."""
     raw = os.environ.get("QCOMP_GEMV_CP_ASYNC", "").strip()
     if raw not in ("", "0", "1"):
-        raise ValueError(f"QCOMP_GEMV_CP_ASYNC={raw!r}: use 0 (off) or 1 (on; the default on CUDA)")
-    return raw != "0" and _on_cuda(device)
+        raise ValueError(f"QCOMP_GEMV_CP_ASYNC={raw!r}: use 1 (on) or 0 (off, the default)")
+    return raw == "1" and _on_cuda(device)
 
 
 def gemv_cp_async_twin(spec: KernelSpec) -> KernelSpec:
@@ -338,8 +340,10 @@ def _key(base: KernelSpec, m: int, n: int, k: int, device) -> str:
     tried += "" if a_scales == _a_regs_default(device) else f"|a_scales {a_scales}"
     # (choices made before the rolling-wait tiles joined WGMMA_TILES, session 36, are tuned again)
     tried += "|wgmma36" if wgmma_setting(device) else ""
-    # (gemv choices made before had_once and the cp_async twins joined the candidates, session 37, are tuned again)
-    had = "|gemv37" if m <= 16 and gemv_cp_async_setting(device) else "|had37" if base.had_block and m <= 16 else ""
+    # (fused rotations at M <= 16 chosen before had_once joined the gemv candidates, session 37, are tuned again;
+    # choices among the cp_async twins, QCOMP_GEMV_CP_ASYNC=1, are kept apart)
+    had = "|had37" if base.had_block and m <= 16 else ""
+    tried += "|cp_async" if m <= 16 and gemv_cp_async_setting(device) else ""
     return f"{gpu}|m{m_bucket(m)}|{n}x{k}|{base.to_json()}{had}{tried}"
 
 
