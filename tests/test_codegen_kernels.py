@@ -762,7 +762,7 @@ def test_had_scratch_needs_a_fused_rotation():
     (2, "lut", 2, "bf16", 128, False, 1, 1, 256),
     (6, "uniform_asym", 1, "bf16", 128, False, 2, 2, 384),
 ])
-def test_gemv_glu_reads_silu_gate_times_up(bits, grid, p, act, had, scratch, m, split, k, x_ahead=False):
+def test_gemv_glu_reads_silu_gate_times_up(bits, grid, p, act, had, scratch, m, split, k, x_ahead=False, once=False):
     """x_glu: x rows are [gate | up] (2k wide) and the kernel applies silu(gate) * up while loading x, rounded like
     torch's two ops in x's dtype; it matches the reference on silu(gate) * up computed by torch, for every path that
     loads x (fused rotation, scratch row, half2 pairs, fp32, lut, split-K, ragged N and M)."""
@@ -773,7 +773,7 @@ def test_gemv_glu_reads_silu_gate_times_up(bits, grid, p, act, had, scratch, m, 
     d["x"] = (torch.randn(m, 2 * k, generator=gen) * 2).to(dt)  # fresh [gate | up] rows, gates on both sides of 0
     spec = KernelSpec(bits=bits, grid=grid, p=p, group_size=128, act_dtype=act, had_block=had, variant="gemv",
                       block_m=1 << (m - 1).bit_length(), block_n=16, block_k=128 * p, x_glu=True,
-                      had_scratch=scratch, x_ahead=x_ahead)
+                      had_scratch=scratch, x_ahead=x_ahead, had_once=once)
     src = kernel_source(spec)
     assert "def _glu(" in src and "stride_xm + K + " in src and spec.name().endswith(spec.name().split("_glu")[1])
     out = torch.full((m, n), float("nan"), dtype=dt)
@@ -791,6 +791,13 @@ def test_gemv_glu_reads_silu_gate_times_up(bits, grid, p, act, had, scratch, m, 
 def test_gemv_glu_x_ahead(bits, act, had, m, split, k):
     """x_ahead with x_glu: silu(gate) * up of the steps ahead, plain and rotated."""
     test_gemv_glu_reads_silu_gate_times_up(bits, "uniform", 1, act, had, False, m, split, k, x_ahead=True)
+
+
+@pytest.mark.parametrize("bits,act,m,split,k", [(2, "fp16", 1, 3, 640), (3, "bf16", 2, 2, 512)])
+def test_gemv_glu_had_once(bits, act, m, split, k):
+    """had_once with x_glu: the prologue rotates silu(gate) * up of the program's K range (the tuner offers had_once
+    to the down projection's fused GEMV too)."""
+    test_gemv_glu_reads_silu_gate_times_up(bits, "uniform", 1, act, 128, False, m, split, k, once=True)
 
 
 def test_glu_op_and_its_fallbacks(monkeypatch):

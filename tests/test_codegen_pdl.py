@@ -22,15 +22,17 @@ def before_and_after_wait(src: str) -> tuple[str, str]:
 
 @settings(max_examples=150, deadline=None)
 @given(bits=st.integers(1, 8), grid=st.sampled_from(["uniform", "uniform_asym", "lut"]),
-       had=st.sampled_from([0, 128]), scratch=st.booleans(), stages=st.integers(1, 3),
+       had=st.sampled_from([0, 128]), scratch=st.sampled_from(["", "scratch", "once"]), stages=st.integers(1, 3),
        block_m=st.sampled_from([1, 2, 4, 8, 16]), act=st.sampled_from(["fp16", "bf16"]),
-       prologue=st.sampled_from(["", "norm", "glu"]), group=st.sampled_from([32, 128]))
+       prologue=st.sampled_from(["", "norm", "glu"]), group=st.sampled_from([32, 128]), cpa=st.booleans())
 def test_gemv_touches_only_parameters_before_its_wait(bits, grid, had, scratch, stages, block_m, act, prologue,
-                                                        group):
+                                                        group, cpa):
     try:
-        spec = KernelSpec(bits=bits, grid=grid, p=1, group_size=group, had_block=had, had_scratch=scratch and had > 0,
+        spec = KernelSpec(bits=bits, grid=grid, p=1, group_size=group, had_block=had,
+                          had_scratch=scratch == "scratch" and had > 0, had_once=scratch == "once" and had > 0,
                           variant="gemv", block_m=block_m, block_n=64, block_k=128, num_warps=2, num_stages=stages,
-                          act_dtype=act, x_norm=prologue == "norm", x_glu=prologue == "glu")
+                          act_dtype=act, x_norm=prologue == "norm", x_glu=prologue == "glu",
+                          cp_async=cpa and stages > 1)
     except KernelSpecError:
         return
     pre, post = before_and_after_wait(kernel_source(spec))
