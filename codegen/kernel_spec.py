@@ -283,3 +283,15 @@ class KernelSpec:
 
     def digest(self) -> str:
         return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]
+
+
+HAD_ONCE_SCRATCH_MAX_BYTES = 64 << 20  # the tuner offers had_once only where its scratch stays below this
+
+
+def had_once_scratch_floats(spec: KernelSpec, m: int, n: int, k: int, split_k: int) -> int:
+    """Scratch of a had_once gemv launch, in 4-byte words: every program keeps the fp16 pairs of its K range (the
+    largest split's) for its block_m rows, so the rotated x is stored once per N tile: about (n / block_n) * block_m * k
+    * 2 bytes (3.7 MB at M=1, 28672 x 8192, block_n 128; 1.6 GB at M=16, 28672 x 28672, block_n 16)."""
+    cdiv = lambda a, b: -(-a // b)  # noqa: E731
+    programs = cdiv(n, spec.block_n) * split_k * cdiv(m, spec.block_m)
+    return spec.block_m * cdiv(cdiv(k, spec.block_k), split_k) * spec.block_k // (2 * spec.p) * programs

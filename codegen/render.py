@@ -662,8 +662,9 @@ def _load_planes(s: KernelSpec, step: str = "step", suffix: str = "") -> list[st
 
 
 def prefetch_distance(s: KernelSpec) -> int:
-    """GEMV: how many K steps ahead the weight words are loaded (num_stages - 1; Triton pipelines only loads that
-    feed tl.dot, so the GEMV's software pipeline is written out in its text). 0: each step loads, then waits."""
+    """GEMV: how many K steps ahead the weight words are loaded into registers (num_stages - 1: the GEMV's software
+    pipeline is written out in its text). 0: each step loads, then waits; or, with cp_async, the loop is a tl.range
+    with num_stages and Triton's pipeliner copies the loads ahead into shared memory instead."""
     return max(0, s.num_stages - 1) if s.variant == "gemv" and not s.cp_async else 0
 
 

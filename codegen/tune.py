@@ -23,7 +23,7 @@ import threading
 
 import torch
 
-from .kernel_spec import KernelSpec, KernelSpecError
+from .kernel_spec import HAD_ONCE_SCRATCH_MAX_BYTES, KernelSpec, KernelSpecError, had_once_scratch_floats
 from .render import cache_dir, use_half2
 
 _CHOICES: dict[str, tuple[dict, int]] = {}
@@ -238,7 +238,8 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
                     if base.had_block:  # the rotated x through a scratch row (kernel_spec.had_scratch): fewer
                         # instructions, one more L2 trip
                         out.append((dataclasses.replace(spec, had_scratch=True), split))
-                        if not (base.x_norm or spec.x_ahead) and use_half2(spec):  # rotated once per program
+                        if (not (base.x_norm or spec.x_ahead) and use_half2(spec)  # rotated once per program
+                                and 4 * had_once_scratch_floats(spec, m, n, k, split) <= HAD_ONCE_SCRATCH_MAX_BYTES):
                             once = dataclasses.replace(spec, had_once=True)  # (kernel_spec.had_once)
                             out.append((once, split))
                             if gemv_cp_async_setting(device):
