@@ -226,14 +226,13 @@ def main():
     ap.add_argument("--grids", default=",".join(GRIDS), help="comma-separated grids (uniform, lut)")
     ap.add_argument("--hads", default=",".join(map(str, HADS)), help="comma-separated Hadamard blocks (0: none)")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
-    ap.add_argument("--graph-calls", type=int, default=None,
-                    help=f"least calls per timed CUDA graph, the weight copies cycled (default {GRAPH_CALLS}; 1: one "
-                         "call per copy, as before session 37)")
+    ap.add_argument("--graph-calls", type=int, default=GRAPH_CALLS,
+                    help="least calls per timed CUDA graph, the weight copies cycled (default: QCOMP_BENCH_GRAPH_CALLS "
+                         "or 32; 1: one call per copy, as before session 37)")
     args = ap.parse_args()
-    if args.graph_calls is not None:
-        if args.graph_calls < 1:
-            ap.error(f"--graph-calls must be >= 1, got {args.graph_calls}")
-        GRAPH_CALLS = args.graph_calls
+    if args.graph_calls < 1:
+        ap.error(f"--graph-calls must be >= 1, got {args.graph_calls}")
+    GRAPH_CALLS = args.graph_calls
     unknown = [p for p in args.peers.split(",") if p and p not in PEERS]
     if unknown and not args.no_peers:
         ap.error(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}")

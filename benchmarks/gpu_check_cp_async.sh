@@ -10,8 +10,5 @@
 source "$(dirname "$0")/gpu_prelude.sh" "$@"
 time_cases 1 benchmarks/cases/gemv_cp_async.json "cp.async pipeline against the register prefetch" cp_async \
     "${CASES_S:-240}" 40
-echo "--- 2. M=1 matrix with the tuner $(el)"
-QCOMP_GEMV_CP_ASYNC=${QCOMP_GEMV_CP_ASYNC:-1} timeout $(( ${TOTAL_S:-570} - $(date +%s) + T0 )) python3 benchmarks/bench_kernels.py --out "$OUT/kernels" \
-    --shapes 2 --bits 4,2,3,8 --ms 1 --grids uniform --hads 0,128 --no-peers --budget 240 --workers 14 2>&1 \
-    | grep -vE "Warning|warn\(" | tail -30
+QCOMP_GEMV_CP_ASYNC=${QCOMP_GEMV_CP_ASYNC:-1} m1_matrix 2 "${TOTAL_S:-570}" 30 --bits 4,2,3,8 --hads 0,128 --budget 240
 echo "--- total $(el)"

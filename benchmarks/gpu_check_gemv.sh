@@ -21,8 +21,5 @@ else
     echo "no $OLD: A/B skipped (see this script's header)"
 fi
 
-echo "--- 3. M=1 matrix with the tuner $(el)"
-timeout $(( 580 - $(date +%s) + T0 )) python3 benchmarks/bench_kernels.py --out "$OUT/kernels" --shapes 2 \
-    --bits 2,3,4,8 --ms 1 --grids uniform --hads 0 --no-peers --budget 200 --workers 14 2>&1 \
-    | grep -vE "Warning|warn\(" | tail -12
+m1_matrix 3 580 12 --bits 2,3,4,8 --hads 0 --budget 200
 echo "--- total $(el)"

@@ -13,8 +13,5 @@ CASES=${CASES:-benchmarks/cases/wgmma_small_m.json}
 wgmma_check 1 "$CASES" "$(basename "$CASES" .json)"
 time_cases 1 "$CASES" "$(basename "$CASES" .json)" cases "${CASES_S:-200}" 32
 
-echo "--- 2. M=1 matrix with the tuner $(el)"
-timeout $(( ${TOTAL_S:-580} - $(date +%s) + T0 )) python3 benchmarks/bench_kernels.py --out "$OUT/kernels" \
-    --shapes 2 --bits 4,2,3,8 --ms 1 --grids uniform --hads 0,128 --no-peers --budget 240 --workers 14 2>&1 \
-    | grep -vE "Warning|warn\(" | tail -20
+m1_matrix 2 "${TOTAL_S:-580}" 20 --bits 4,2,3,8 --hads 0,128 --budget 240
 echo "--- total $(el)"

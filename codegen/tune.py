@@ -226,6 +226,7 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
         # interpreter keeps the gemv first (its tl.dot is slow, and wrong for bf16)
         if not (dots and _on_cuda(device)):
             bm = m_bucket(m)
+            cpa = gemv_cp_async_setting(device)  # each tile's cp_async twin too (off by default)
             for bn, bk, warps in GEMV_TILES:
                 bn = max(16, bn // max(1, bm // 2))  # fewer rows per program as the accumulator sets multiply
                 bk = _fit_k(bk, base, k)
@@ -233,7 +234,7 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
                                            num_warps=warps, num_stages=2, x_ahead=gemv_x_ahead(base, bm))
                 for split in _gemv_splits(-(-n // bn) * -(-m // bm), -(-k // bk), sms):
                     out.append((spec, split))
-                    if gemv_cp_async_setting(device):  # the K loop's loads copied ahead by cp.async, no registers
+                    if cpa:  # the K loop's loads copied ahead by cp.async, no registers
                         out.append((gemv_cp_async_twin(spec), split))
                     if base.had_block:  # the rotated x through a scratch row (kernel_spec.had_scratch): fewer
                         # instructions, one more L2 trip
@@ -242,7 +243,7 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
                                 and 4 * had_once_scratch_floats(spec, m, n, k, split) <= HAD_ONCE_SCRATCH_MAX_BYTES):
                             once = dataclasses.replace(spec, had_once=True)  # (kernel_spec.had_once)
                             out.append((once, split))
-                            if gemv_cp_async_setting(device):
+                            if cpa:
                                 out.append((gemv_cp_async_twin(once), split))
         out += dots
     else:
@@ -394,7 +395,8 @@ def graph_time_us(fns, replays: int = 15, min_calls: int = 1) -> float:
 
     if min_calls < 1:
         raise ValueError(f"min_calls must be >= 1, got {min_calls}")
-    fns = list(fns) * -(-min_calls // len(fns))
+    fns = list(fns)
+    captured = fns * -(-min_calls // len(fns))
 
     dev = torch.cuda.current_device()
     if str(dev) not in _SIDE:
@@ -408,7 +410,7 @@ def graph_time_us(fns, replays: int = 15, min_calls: int = 1) -> float:
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        for f in fns:
+        for f in captured:
             f()
     g.replay()
     torch.cuda.synchronize()
@@ -419,7 +421,7 @@ def graph_time_us(fns, replays: int = 15, min_calls: int = 1) -> float:
         g.replay()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / len(fns))
+        times.append(start.elapsed_time(end) * 1e3 / len(captured))
     del g
     return statistics.median(times)
 
