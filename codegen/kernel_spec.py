@@ -89,6 +89,10 @@ class KernelSpec:
     had_once: bool = False  # gemv + fused Hadamard on the half2 path: each program rotates its K range of x once,
     # before the K loop, into scratch as the loop's fp16 pairs (render._had_once_prologue); the loop then loads the
     # pairs instead of rotating each step's chunk (no butterflies, layout moves or barriers among its weight loads)
+    x_once: bool = False  # gemv on the half2 path without a rotation: had_once's scheme for unrotated x. Each
+    # program makes its K range's x operands once, before the K loop (the fp16 pairs times xs; on subnormal codes
+    # the zero point's start and the pairs scaled per bit position), into scratch (render._once_prologue); the loop
+    # loads them (with x_ahead, a prefetch distance ahead) instead of loading, pairing and scaling x at each step
     cp_async: bool = False  # gemv: no register prefetch in the text; the K loop is a tl.range with num_stages, so
     # Triton's pipeliner copies its loads (words, x, scales) num_stages - 1 steps ahead into shared memory by cp.async:
     # data in flight takes no registers (render.prefetch_distance). Slower than the register prefetch on the H200
@@ -175,9 +179,16 @@ class KernelSpec:
             if not (h and self.variant == "gemv" and use_half2(self)):
                 bad("had_once needs the gemv variant with a fused Hadamard on the half2 path (uniform codes of 1..7 "
                     "bits or a 2/4-bit table, scales per row or K step)")
-            if self.had_scratch or self.x_norm or self.x_ahead:
-                bad("had_once rotates x once before the K loop: it takes no had_scratch (per-step scratch rows), "
-                    "x_norm (the norm's sum of squares is taken per step) or x_ahead (x is not loaded in the loop)")
+            if self.had_scratch or self.x_norm:
+                bad("had_once rotates x once before the K loop: it takes no had_scratch (per-step scratch rows) or "
+                    "x_norm (the norm's sum of squares is taken per step)")
+        if self.x_once:
+            from .render import use_half2
+
+            if not (self.variant == "gemv" and use_half2(self)) or h or self.x_norm:
+                bad("x_once needs the gemv variant on the half2 path (uniform codes of 1..7 bits or a 2/4-bit table, "
+                    "scales per row or K step) without a fused Hadamard (had_once rotates x once instead) or x_norm "
+                    "(the norm's sum of squares is taken per step)")
         if self.x_glu and self.variant != "gemv":
             bad("x_glu needs the gemv variant (ops.py applies silu(gate) * up in torch before a gemm)")
         if self.x_norm and (self.variant != "gemv" or self.x_glu):
@@ -251,7 +262,7 @@ class KernelSpec:
         d = dataclasses.asdict(self)
         # (added later: off, they stay out, so earlier specs keep their JSON, digest and tuning keys)
         for late in ("a_regs", "a_scales", "x_ahead", "a_smem", "l2_ahead", "stream_k", "rolling_wait", "had_once",
-                     "cp_async"):
+                     "cp_async", "x_once"):
             if not d[late]:
                 del d[late]
         return d
@@ -273,7 +284,7 @@ class KernelSpec:
             else ""
         return (
             f"qlinear_{self.variant}_w{self.bits}_{grid}_g{g}_{self.act_dtype}{had}{'_glu' if self.x_glu else ''}"
-            f"{'_rms' if self.x_norm else ''}{'_xa' if self.x_ahead else ''}"
+            f"{'_rms' if self.x_norm else ''}{'_xa' if self.x_ahead else ''}{'_xo' if self.x_once else ''}"
             f"{'_ra' if self.a_regs else ''}{('s' if self.a_regs else '_sa') if self.a_scales else ''}"
             f"{'_as' if self.a_smem else ''}"
             f"{f'_l2p{self.l2_ahead}' if self.l2_ahead else ''}{'_sk' if self.stream_k else ''}"
@@ -285,13 +296,21 @@ class KernelSpec:
         return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]
 
 
-HAD_ONCE_SCRATCH_MAX_BYTES = 64 << 20  # the tuner offers had_once only where its scratch stays below this
+HAD_ONCE_SCRATCH_MAX_BYTES = 64 << 20  # the tuner offers had_once / x_once only where their scratch stays below this
+
+
+ONCE_SCRATCH_ALIGN = 16  # had_once / x_once scratch starts at a multiple of this many 4-byte words into ws
 
 
 def had_once_scratch_floats(spec: KernelSpec, m: int, n: int, k: int, split_k: int) -> int:
-    """Scratch of a had_once gemv launch, in 4-byte words: every program keeps the fp16 pairs of its K range (the
-    largest split's) for its block_m rows, so the rotated x is stored once per N tile: about (n / block_n) * block_m * k
-    * 2 bytes (3.7 MB at M=1, 28672 x 8192, block_n 128; 1.6 GB at M=16, 28672 x 28672, block_n 16)."""
+    """Scratch of a had_once / x_once gemv launch, in 4-byte words: every program keeps the x operands of its K range
+    (the largest split's) for its block_m rows, render.once_operand_count vectors of C words per K step, so x is
+    stored once per N tile. had_once (the fp16 pairs): about (n / block_n) * block_m * k * 2 bytes (3.7 MB at M=1,
+    28672 x 8192, block_n 128; 1.6 GB at M=16, 28672 x 28672, block_n 16); x_once on subnormal codes one more vector.
+    Plus ONCE_SCRATCH_ALIGN words: the scratch starts at the first multiple of them after the split-K partials."""
+    from .render import once_operand_count
+
     cdiv = lambda a, b: -(-a // b)  # noqa: E731
     programs = cdiv(n, spec.block_n) * split_k * cdiv(m, spec.block_m)
-    return spec.block_m * cdiv(cdiv(k, spec.block_k), split_k) * spec.block_k // (2 * spec.p) * programs
+    return (spec.block_m * cdiv(cdiv(k, spec.block_k), split_k) * once_operand_count(spec) * spec.cols_per_step * programs
+            + ONCE_SCRATCH_ALIGN)

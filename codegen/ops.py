@@ -182,7 +182,7 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
         grid = (triton_cdiv(m, spec.block_m) * triton_cdiv(n, spec.block_n), split_k)
     # scratch rows for a rotated x that goes through memory (spec.had_scratch): two per program and activation row
     scratch = spec.block_m * 2 * spec.block_k * grid[0] * grid[1] * grid[2] if spec.had_scratch else 0
-    if spec.had_once:  # the fp16 pairs of a program's whole K range, rotated once (render._had_once_prologue)
+    if spec.had_once or spec.x_once:  # the x operands of a program's whole K range, made once (render._once_prologue)
         scratch = had_once_scratch_floats(spec, m, n, k, split_k)
     if spec.stream_k:  # two tile slots per program for the parts of split tiles, a counter per tile
         ws = torch.empty(wgmma_stream_k.workspace_floats(grid[0], spec.block_m, spec.block_n), device=dev,

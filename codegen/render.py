@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from . import gemm_regs, gemm_wgmma, lut_regs
-from .kernel_spec import KernelSpec
+from .kernel_spec import ONCE_SCRATCH_ALIGN, KernelSpec
 from .packing import ROW_GROUP, TRIO, planes, trio_bit, trio_word
 
 _DT = {"fp16": "tl.float16", "bf16": "tl.bfloat16"}
@@ -341,13 +341,8 @@ def _half2_slots(s: KernelSpec, ms) -> list[str]:
     w0 = s.widest_plane
     pairs = half2_pairs(s)
     L = ["# two weights per 32-bit op: one slot in the low fp16 half, its pair slot in the high half"]
-    for m in ms if not s.had_block else []:  # (rotated x: pairs made by _hadamard_x)
-        for i, (lo, hi) in enumerate(pairs):
-            a, b = f"x{m}_{lo}_0", f"x{m}_{hi}_0"
-            if s.act_dtype == "fp16":
-                L.append(f"xp{m}_{i} = _mul2(_pack({a}, {b}), xs2_{m})")
-            else:
-                L.append(f"xp{m}_{i} = _xpair({a}.to(tl.float32) * xs{m}, {b}.to(tl.float32) * xs{m})")
+    for m in ms if not (s.had_block or s.x_once) else []:  # (rotated x: pairs made by _hadamard_x; x_once: loaded)
+        L += _x_pair_lines(s, m)
     narrow = planes(s.code_bits)[1:]
     single = single_plane_pairs(s) if not narrow else None
     names = {}  # one plane: the shifted copies of the words, each defined where first used
@@ -358,13 +353,9 @@ def _half2_slots(s: KernelSpec, ms) -> list[str]:
         lines, looked_up = lut_regs.pair_lines(s, f"word_{w0}")
         L += lines
     sub = subnormal_codes(s)
-    if sub:
+    if sub and not s.x_once:  # (x_once: zi and xq loaded from the program's scratch)
         for m in ms:
-            L.append(f"zi{m} = xp{m}_0")
-            L += [f"zi{m} = _add2(zi{m}, xp{m}_{i})" for i in range(1, len(pairs))]
-            L.append(f"zi{m} = _mul2(zi{m}, zc)  # -z * 2^-15 * the column's sum of x * xs, per half: where its sum starts")
-            for i, pos in enumerate(subnormal_positions(s)):
-                L.append(f"xq{m}_{i} = _mul2(xp{m}_{i}, bq_{pos})  # x * xs * 2^{9 - pos}: pair {i} is read at bit {pos}")
+            L += _subnormal_x_lines(s, m)
     for i, (lo, hi) in enumerate(pairs):
         if looked_up:
             deq = looked_up[i]
@@ -401,6 +392,29 @@ def _half2_slots(s: KernelSpec, ms) -> list[str]:
                          f"hp{m} = _fma2(v, xp{m}_{i}[None, :], hp{m})")
     for m in ms:
         L.append(f"part{m} = _sum2(hp{m})")
+    return L
+
+
+def _x_pair_lines(s: KernelSpec, m: int) -> list[str]:
+    """Row m's unrotated x of a K step (x{m}_{slot}_0) as the half2 path's fp16 pairs xp{m}_{i}, times xs."""
+    L = []
+    for i, (lo, hi) in enumerate(half2_pairs(s)):
+        a, b = f"x{m}_{lo}_0", f"x{m}_{hi}_0"
+        if s.act_dtype == "fp16":
+            L.append(f"xp{m}_{i} = _mul2(_pack({a}, {b}), xs2_{m})")
+        else:
+            L.append(f"xp{m}_{i} = _xpair({a}.to(tl.float32) * xs{m}, {b}.to(tl.float32) * xs{m})")
+    return L
+
+
+def _subnormal_x_lines(s: KernelSpec, m: int) -> list[str]:
+    """Subnormal codes: row m's operands of a K step from its pairs: zi{m}, where each column's sum starts, and
+    xq{m}_{i}, pair i scaled for the bit its codes are read at."""
+    L = [f"zi{m} = xp{m}_0"]
+    L += [f"zi{m} = _add2(zi{m}, xp{m}_{i})" for i in range(1, len(half2_pairs(s)))]
+    L.append(f"zi{m} = _mul2(zi{m}, zc)  # -z * 2^-15 * the column's sum of x * xs, per half: where its sum starts")
+    for i, pos in enumerate(subnormal_positions(s)):
+        L.append(f"xq{m}_{i} = _mul2(xp{m}_{i}, bq_{pos})  # x * xs * 2^{9 - pos}: pair {i} is read at bit {pos}")
     return L
 
 
@@ -792,6 +806,9 @@ def _x_buffer_loads(s: KernelSpec, step: str, suffix: str) -> list[str]:
     (the loop converts)."""
     L = []
     for m in range(s.block_m):
+        if x_from_scratch(s):  # the operands the program stored before the loop (_once_prologue)
+            L += _once_loads(s, m, step, suffix)
+            continue
         for target, cols in _x_targets(s, m):
             L += _x_load(s, m, f"{target}{suffix}", cols(step), f"{cols(step)} < klim{m}")
     return L
@@ -823,6 +840,8 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str, pairs_only: bool = False) -> lis
         col, mask = "step * BLOCK_K + tl.arange(0, BLOCK_K)", f"step * BLOCK_K + tl.arange(0, BLOCK_K) < klim{m}"
         L = _x_load_raw(m, "xr", col, mask, cast="") + _even_load("nw", f"nw_ptr + {col}", mask, "0.0")
         L += [f"ssq{m} += xr.to(tl.float32) * xr.to(tl.float32)", "xk = _wx(xr, nw).to(tl.float32) * signs"]
+    elif pairs_only:  # (had_once's prologue: a plain load, whatever the loop's x_ahead does with the operands)
+        L = _x_load(s, m, "xk", _x_chunk("step"), f"{_x_chunk('step')} < klim{m}", ".to(tl.float32) * signs")
     else:
         L = _x_step_load(s, m, "xk", _x_chunk, ".to(tl.float32) * signs", f"xh{m}")
     d = 1
@@ -877,31 +896,80 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str, pairs_only: bool = False) -> lis
     return L
 
 
-def _had_once_slot(s: KernelSpec, m: int) -> str:
-    """had_once: the scratch offset of row m's pairs of K step `step` (i * C + c within it: pair i, column c)."""
-    return f"scr_once + ((step - step_lo) * BLOCK_M + {m}) * ({len(half2_pairs(s))} * C)"
+def x_from_scratch(s: KernelSpec) -> bool:
+    """had_once or x_once: each program writes its K range's x operands to scratch before the K loop, which loads
+    them (_once_prologue)."""
+    return s.had_once or s.x_once
 
 
-def _had_once_prologue(s: KernelSpec, dt: str) -> list[str]:
-    """had_once, before the K loop: every K step of the program's range rotated once (_hadamard_x up to the fp16
-    pairs) and stored to the program's scratch in ws (after the split-K partials; ops.launch sizes it), [step, row,
-    pair, column]; then one CTA barrier, so every thread's pairs are stored before the loop reads any."""
-    npairs = len(half2_pairs(s))
-    L = [f"# this program's scratch: [K steps of the largest split, BLOCK_M, {npairs} pairs, C] int32 (as float32 bits)",
-         "scr_once = ws_ptr + SPLIT_K * M * N + ((pid_m * tl.num_programs(1) + pid_k) * tl.num_programs(0) + pid_n) "
-         f"* (tl.cdiv(n_steps, SPLIT_K) * BLOCK_M * {npairs} * C)",
-         f"scr_pc = tl.arange(0, {npairs})[None, :] * C + offs_c[:, None]  # [C, pairs] offsets within a row's step",
-         "for step in range(step_lo, step_hi):  # rotated once per program, not once per K step of the loop"]
+def once_operands(s: KernelSpec, m: int) -> list[str]:
+    """had_once / x_once: row m's x operands of one K step, as the loop's half2 arithmetic takes them: the fp16 pairs
+    xp{m}_{i}; with x_once on subnormal codes the zero point's start zi{m} and the pairs scaled per bit, xq{m}_{i}."""
+    n = len(half2_pairs(s))
+    if s.x_once and subnormal_codes(s):
+        return [f"zi{m}"] + [f"xq{m}_{i}" for i in range(n)]
+    return [f"xp{m}_{i}" for i in range(n)]
+
+
+def once_operand_count(s: KernelSpec) -> int:
+    """The [C] int32 vectors per row and K step in a had_once / x_once program's scratch."""
+    return len(once_operands(s, 0))
+
+
+def _once_slot(s: KernelSpec, m: int, step: str = "step") -> str:
+    """had_once / x_once: the scratch offset of row m's operands of K step `step` (operand i at i * C within it;
+    steps before the program's first, as an empty range's clamped prefetch asks for, read its first)."""
+    rel = "step - step_lo" if step == "step" else f"tl.maximum({step} - step_lo, 0)"
+    return f"scr_once + (({rel}) * BLOCK_M + {m}) * ({once_operand_count(s)} * C)"
+
+
+def _once_prologue(s: KernelSpec, dt: str) -> list[str]:
+    """had_once / x_once, before the K loop: the x operands of every K step of the program's range, computed once
+    (had_once: rotated by _hadamard_x up to the fp16 pairs; x_once: x loaded, paired and scaled as the loop would)
+    and stored to the program's scratch in ws (after the split-K partials; ops.launch sizes it), [step, row,
+    operand, column]; then one CTA barrier, so every thread's operands are stored before the loop reads any."""
+    nops = once_operand_count(s)
+    what = "rotated once" if s.had_once else "x's operands made once"
+    L = [f"# this program's scratch: [K steps of the largest split, BLOCK_M, {nops} operands, C] int32 (as float32 bits)"
+         f", from the first {ONCE_SCRATCH_ALIGN}-word boundary after the partials (16-byte vector loads)",
+         f"scr_once = ws_ptr + tl.cdiv(SPLIT_K * M * N, {ONCE_SCRATCH_ALIGN}) * {ONCE_SCRATCH_ALIGN}"
+         " + ((pid_m * tl.num_programs(1) + pid_k) * tl.num_programs(0) + pid_n) "
+         f"* (tl.cdiv(n_steps, SPLIT_K) * BLOCK_M * {nops} * C)",
+         f"for step in range(step_lo, step_hi):  # {what} per program, not once per K step of the loop"
+         if s.had_once else
+         f"for s0 in range(step_lo, step_hi, {ONCE_STEPS}):  # {what} per program, not once per K step of the loop",
+         ]
+    if s.had_once:
+        L.insert(2, f"scr_pc = tl.arange(0, {nops})[None, :] * C + offs_c[:, None]  # [C, pairs] offsets within a "
+                    "row's step")
+    else:  # steps as a leading axis: one iteration's loads all go out before its arithmetic and stores
+        L += [f"    step = tl.minimum(s0 + tl.arange(0, {ONCE_STEPS}), step_hi - 1)[:, None]  # [{ONCE_STEPS}, 1]: "
+              "steps past the range redo its last (the same values to the same words)"]
     for m in range(s.block_m):
-        L += ["    " + x for x in _hadamard_x(s, m, dt, pairs_only=True)]
-        L.append(f"    tl.store({_had_once_slot(s, m)} + scr_pc, xt.to(tl.float32, bitcast=True))")
-    return L + ["tl.debug_barrier()  # the pairs of every thread are stored before any thread loads them"]
+        if s.had_once:
+            body = _hadamard_x(s, m, dt, pairs_only=True)
+            body.append(f"tl.store({_once_slot(s, m)} + scr_pc, xt.to(tl.float32, bitcast=True))")
+        else:
+            body = []
+            for target, cols in _x_targets(s, m):
+                body += _x_load(s, m, target, cols("step"), f"{cols('step')} < klim{m}")
+            body += _x_pair_lines(s, m)
+            if subnormal_codes(s):
+                body += _subnormal_x_lines(s, m)
+            body += [f"tl.store({_once_slot(s, m)} + {i} * C + offs_c[None, :], {op}.to(tl.float32, bitcast=True))"
+                     for i, op in enumerate(once_operands(s, m))]
+        L += ["    " + x for x in body]
+    return L + ["tl.debug_barrier()  # the operands of every thread are stored before any thread loads them"]
 
 
-def _had_once_loads(s: KernelSpec, m: int) -> list[str]:
-    """had_once, in the K loop: row m's fp16 pairs of this step from the program's scratch (L2: .cg)."""
-    return [f"xp{m}_{i} = tl.load({_had_once_slot(s, m)} + {i} * C + offs_c, cache_modifier=\".cg\").to(tl.int32, "
-            "bitcast=True)" for i in range(len(half2_pairs(s)))]
+ONCE_STEPS = 8  # x_once's prologue: K steps per iteration ([ONCE_STEPS, C] loads, so their L2 round trips overlap)
+
+
+def _once_loads(s: KernelSpec, m: int, step: str = "step", suffix: str = "") -> list[str]:
+    """had_once / x_once: row m's operands of K step `step` from the program's scratch (L2: .cg) into
+    <operand><suffix>."""
+    return [f"{op}{suffix} = tl.load({_once_slot(s, m, step)} + {i} * C + offs_c, cache_modifier=\".cg\")"
+            ".to(tl.int32, bitcast=True)" for i, op in enumerate(once_operands(s, m))]
 
 
 def _row_scale_names(s: KernelSpec) -> list[str]:
@@ -1045,19 +1113,22 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
             L += _half2_x_scale(s, m)
     if h2:
         L += _half2_masks(s)
-    if s.x_ahead:  # after the PDL wait: x may be the previous kernel's output
+    if x_from_scratch(s):  # (after the PDL wait and the x scale)
+        L += _once_prologue(s, dt)
+    if s.x_ahead:  # after the PDL wait (x may be the previous kernel's output) and the operands' barrier
         L += _x_prologue(s)
-    if s.had_once:  # (after the PDL wait and the x scale)
-        L += _had_once_prologue(s, dt)
     loop = _prefetch_step(s) if prefetch_distance(s) else _load_planes(s)
     if s.x_ahead:
         loop += _x_ahead_loads(s)
     if s.x_norm and not s.had_block:
         for m in ms:
             loop += _norm_ssq(m)
-    if s.had_once:
+    if x_from_scratch(s):
         for m in ms:
-            loop += _had_once_loads(s, m)
+            if s.x_ahead:
+                loop += [f"{op} = {op}_p0" for op in once_operands(s, m)] + _shift_buffers(s, once_operands(s, m))
+            else:
+                loop += _once_loads(s, m)
     elif s.had_block:
         for m in ms:
             loop += _hadamard_x(s, m, dt)

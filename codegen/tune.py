@@ -110,6 +110,13 @@ def gemv_cp_async_twin(spec: KernelSpec) -> KernelSpec:
     return dataclasses.replace(spec, cp_async=True, num_stages=GEMV_CP_ASYNC_STAGES, x_ahead=False)
 
 
+def _once_fits(spec: KernelSpec, m: int, n: int, k: int, split: int) -> bool:
+    """Whether a gemv tile takes a had_once / x_once twin: the half2 path, and scratch of at most
+    HAD_ONCE_SCRATCH_MAX_BYTES (each N tile keeps its own copy of the operands: MBs at M=1, GBs for the 16-row tiles of
+    the widest layers)."""
+    return use_half2(spec) and 4 * had_once_scratch_floats(spec, m, n, k, split) <= HAD_ONCE_SCRATCH_MAX_BYTES
+
+
 def wgmma_setting(device) -> bool:
     """Whether the tuner tries the Gluon wgmma tile: on an sm_90 GPU (the H100 / H200: wgmma exists only there)
     unless QCOMP_WGMMA=0; never elsewhere (the CPU interpreter does not run Gluon)."""
@@ -236,11 +243,12 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
                     out.append((spec, split))
                     if cpa:  # the K loop's loads copied ahead by cp.async, no registers
                         out.append((gemv_cp_async_twin(spec), split))
+                    if _once_fits(spec, m, n, k, split) and not (base.had_block or base.x_norm):
+                        out.append((dataclasses.replace(spec, x_once=True), split))  # x's operands once per program
                     if base.had_block:  # the rotated x through a scratch row (kernel_spec.had_scratch): fewer
                         # instructions, one more L2 trip
                         out.append((dataclasses.replace(spec, had_scratch=True), split))
-                        if (not (base.x_norm or spec.x_ahead) and use_half2(spec)  # rotated once per program
-                                and 4 * had_once_scratch_floats(spec, m, n, k, split) <= HAD_ONCE_SCRATCH_MAX_BYTES):
+                        if not (base.x_norm or spec.x_ahead) and _once_fits(spec, m, n, k, split):  # rotated once
                             once = dataclasses.replace(spec, had_once=True)  # (kernel_spec.had_once)
                             out.append((once, split))
                             if cpa:
@@ -345,6 +353,8 @@ def _key(base: KernelSpec, m: int, n: int, k: int, device) -> str:
     # (fused rotations at M <= 16 chosen before had_once joined the gemv candidates, session 37, are tuned again;
     # choices among the cp_async twins, QCOMP_GEMV_CP_ASYNC=1, are kept apart)
     had = "|had37" if base.had_block and m <= 16 else ""
+    # (unrotated half2 choices at M <= 16 made before the x_once twins joined, session 38, are tuned again)
+    had += "|xo38" if m <= 16 and not (base.had_block or base.x_norm) else ""
     tried += "|cp_async" if m <= 16 and gemv_cp_async_setting(device) else ""
     return f"{gpu}|m{m_bucket(m)}|{n}x{k}|{base.to_json()}{had}{tried}"
 

@@ -701,12 +701,79 @@ def test_gemv_rotated_x_once_per_program(bits, grid, act, m, split, k, had, g):
 
 
 def test_had_once_scope():
-    """had_once needs the half2 path's pairs and a rotation, and takes none of the per-step x options."""
+    """had_once needs the half2 path's pairs and a rotation, and takes neither per-step x option (scratch rows, norm)."""
     ok = dict(bits=2, variant="gemv", block_m=1, block_n=64, block_k=128, had_block=128, had_once=True)
     KernelSpec(**ok)
     for bad in ({"had_block": 0}, {"bits": 8}, {"variant": "gemm", "block_m": 16}, {"had_scratch": True},
-                {"x_norm": True}, {"x_ahead": True}):
+                {"x_norm": True}):
         with pytest.raises(KernelSpecError, match="had_once"):
+            KernelSpec(**{**ok, **bad})
+
+
+X_ONCE_CASES = [  # (bits, grid, act, m, split, k, group, x_ahead); N = 40
+    (2, "uniform", "fp16", 1, 3, 640, 128, True),  # the w2 pick's form: subnormal codes, x_ahead, 5 steps / 3 splits
+    (2, "uniform", "fp16", 3, 8, 384, 128, False),  # more splits than K steps, ragged rows
+    (1, "uniform", "bf16", 2, 2, 512, 128, True),  # bf16 pairs, subnormal 1-bit codes
+    (3, "uniform", "fp16", 1, 2, 512, -1, True),  # trio words and their spare-bit pair, one scale per row
+    (4, "uniform", "fp16", 4, 1, 2304, 128, False),  # 18 K steps: three iterations of the prologue, the last partial
+    (5, "uniform", "bf16", 1, 2, 384, 128, True),  # two planes (the magic path: pairs only)
+    (2, "lut", "fp16", 2, 2, 512, 128, True),  # a 2-bit table in registers
+]
+
+
+def half2_tol(spec: KernelSpec) -> float:
+    """Relative error bound of a half2 gemv against the fp32 reference: fp16 x 2e-3, subnormal codes 4e-3 (their fp16
+    products round at an absolute 2^-25, test_gemv_half2), bf16 x 8e-3."""
+    return (4e-3 if subnormal_codes(spec) else 2e-3) if spec.act_dtype == "fp16" else 8e-3
+
+
+def x_once_case(bits, grid, act, m, k, g, ahead, n=40):
+    """Inputs and the x_once spec of an X_ONCE_CASES row, and its twin that makes x's operands at each step."""
+    d = make_case(bits, grid, 1, g, 0, m, n, k, seed=bits * 11 + m + k)
+    d["x"] = d["x"].to(torch.float16 if act == "fp16" else torch.bfloat16)
+    base = KernelSpec(bits=bits, grid=grid, group_size=g, act_dtype=act, variant="gemv",
+                      block_m=1 << (m - 1).bit_length(), block_n=16, block_k=128, num_warps=2, num_stages=2,
+                      x_ahead=ahead)
+    return d, dataclasses.replace(base, x_once=True), base
+
+
+@pytest.mark.parametrize("bits,grid,act,m,split,k,g,ahead", X_ONCE_CASES)
+def test_gemv_x_operands_once_per_program(bits, grid, act, m, split, k, g, ahead):
+    """x_once: each program makes its K range's x operands (pairs times xs; subnormal codes: zero-point start and
+    the pairs per bit position) once, before the K loop, into scratch, and the loop loads them (with x_ahead, a step
+    ahead): every width class, rows, splits (one with more splits than K steps), ragged N and M; the result matches
+    the reference, and equals the kernel that makes them at each step (the same fp16 operations)."""
+    n = 40
+    d, spec, base = x_once_case(bits, grid, act, m, k, g, ahead, n)
+    src = kernel_source(spec)
+    loop = src[src.index("for step in range(step_lo, step_hi):", src.index("tl.debug_barrier()")):]
+    assert src.count("tl.store(scr_once") > 0 and "x_ptr" not in loop and "_pack(" not in loop
+    assert ("zi0 = zi0_p0" if ahead else "zi0 = tl.load(scr_once") in loop if subnormal_codes(spec) else "zi0" not in src
+    assert spec.name() == base.name().replace("_m" + base.name().split("_m")[-1], "_xo_m" + base.name().split("_m")[-1])
+    y = run_kernel(d, spec, split, n, k)
+    check(y, reference(d, bits, 1, g, grid, n, k, 0), tol=half2_tol(spec))
+    assert torch.equal(y, run_kernel(d, base, split, n, k))
+
+
+def test_had_once_with_x_ahead():
+    """had_once with x_ahead: the loop loads the rotated pairs a step ahead; the same result as had_once alone."""
+    d = make_case(2, "uniform", 1, 128, 128, 1, 40, 640, seed=5)
+    spec = KernelSpec(bits=2, variant="gemv", block_m=1, block_n=16, block_k=128, num_warps=2, num_stages=2,
+                      had_block=128, had_once=True)
+    ahead = dataclasses.replace(spec, x_ahead=True)
+    assert "xp0_0 = xp0_0_p0" in kernel_source(ahead)
+    y = run_kernel(d, ahead, 3, 40, 640)
+    check(y, reference(d, 2, 1, 128, "uniform", 40, 640, 128))
+    assert torch.equal(y, run_kernel(d, spec, 3, 40, 640))
+
+
+def test_x_once_scope():
+    """x_once needs the half2 path without a rotation (had_once is its rotated form) or x_norm."""
+    ok = dict(bits=2, variant="gemv", block_m=1, block_n=64, block_k=128, x_once=True)
+    KernelSpec(**ok)
+    for bad in ({"had_block": 128}, {"bits": 8}, {"variant": "gemm", "block_m": 16}, {"x_norm": True},
+                {"grid": "uniform_asym"}):
+        with pytest.raises(KernelSpecError, match="x_once"):
             KernelSpec(**{**ok, **bad})
 
 
