@@ -118,12 +118,13 @@ def table_setup(s) -> list[str]:
     n = 2 ** s.bits
     L = [f"# the {n}-entry table as fp16 byte planes in registers (lut_regs.py), and its largest |value|"]
     L += _byte_planes(n, n_tables(s), "tl.float16")
-    L.append("vmax = " + _max_tree([f"tl.abs(lv{i})" for i in range(n)]))
+    L.append("vmax = " + max_tree([f"tl.abs(lv{i})" for i in range(n)]))
     L.append("ev = ((vmax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 126  # max |table| < 2^ev")
     return L
 
 
-def _max_tree(xs: list[str]) -> str:
+def max_tree(xs: list[str]) -> str:
+    """tl.maximum over the expressions, as a balanced tree."""
     while len(xs) > 1:
         xs = [f"tl.maximum({a}, {b})" for a, b in zip(xs[::2], xs[1::2])] + (xs[-1:] if len(xs) % 2 else [])
     return xs[0]

@@ -236,11 +236,12 @@ def subnormal_codes(s: KernelSpec) -> bool:
     paired as x * xs * 2^(9 - pos) (products code * x * xs * 2^-15, normal for all but tiny x, whose rounding
     error is absolute: 2^-25); the zero point enters once per column and step: each column's first fma adds to
     -z * 2^-15 * (the sum of its x * xs pairs) instead of zero. Positions start at bit 0: one shift per word at
-    most (the magic path: two). Not with a fused Hadamard: the bound on rotated x (sqrt(h) max |x|) leaves typical
+    most (the magic path: two). With a fused Hadamard only where x is rotated once per program (had_once), whose K
+    steps each take their own scale: the per-step rotation's program-wide bound (sqrt(h) max |x|) leaves typical
     products 2^-4 of their room, near fp16's subnormals (benchmarks/gemv_outlier_error.py: w2 had128 with outlier
     columns 4-6e-3 relative error against 6-7e-4 on the magic path)."""
     return (HALF2_SUBNORMAL and s.grid == "uniform" and s.variant == "gemv" and len(planes(s.code_bits)) == 1
-            and (SUBNORMAL_WITH_HADAMARD or not s.had_block) and use_half2(s))
+            and (SUBNORMAL_WITH_HADAMARD or not s.had_block or s.had_once) and use_half2(s))
 
 
 def single_plane_pairs(s: KernelSpec) -> list[tuple[int, str]]:
@@ -341,7 +342,8 @@ def _half2_slots(s: KernelSpec, ms) -> list[str]:
     w0 = s.widest_plane
     pairs = half2_pairs(s)
     L = ["# two weights per 32-bit op: one slot in the low fp16 half, its pair slot in the high half"]
-    for m in ms if not (s.had_block or s.x_once) else []:  # (rotated x: pairs made by _hadamard_x; x_once: loaded)
+    for m in ms if not (s.had_block or x_from_scratch(s)) else []:  # (rotated x: pairs made by _hadamard_x; had_once /
+        # x_once: loaded)
         L += _x_pair_lines(s, m)
     narrow = planes(s.code_bits)[1:]
     single = single_plane_pairs(s) if not narrow else None
@@ -353,7 +355,7 @@ def _half2_slots(s: KernelSpec, ms) -> list[str]:
         lines, looked_up = lut_regs.pair_lines(s, f"word_{w0}")
         L += lines
     sub = subnormal_codes(s)
-    if sub and not s.x_once:  # (x_once: zi and xq loaded from the program's scratch)
+    if sub and not x_from_scratch(s):  # (had_once / x_once: zi and xq loaded from the program's scratch)
         for m in ms:
             L += _subnormal_x_lines(s, m)
     for i, (lo, hi) in enumerate(pairs):
@@ -442,12 +444,10 @@ def _half2_x_scale(s: KernelSpec, m: int) -> list[str]:
     for rotated x: sqrt(h) max |x|) lands below 2^(t+1), t = half2_x_exponent: no fp16 product sum can overflow
     whatever the activations' range (bf16 x fits fp16 too). Powers of two: exact; the fp32 result is scaled back
     by inv{m} once, after the loop."""
-    t = half2_x_exponent(s)
     bump = math.ceil(math.log2(s.had_block) / 2) if s.had_block else 0
     # fp16 x unrotated: scaled in fp16 pairs (one HMUL2 per pair), so xs stays a normal fp16 (2^-14..2^15); a
     # clamped xs only leaves more headroom, and fp16 x times a power of two in that range is exact
     fp16_pairs = s.act_dtype == "fp16" and not s.had_block
-    lo, hi = (113, 142) if fp16_pairs else (1, 253)
     xc = max(X_SCAN, s.block_k)
     return [
         f"# max |x| over the program's K range, {xc} columns per load (one L2 round trip for most splits)",
@@ -459,6 +459,16 @@ def _half2_x_scale(s: KernelSpec, m: int) -> list[str]:
         + ".to(tl.float32)))",
         f"eb{m} = ((tl.max(amax{m}, axis=0).to(tl.int32, bitcast=True) >> 23) & 0xFF)"
         + (f" + {bump}  # |rotated x| <= 2^{bump} max |x|" if bump else "  # biased exponent of max |x|"),
+    ] + _x_scale_lines(s, m, fp16_pairs)
+
+
+def _x_scale_lines(s: KernelSpec, m: int, fp16_pairs: bool) -> list[str]:
+    """From eb{m}, the biased exponent of row m's largest |x| (a program's, or a K step's: x_step_scales): xs{m} =
+    2^e and inv{m} = 2^-e (half2_x_exponent's room below 2^(t+1)); xs2_{m}, xs in both fp16 halves, for fp16 pairs
+    (fp16_pairs: xs clamped to a normal fp16, 2^-14..2^15: a clamped xs only leaves more headroom)."""
+    t = half2_x_exponent(s)
+    lo, hi = (113, 142) if fp16_pairs else (1, 253)
+    return [
         f"xsb{m} = tl.minimum(tl.maximum({254 + t} - eb{m}{' - ev' if s.grid == 'lut' else ''}, {lo}), {hi})"
         f"  # biased exponent of xs{m}",
         f"xs{m} = (xsb{m} << 23).to(tl.float32, bitcast=True)",
@@ -829,10 +839,11 @@ def _x_prologue(s: KernelSpec) -> list[str]:
     return L
 
 
-def _hadamard_x(s: KernelSpec, m: int, dt: str, pairs_only: bool = False) -> list[str]:
+def _hadamard_x(s: KernelSpec, m: int, dt: str, once: bool = False) -> list[str]:
     """Rotate row m's x chunk in registers (fast Walsh-Hadamard, log2 h butterfly stages), then split it into
-    the per-slot column vectors x{m}_{j}_{e} the dequantized words pair with. pairs_only (half2 path, had_once's
-    prologue): stop at xt, the [C, pairs] int32 tensor of the step's fp16 pairs."""
+    the per-slot column vectors x{m}_{j}_{e} the dequantized words pair with (half2 path: the fp16 pairs xp{m}_{i}).
+    once (had_once's prologue): x loaded as is (whatever the loop's x_ahead does), and scaled by its K step's own
+    xs{m} (the rotated chunk's largest |value|, not a bound for it: x_step_scale_lines)."""
     h = s.had_block
     W0, S, P = s.tile_cols, s.col_slots, s.p
     kt = s.block_k // P // 128
@@ -840,7 +851,7 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str, pairs_only: bool = False) -> lis
         col, mask = "step * BLOCK_K + tl.arange(0, BLOCK_K)", f"step * BLOCK_K + tl.arange(0, BLOCK_K) < klim{m}"
         L = _x_load_raw(m, "xr", col, mask, cast="") + _even_load("nw", f"nw_ptr + {col}", mask, "0.0")
         L += [f"ssq{m} += xr.to(tl.float32) * xr.to(tl.float32)", "xk = _wx(xr, nw).to(tl.float32) * signs"]
-    elif pairs_only:  # (had_once's prologue: a plain load, whatever the loop's x_ahead does with the operands)
+    elif once:
         L = _x_load(s, m, "xk", _x_chunk("step"), f"{_x_chunk('step')} < klim{m}", ".to(tl.float32) * signs")
     else:
         L = _x_step_load(s, m, "xk", _x_chunk, ".to(tl.float32) * signs", f"xh{m}")
@@ -852,8 +863,12 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str, pairs_only: bool = False) -> lis
             "xk = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 2, 1)), (BLOCK_K,))",
         ]
         d *= 2
-    L.append(f"xk = xk * ({h ** -0.5!r} * xs{m})" if use_half2(s) else f"xk = xk * {h ** -0.5!r}")
-    if s.had_scratch and not pairs_only:
+    if once:
+        L += [f"xk = xk * {h ** -0.5!r}", f"eb{m} = _max_exponent(xk)"] + _x_scale_lines(s, m, False)
+        L.append(f"xk = xk * xs{m}")
+    else:
+        L.append(f"xk = xk * ({h ** -0.5!r} * xs{m})" if use_half2(s) else f"xk = xk * {h ** -0.5!r}")
+    if s.had_scratch:
         # Triton would otherwise move x into the words' layout after the first butterfly and run the other six
         # there, every thread of a column redoing its 32 values (16x the work at 64 threads and 4 columns). Through
         # a scratch row (two per program and activation row, by step parity: one barrier per step suffices) the
@@ -887,8 +902,6 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str, pairs_only: bool = False) -> lis
         assert half2_pairs(s) == [(i, i + H) for i in range(H)]
         L += [f"xlo, xhi = tl.split(tl.permute(tl.reshape(xk, (C, 2, {H})), (0, 2, 1)))  # slots i and i + {H}",
               "xt = _xpair(xlo, xhi)  # [C, pairs] int32: two fp16 each"]
-        if pairs_only:
-            return L
         tree("xt", H, list(range(H)), lambda i: f"xp{m}_{i}")
     else:
         L.append("xt = xk")
@@ -898,66 +911,83 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str, pairs_only: bool = False) -> lis
 
 def x_from_scratch(s: KernelSpec) -> bool:
     """had_once or x_once: each program writes its K range's x operands to scratch before the K loop, which loads
-    them (_once_prologue)."""
+    them (_once_prologue), each K step scaled by its own power of two (x_step_scale_lines)."""
     return s.had_once or s.x_once
 
 
 def once_operands(s: KernelSpec, m: int) -> list[str]:
     """had_once / x_once: row m's x operands of one K step, as the loop's half2 arithmetic takes them: the fp16 pairs
-    xp{m}_{i}; with x_once on subnormal codes the zero point's start zi{m} and the pairs scaled per bit, xq{m}_{i}."""
+    xp{m}_{i}; on subnormal codes the zero point's start zi{m} and the pairs scaled per bit, xq{m}_{i}. (In scratch
+    one more vector follows them: the step's 1 / xs, xinv{m}.)"""
     n = len(half2_pairs(s))
-    if s.x_once and subnormal_codes(s):
+    if subnormal_codes(s):
         return [f"zi{m}"] + [f"xq{m}_{i}" for i in range(n)]
     return [f"xp{m}_{i}" for i in range(n)]
 
 
 def once_operand_count(s: KernelSpec) -> int:
-    """The [C] int32 vectors per row and K step in a had_once / x_once program's scratch."""
-    return len(once_operands(s, 0))
+    """The [C] int32 vectors per row and K step in a had_once / x_once program's scratch: the operands and xinv."""
+    return len(once_operands(s, 0)) + 1
 
 
 def _once_slot(s: KernelSpec, m: int, step: str = "step") -> str:
-    """had_once / x_once: the scratch offset of row m's operands of K step `step` (operand i at i * C within it;
+    """had_once / x_once: the scratch offset of row m's operands of K step `step` (vector i at i * C within it;
     steps before the program's first, as an empty range's clamped prefetch asks for, read its first)."""
     rel = "step - step_lo" if step == "step" else f"tl.maximum({step} - step_lo, 0)"
     return f"scr_once + (({rel}) * BLOCK_M + {m}) * ({once_operand_count(s)} * C)"
 
 
+def _max_exponent_helper() -> list[str]:
+    return [
+        "@triton.jit",
+        "def _max_exponent(v):",
+        "    # biased float32 exponent of max |v| along v's last axis (kept as an axis of 1)",
+        "    a = tl.max(tl.abs(v.to(tl.float32)), axis=len(v.shape) - 1, keep_dims=True)",
+        "    return (a.to(tl.int32, bitcast=True) >> 23) & 0xFF",
+        "",
+        "",
+    ]
+
+
 def _once_prologue(s: KernelSpec, dt: str) -> list[str]:
-    """had_once / x_once, before the K loop: the x operands of every K step of the program's range, computed once
-    (had_once: rotated by _hadamard_x up to the fp16 pairs; x_once: x loaded, paired and scaled as the loop would)
-    and stored to the program's scratch in ws (after the split-K partials; ops.launch sizes it), [step, row,
-    operand, column]; then one CTA barrier, so every thread's operands are stored before the loop reads any."""
-    nops = once_operand_count(s)
-    what = "rotated once" if s.had_once else "x's operands made once"
-    L = [f"# this program's scratch: [K steps of the largest split, BLOCK_M, {nops} operands, C] int32 (as float32 bits)"
+    """had_once / x_once, before the K loop: the x operands of every K step of the program's range, made once (had_once:
+    rotated by _hadamard_x; x_once: x loaded and paired as the loop would, ONCE_STEPS steps per iteration as a
+    leading axis, so that an iteration's loads all go out before its arithmetic), each step scaled by its own power of
+    two xs{m} (the step's largest |x| below 2^(t+1), half2_x_exponent: fp16 room for that step's values, not the
+    program's), and stored to the program's scratch in ws (after the split-K partials; ops.launch sizes it) as
+    [step, row, vector, column]: the operands, then 1 / xs (xinv, the loop's unscale). Then one CTA barrier, so
+    every thread's operands are stored before the loop reads any."""
+    nv = once_operand_count(s)
+    fp16_pairs = s.act_dtype == "fp16" and not s.had_block
+    L = [f"# this program's scratch: [K steps of the largest split, BLOCK_M, {nv} vectors, C] int32 (as float32 bits)"
          f", from the first {ONCE_SCRATCH_ALIGN}-word boundary after the partials (16-byte vector loads)",
          f"scr_once = ws_ptr + tl.cdiv(SPLIT_K * M * N, {ONCE_SCRATCH_ALIGN}) * {ONCE_SCRATCH_ALIGN}"
          " + ((pid_m * tl.num_programs(1) + pid_k) * tl.num_programs(0) + pid_n) "
-         f"* (tl.cdiv(n_steps, SPLIT_K) * BLOCK_M * {nops} * C)",
-         f"for step in range(step_lo, step_hi):  # {what} per program, not once per K step of the loop"
-         if s.had_once else
-         f"for s0 in range(step_lo, step_hi, {ONCE_STEPS}):  # {what} per program, not once per K step of the loop",
-         ]
+         f"* (tl.cdiv(n_steps, SPLIT_K) * BLOCK_M * {nv} * C)"]
     if s.had_once:
-        L.insert(2, f"scr_pc = tl.arange(0, {nops})[None, :] * C + offs_c[:, None]  # [C, pairs] offsets within a "
-                    "row's step")
+        L.append("for step in range(step_lo, step_hi):  # rotated once per program, not once per K step of the loop")
+        cols = "offs_c"
     else:  # steps as a leading axis: one iteration's loads all go out before its arithmetic and stores
-        L += [f"    step = tl.minimum(s0 + tl.arange(0, {ONCE_STEPS}), step_hi - 1)[:, None]  # [{ONCE_STEPS}, 1]: "
+        L += [f"for s0 in range(step_lo, step_hi, {ONCE_STEPS}):  # x's operands made once per program, not once per "
+              "K step of the loop",
+              f"    step = tl.minimum(s0 + tl.arange(0, {ONCE_STEPS}), step_hi - 1)[:, None]  # [{ONCE_STEPS}, 1]: "
               "steps past the range redo its last (the same values to the same words)"]
+        cols = "offs_c[None, :]"
     for m in range(s.block_m):
         if s.had_once:
-            body = _hadamard_x(s, m, dt, pairs_only=True)
-            body.append(f"tl.store({_once_slot(s, m)} + scr_pc, xt.to(tl.float32, bitcast=True))")
+            body = _hadamard_x(s, m, dt, once=True)
         else:
             body = []
-            for target, cols in _x_targets(s, m):
-                body += _x_load(s, m, target, cols("step"), f"{cols('step')} < klim{m}")
-            body += _x_pair_lines(s, m)
-            if subnormal_codes(s):
-                body += _subnormal_x_lines(s, m)
-            body += [f"tl.store({_once_slot(s, m)} + {i} * C + offs_c[None, :], {op}.to(tl.float32, bitcast=True))"
-                     for i, op in enumerate(once_operands(s, m))]
+            targets = _x_targets(s, m)
+            for target, cols_of in targets:
+                body += _x_load(s, m, target, cols_of("step"), f"{cols_of('step')} < klim{m}")
+            body.append(f"eb{m} = _max_exponent({lut_regs.max_tree([f'tl.abs({x}.to(tl.float32))' for x, _ in targets])})")
+            body += _x_scale_lines(s, m, fp16_pairs) + _x_pair_lines(s, m)
+        if subnormal_codes(s):
+            body += _subnormal_x_lines(s, m)
+        vecs = [f"{op}.to(tl.float32, bitcast=True)" for op in once_operands(s, m)]
+        vecs.append(f"tl.zeros_like({vecs[0]}) + inv{m}")  # (1 / xs of the step, in every column)
+        body += [f"tl.store({_once_slot(s, m)} + {i} * C + {cols}, {v})" for i, v in enumerate(vecs)]
         L += ["    " + x for x in body]
     return L + ["tl.debug_barrier()  # the operands of every thread are stored before any thread loads them"]
 
@@ -965,11 +995,18 @@ def _once_prologue(s: KernelSpec, dt: str) -> list[str]:
 ONCE_STEPS = 8  # x_once's prologue: K steps per iteration ([ONCE_STEPS, C] loads, so their L2 round trips overlap)
 
 
+def once_vectors(s: KernelSpec, m: int) -> list[str]:
+    """The names the loop reads from a had_once / x_once scratch for row m: the operands and xinv{m}."""
+    return once_operands(s, m) + [f"xinv{m}"]
+
+
 def _once_loads(s: KernelSpec, m: int, step: str = "step", suffix: str = "") -> list[str]:
     """had_once / x_once: row m's operands of K step `step` from the program's scratch (L2: .cg) into
-    <operand><suffix>."""
-    return [f"{op}{suffix} = tl.load({_once_slot(s, m, step)} + {i} * C + offs_c, cache_modifier=\".cg\")"
-            ".to(tl.int32, bitcast=True)" for i, op in enumerate(once_operands(s, m))]
+    <operand><suffix>, and the step's 1 / xs (one word) into xinv{m}<suffix>."""
+    ops = once_operands(s, m)
+    L = [f"{op}{suffix} = tl.load({_once_slot(s, m, step)} + {i} * C + offs_c, cache_modifier=\".cg\")"
+         ".to(tl.int32, bitcast=True)" for i, op in enumerate(ops)]
+    return L + [f"xinv{m}{suffix} = tl.load({_once_slot(s, m, step)} + {len(ops)} * C, cache_modifier=\".cg\")"]
 
 
 def _row_scale_names(s: KernelSpec) -> list[str]:
@@ -1109,7 +1146,7 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
         if s.x_norm:
             L.append(f"ssq{m} = tl.zeros((BLOCK_K,), dtype=tl.float32)  # x^2 of the program's K range (_norm_ssq)")
         L.append(f"acc{m} = tl.zeros((BLOCK_N, C), dtype=tl.float32)")
-        if h2:
+        if h2 and not x_from_scratch(s):  # (had_once / x_once: a scale per K step, _once_prologue)
             L += _half2_x_scale(s, m)
     if h2:
         L += _half2_masks(s)
@@ -1126,7 +1163,7 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
     if x_from_scratch(s):
         for m in ms:
             if s.x_ahead:
-                loop += [f"{op} = {op}_p0" for op in once_operands(s, m)] + _shift_buffers(s, once_operands(s, m))
+                loop += [f"{v} = {v}_p0" for v in once_vectors(s, m)] + _shift_buffers(s, once_vectors(s, m))
             else:
                 loop += _once_loads(s, m)
     elif s.had_block:
@@ -1170,10 +1207,11 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
                 loop.append(f"acc{m} += part{m} * sc" + (f" + xs{m}[None, :] * of" if s.grid == "uniform_asym" else ""))
         elif mode == "row":
             for m in ms:
-                loop.append(f"acc{m} += part{m} * sc" + (f" + xs{m}[None, :] * of" if s.grid == "uniform_asym" else ""))
+                sc = f"(sc * xinv{m})" if x_from_scratch(s) else "sc"  # (the step's own x scale undone with the row's)
+                loop.append(f"acc{m} += part{m} * {sc}" + (f" + xs{m}[None, :] * of" if s.grid == "uniform_asym" else ""))
         else:  # channel: scales after the loop
             for m in ms:
-                loop.append(f"acc{m} += part{m}")
+                loop.append(f"acc{m} += part{m} * xinv{m}" if x_from_scratch(s) else f"acc{m} += part{m}")
                 if s.grid == "uniform_asym":
                     loop.append(f"xsum{m} += xs{m}")
     if mode == "channel" and s.grid == "uniform_asym":
@@ -1201,7 +1239,7 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
         "        bias += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)",
     ])
     for m in ms:
-        red = f"tl.sum(acc{m}, axis=1)" + (f" * inv{m}" if h2 else "") + (
+        red = f"tl.sum(acc{m}, axis=1)" + (f" * inv{m}" if h2 and not x_from_scratch(s) else "") + (
             f" * {SUBNORMAL_UNSCALE!r}" if subnormal_codes(s) else "")
         if mode == "channel":
             red = f"{red} * sc" + (f" + tl.sum(xsum{m}) * of" if s.grid == "uniform_asym" else "")
@@ -1454,7 +1492,7 @@ def kernel_source(spec: KernelSpec) -> str:
     if s.x_glu or s.x_norm:
         hdr += _rne_helper() + (_glu_helper() if s.x_glu else _wx_helper())
     if use_half2(s):
-        hdr += _half2_helpers(s)
+        hdr += _half2_helpers(s) + (_max_exponent_helper() if x_from_scratch(s) else [])
     if s.a_regs:
         hdr += gemm_regs.helpers(s)
     if lut_regs.tile_eligible(s):

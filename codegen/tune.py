@@ -110,11 +110,14 @@ def gemv_cp_async_twin(spec: KernelSpec) -> KernelSpec:
     return dataclasses.replace(spec, cp_async=True, num_stages=GEMV_CP_ASYNC_STAGES, x_ahead=False)
 
 
-def _once_fits(spec: KernelSpec, m: int, n: int, k: int, split: int) -> bool:
-    """Whether a gemv tile takes a had_once / x_once twin: the half2 path, and scratch of at most
-    HAD_ONCE_SCRATCH_MAX_BYTES (each N tile keeps its own copy of the operands: MBs at M=1, GBs for the 16-row tiles of
-    the widest layers)."""
-    return use_half2(spec) and 4 * had_once_scratch_floats(spec, m, n, k, split) <= HAD_ONCE_SCRATCH_MAX_BYTES
+def _once_twin(spec: KernelSpec, flag: str, m: int, n: int, k: int, split: int) -> KernelSpec | None:
+    """A gemv tile's had_once / x_once twin (flag), or None where the tile is off the half2 path or the twin's scratch
+    would pass HAD_ONCE_SCRATCH_MAX_BYTES (each N tile keeps its own copy of the operands: MBs at M=1, GBs for the
+    16-row tiles of the widest layers)."""
+    if not use_half2(spec):
+        return None
+    twin = dataclasses.replace(spec, **{flag: True})
+    return twin if 4 * had_once_scratch_floats(twin, m, n, k, split) <= HAD_ONCE_SCRATCH_MAX_BYTES else None
 
 
 def wgmma_setting(device) -> bool:
@@ -243,13 +246,14 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
                     out.append((spec, split))
                     if cpa:  # the K loop's loads copied ahead by cp.async, no registers
                         out.append((gemv_cp_async_twin(spec), split))
-                    if _once_fits(spec, m, n, k, split) and not (base.had_block or base.x_norm):
-                        out.append((dataclasses.replace(spec, x_once=True), split))  # x's operands once per program
+                    once = _once_twin(spec, "x_once", m, n, k, split) if not (base.had_block or base.x_norm) else None
+                    if once:  # x's operands made once per program (kernel_spec.x_once)
+                        out.append((once, split))
                     if base.had_block:  # the rotated x through a scratch row (kernel_spec.had_scratch): fewer
                         # instructions, one more L2 trip
                         out.append((dataclasses.replace(spec, had_scratch=True), split))
-                        if not (base.x_norm or spec.x_ahead) and _once_fits(spec, m, n, k, split):  # rotated once
-                            once = dataclasses.replace(spec, had_once=True)  # (kernel_spec.had_once)
+                        once = _once_twin(spec, "had_once", m, n, k, split) if not base.x_norm else None
+                        if once:  # rotated once per program (kernel_spec.had_once)
                             out.append((once, split))
                             if cpa:
                                 out.append((gemv_cp_async_twin(once), split))
