@@ -842,11 +842,20 @@ def _x_prologue(s: KernelSpec) -> list[str]:
 def _hadamard_x(s: KernelSpec, m: int, dt: str, once: bool = False) -> list[str]:
     """Rotate row m's x chunk in registers (fast Walsh-Hadamard, log2 h butterfly stages), then split it into
     the per-slot column vectors x{m}_{j}_{e} the dequantized words pair with (half2 path: the fp16 pairs xp{m}_{i}).
-    once (had_once's prologue): x loaded as is (whatever the loop's x_ahead does), and scaled by its K step's own
-    xs{m} (the rotated chunk's largest |value|, not a bound for it: x_step_scale_lines)."""
+    once (had_once's prologue): the ONCE_STEPS K steps of `step` ([ONCE_STEPS, 1]) at once, as a leading axis of every
+    tensor, x loaded as is (whatever the loop's x_ahead does), each step scaled by its own xs{m} (its rotated chunk's
+    largest |value|, not a bound for it: _x_scale_lines)."""
     h = s.had_block
     W0, S, P = s.tile_cols, s.col_slots, s.p
     kt = s.block_k // P // 128
+
+    def shape(*dims) -> str:  # a shape, behind the steps' axis in the prologue
+        dims = ([ONCE_STEPS] if once else []) + list(dims)
+        return "(" + ", ".join(map(str, dims)) + ("," if len(dims) == 1 else "") + ")"
+
+    def perm(*axes) -> str:  # a permutation of those dims, the steps' axis kept first
+        return "(" + ", ".join((["0"] if once else []) + [str(a + once) for a in axes]) + ")"
+
     if s.x_norm:  # the raw x for the row's sum of squares, then weight * x (the values _x_expr gives)
         col, mask = "step * BLOCK_K + tl.arange(0, BLOCK_K)", f"step * BLOCK_K + tl.arange(0, BLOCK_K) < klim{m}"
         L = _x_load_raw(m, "xr", col, mask, cast="") + _even_load("nw", f"nw_ptr + {col}", mask, "0.0")
@@ -858,9 +867,10 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str, once: bool = False) -> list[str]
     d = 1
     while d < h:
         L += [
-            f"xk = tl.permute(tl.reshape(xk, (BLOCK_K // {2 * d}, 2, {d})), (0, 2, 1))  # butterfly, distance {d}",
+            f"xk = tl.permute(tl.reshape(xk, {shape(f'BLOCK_K // {2 * d}', 2, d)}), {perm(0, 2, 1)})  # butterfly, "
+            f"distance {d}",
             "a, b = tl.split(xk)",
-            "xk = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 2, 1)), (BLOCK_K,))",
+            f"xk = tl.reshape(tl.permute(tl.join(a + b, a - b), {perm(0, 2, 1)}), {shape('BLOCK_K')})",
         ]
         d *= 2
     if once:
@@ -885,22 +895,23 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str, once: bool = False) -> list[str]
     else:
         L += [
             "# natural order -> [column, slot * p + e]",
-            f"xk = tl.reshape(tl.permute(tl.reshape(xk, ({kt}, {S}, {W0}, {P})), (0, 2, 1, 3)), (C, {S * P}))",
+            f"xk = tl.reshape(tl.permute(tl.reshape(xk, {shape(kt, S, W0, P)}), {perm(0, 2, 1, 3)}), {shape('C', S * P)})",
         ]
 
     # binary split tree along the last axis: leaf l
     def tree(name: str, n: int, idx: list[int], leaf):
         if n == 1:
-            L.append(f"{leaf(idx[0])} = tl.reshape({name}, (C,))")
+            L.append(f"{leaf(idx[0])} = tl.reshape({name}, {shape('C')})")
             return
-        L.append(f"{name}a, {name}b = tl.split(tl.reshape({name}, (C, {n // 2}, 2)))")
+        L.append(f"{name}a, {name}b = tl.split(tl.reshape({name}, {shape('C', n // 2, 2)}))")
         tree(name + "a", n // 2, idx[0::2], leaf)
         tree(name + "b", n // 2, idx[1::2], leaf)
 
     if use_half2(s):  # fp16 pairs before the split: half the values to move into the words' layout, as int32
         H = S // 2
         assert half2_pairs(s) == [(i, i + H) for i in range(H)]
-        L += [f"xlo, xhi = tl.split(tl.permute(tl.reshape(xk, (C, 2, {H})), (0, 2, 1)))  # slots i and i + {H}",
+        L += [f"xlo, xhi = tl.split(tl.permute(tl.reshape(xk, {shape('C', 2, H)}), {perm(0, 2, 1)}))  # slots i and "
+              f"i + {H}",
               "xt = _xpair(xlo, xhi)  # [C, pairs] int32: two fp16 each"]
         tree("xt", H, list(range(H)), lambda i: f"xp{m}_{i}")
     else:
@@ -911,7 +922,7 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str, once: bool = False) -> list[str]
 
 def x_from_scratch(s: KernelSpec) -> bool:
     """had_once or x_once: each program writes its K range's x operands to scratch before the K loop, which loads
-    them (_once_prologue), each K step scaled by its own power of two (x_step_scale_lines)."""
+    them (_once_prologue), each K step scaled by its own power of two (_x_scale_lines)."""
     return s.had_once or s.x_once
 
 
@@ -951,8 +962,8 @@ def _max_exponent_helper() -> list[str]:
 
 def _once_prologue(s: KernelSpec, dt: str) -> list[str]:
     """had_once / x_once, before the K loop: the x operands of every K step of the program's range, made once (had_once:
-    rotated by _hadamard_x; x_once: x loaded and paired as the loop would, ONCE_STEPS steps per iteration as a
-    leading axis, so that an iteration's loads all go out before its arithmetic), each step scaled by its own power of
+    rotated by _hadamard_x; x_once: x loaded and paired as the loop would), ONCE_STEPS steps per iteration as a
+    leading axis (so that an iteration's loads all go out before its arithmetic), each step scaled by its own power of
     two xs{m} (the step's largest |x| below 2^(t+1), half2_x_exponent: fp16 room for that step's values, not the
     program's), and stored to the program's scratch in ws (after the split-K partials; ops.launch sizes it) as
     [step, row, vector, column]: the operands, then 1 / xs (xinv, the loop's unscale). Then one CTA barrier, so
@@ -964,15 +975,12 @@ def _once_prologue(s: KernelSpec, dt: str) -> list[str]:
          f"scr_once = ws_ptr + tl.cdiv(SPLIT_K * M * N, {ONCE_SCRATCH_ALIGN}) * {ONCE_SCRATCH_ALIGN}"
          " + ((pid_m * tl.num_programs(1) + pid_k) * tl.num_programs(0) + pid_n) "
          f"* (tl.cdiv(n_steps, SPLIT_K) * BLOCK_M * {nv} * C)"]
-    if s.had_once:
-        L.append("for step in range(step_lo, step_hi):  # rotated once per program, not once per K step of the loop")
-        cols = "offs_c"
-    else:  # steps as a leading axis: one iteration's loads all go out before its arithmetic and stores
-        L += [f"for s0 in range(step_lo, step_hi, {ONCE_STEPS}):  # x's operands made once per program, not once per "
-              "K step of the loop",
-              f"    step = tl.minimum(s0 + tl.arange(0, {ONCE_STEPS}), step_hi - 1)[:, None]  # [{ONCE_STEPS}, 1]: "
-              "steps past the range redo its last (the same values to the same words)"]
-        cols = "offs_c[None, :]"
+    what = "rotated" if s.had_once else "x's operands made"
+    # steps as a leading axis: one iteration's loads all go out before its arithmetic and stores
+    L += [f"for s0 in range(step_lo, step_hi, {ONCE_STEPS}):  # {what} once per program, not once per K step of "
+          "the loop",
+          f"    step = tl.minimum(s0 + tl.arange(0, {ONCE_STEPS}), step_hi - 1)[:, None]  # [{ONCE_STEPS}, 1]: "
+          "steps past the range redo its last (the same values to the same words)"]
     for m in range(s.block_m):
         if s.had_once:
             body = _hadamard_x(s, m, dt, once=True)
@@ -987,12 +995,12 @@ def _once_prologue(s: KernelSpec, dt: str) -> list[str]:
             body += _subnormal_x_lines(s, m)
         vecs = [f"{op}.to(tl.float32, bitcast=True)" for op in once_operands(s, m)]
         vecs.append(f"tl.zeros_like({vecs[0]}) + inv{m}")  # (1 / xs of the step, in every column)
-        body += [f"tl.store({_once_slot(s, m)} + {i} * C + {cols}, {v})" for i, v in enumerate(vecs)]
+        body += [f"tl.store({_once_slot(s, m)} + {i} * C + offs_c[None, :], {v})" for i, v in enumerate(vecs)]
         L += ["    " + x for x in body]
     return L + ["tl.debug_barrier()  # the operands of every thread are stored before any thread loads them"]
 
 
-ONCE_STEPS = 8  # x_once's prologue: K steps per iteration ([ONCE_STEPS, C] loads, so their L2 round trips overlap)
+ONCE_STEPS = 8  # had_once / x_once prologue: K steps per iteration (a leading axis: their L2 round trips overlap)
 
 
 def once_vectors(s: KernelSpec, m: int) -> list[str]:
