@@ -321,7 +321,7 @@ def main():
                                  f"w{spec.num_warps}s{spec.num_stages}x{split}{'ra' if spec.a_regs else ''}"
                                  f"{'s' if spec.a_scales else ''}{'rw' if spec.rolling_wait else ''}"
                                  f"{'hx' if spec.had_scratch else ''}{'ho' if spec.had_once else ''}"
-                                 f"{'cpa' if spec.cp_async else ''}",
+                                 f"{'xo' if spec.x_once else ''}{'cpa' if spec.cp_async else ''}",
                                  status="ok" if err < 1e-2 else "BAD")
                         except Exception as e:
                             traceback.print_exc()

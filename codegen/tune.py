@@ -461,6 +461,40 @@ _SETTLED: dict[tuple, tuple[KernelSpec, int]] = {}
 _DEFAULTS: dict[tuple, tuple[KernelSpec, int]] = {}
 
 
+TUNE_AGREE_RELERR = 3e-2  # a candidate whose output differs more from the first's (relative norm) is not taken
+
+
+def time_candidates(cands, run, timer) -> tuple[tuple[KernelSpec, int], float]:
+    """The fastest of cands [(spec, split_k)] by timer(fn) -> µs, and its time (inf: none could be timed).
+    `run(spec, split_k)` launches one and returns its output. Every candidate's output on the layer's own inputs is
+    checked against the first candidate that runs (the heuristic choice, the untuned default): one that differs by
+    more than TUNE_AGREE_RELERR (rounding of the paths differs by ~1e-3), or is not finite where the first is, is a
+    wrong kernel; it is skipped with a warning and never chosen."""
+    best, best_t, ref, ref_name = cands[0], float("inf"), None, ""
+    for spec, split in cands:
+        try:
+            y = run(spec, split).float()  # compiles outside any capture; a candidate out of resources fails here
+            if ref is None:
+                ref, ref_name = y, f"{spec.name()} split {split}"
+            elif bool(torch.isfinite(ref).all()):  # (inputs with inf or NaN: nothing to compare)
+                err = float((y - ref).norm() / ref.norm().clamp_min(1e-30))
+                if not err <= TUNE_AGREE_RELERR:  # (NaN: not finite)
+                    import warnings
+
+                    warnings.warn(f"qcomp.tune: {spec.name()} split {split} gives another result than {ref_name} "
+                                  f"on these inputs (relative difference {err:.2e}): skipped; please report it",
+                                  RuntimeWarning, stacklevel=3)
+                    continue
+            t = timer(lambda: run(spec, split))
+        except Exception as e:  # a candidate that does not compile (resources) is skipped, not fatal
+            if os.environ.get("QCOMP_TUNE_VERBOSE"):
+                print(f"qcomp.tune: {spec.name()} split {split} failed: {type(e).__name__}: {e}")
+            continue
+        if t < best_t:
+            best, best_t = (spec, split), t
+    return best, best_t
+
+
 def choose(base: KernelSpec, m: int, n: int, k: int, device, run) -> tuple[KernelSpec, int]:
     """Pick (spec, split_k). `run(spec, split_k)` launches the kernel once (used for timing)."""
     memo = (base, m_bucket(m), n, k, str(device))
@@ -485,18 +519,7 @@ def choose(base: KernelSpec, m: int, n: int, k: int, device, run) -> tuple[Kerne
     if not tune:
         got = _DEFAULTS[memo] = cands[0]  # not settled: a later call that may tune does so
         return got
-    best, best_t = cands[0], float("inf")
-    timer = _timer(device)
-    for spec, split in cands:
-        try:
-            run(spec, split)  # compiles outside any capture; a candidate out of resources fails here
-            t = timer(lambda: run(spec, split))
-        except Exception as e:  # a candidate that does not compile (resources) is skipped, not fatal
-            if os.environ.get("QCOMP_TUNE_VERBOSE"):
-                print(f"qcomp.tune: {spec.name()} split {split} failed: {type(e).__name__}: {e}")
-            continue
-        if t < best_t:
-            best, best_t = (spec, split), t
+    best, best_t = time_candidates(cands, run, _timer(device))
     if best_t == float("inf"):  # nothing could be timed: keep the heuristic default, unsettled (no cache entry)
         import warnings
 

@@ -235,3 +235,32 @@ def test_had_once_candidates_keep_their_scratch_bounded(m, n, k):
         assert once and not left_out
     if m == 16 and n == 28672:
         assert left_out
+
+
+def test_tuning_skips_a_candidate_that_disagrees_with_the_first():
+    """time_candidates checks every candidate's output against the first that runs: a wrong kernel (here one off by
+    10 %, one with NaN) is skipped with a warning even where it is the fastest; rounding-level differences are not."""
+    specs = [(KernelSpec(bits=4, block_m=1, block_n=bn), 1) for bn in (16, 32, 64, 128)]
+    y = torch.randn(3, 40, generator=torch.Generator().manual_seed(0))
+    outs = {16: y, 32: y * 1.1, 64: torch.full_like(y, float("nan")), 128: y + 1e-3 * y.abs().max()}
+    speed = {16: 9.0, 32: 1.0, 64: 2.0, 128: 5.0}  # the wrong ones fastest
+
+    def run(spec, split):
+        return outs[spec.block_n]
+
+    def timer(fn):  # (fn runs the candidate: its output names it)
+        out = fn()
+        return next(speed[bn] for bn in outs if outs[bn] is out)
+
+    with pytest.warns(RuntimeWarning, match="gives another result") as rec:
+        best, t = tune.time_candidates(specs, run, timer)
+    assert best == specs[3] and t == 5.0 and len(rec) == 2  # block_n 32 and 64 skipped, 128 (rounding) kept
+
+    def first_fails(spec, split):
+        if spec.block_n == 16:
+            raise RuntimeError("out of resources")
+        return run(spec, split)
+
+    with pytest.warns(RuntimeWarning, match="another result than .*n32"):
+        best, _ = tune.time_candidates(specs, first_fails, timer)
+    assert best == specs[1]  # y * 1.1 is the reference now: the others disagree with it
