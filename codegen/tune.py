@@ -356,7 +356,7 @@ def _key(base: KernelSpec, m: int, n: int, k: int, device) -> str:
     tried += "|wgmma36" if wgmma_setting(device) else ""
     # (fused rotations at M <= 16 chosen before had_once joined the gemv candidates, session 37, are tuned again;
     # choices among the cp_async twins, QCOMP_GEMV_CP_ASYNC=1, are kept apart)
-    had = "|had37" if base.had_block and m <= 16 else ""
+    had = "|had38" if base.had_block and m <= 16 else ""  # (had_once took step scales and subnormal codes, session 38)
     # (unrotated half2 choices at M <= 16 made before the x_once twins joined, session 38, are tuned again)
     had += "|xo38" if m <= 16 and not (base.had_block or base.x_norm) else ""
     tried += "|cp_async" if m <= 16 and gemv_cp_async_setting(device) else ""
