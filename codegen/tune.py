@@ -110,13 +110,21 @@ def gemv_cp_async_twin(spec: KernelSpec) -> KernelSpec:
     return dataclasses.replace(spec, cp_async=True, num_stages=GEMV_CP_ASYNC_STAGES, x_ahead=False)
 
 
+def gemv_x_once(base: KernelSpec) -> bool:
+    """Whether the tuner tries x_once twins: unrotated 1- and 2-bit codes, no norm. On the H100 (session 38,
+    results/time_specs_v38_x_once*_h100.tsv) x_once ran w1 9 % faster (32.9 -> 30.0 µs), w2 level (31.8 -> 33.5 and
+    30.2 -> 29.6 at the picks), and w3 / w4 10-35 % slower: a short program's prologue costs more than the loop saves."""
+    return base.code_bits <= 2 and not (base.had_block or base.x_norm)
+
+
 def _once_twin(spec: KernelSpec, flag: str, m: int, n: int, k: int, split: int) -> KernelSpec | None:
     """A gemv tile's had_once / x_once twin (flag), or None where the tile is off the half2 path or the twin's scratch
     would pass HAD_ONCE_SCRATCH_MAX_BYTES (each N tile keeps its own copy of the operands: MBs at M=1, GBs for the
-    16-row tiles of the widest layers)."""
+    16-row tiles of the widest layers). The twin loads the operands a K step ahead (x_ahead): on the H100 had_once w2
+    n128 ran 39.1 -> 34.5 / 39.6 -> 32.2 µs with it, w4 61.5 -> 60.9, and x_once w4 n32 68.9 -> 64.8 (session 38)."""
     if not use_half2(spec):
         return None
-    twin = dataclasses.replace(spec, **{flag: True})
+    twin = dataclasses.replace(spec, x_ahead=True, **{flag: True})
     return twin if 4 * had_once_scratch_floats(twin, m, n, k, split) <= HAD_ONCE_SCRATCH_MAX_BYTES else None
 
 
@@ -246,7 +254,7 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
                     out.append((spec, split))
                     if cpa:  # the K loop's loads copied ahead by cp.async, no registers
                         out.append((gemv_cp_async_twin(spec), split))
-                    once = _once_twin(spec, "x_once", m, n, k, split) if not (base.had_block or base.x_norm) else None
+                    once = _once_twin(spec, "x_once", m, n, k, split) if gemv_x_once(base) else None
                     if once:  # x's operands made once per program (kernel_spec.x_once)
                         out.append((once, split))
                     if base.had_block:  # the rotated x through a scratch row (kernel_spec.had_scratch): fewer
@@ -357,8 +365,8 @@ def _key(base: KernelSpec, m: int, n: int, k: int, device) -> str:
     # (fused rotations at M <= 16 chosen before had_once joined the gemv candidates, session 37, are tuned again;
     # choices among the cp_async twins, QCOMP_GEMV_CP_ASYNC=1, are kept apart)
     had = "|had38" if base.had_block and m <= 16 else ""  # (had_once took step scales and subnormal codes, session 38)
-    # (unrotated half2 choices at M <= 16 made before the x_once twins joined, session 38, are tuned again)
-    had += "|xo38" if m <= 16 and not (base.had_block or base.x_norm) else ""
+    # (unrotated 1- and 2-bit choices at M <= 16 made before the x_once twins joined, session 38, are tuned again)
+    had += "|xo38" if m <= 16 and gemv_x_once(base) else ""
     tried += "|cp_async" if m <= 16 and gemv_cp_async_setting(device) else ""
     return f"{gpu}|m{m_bucket(m)}|{n}x{k}|{base.to_json()}{had}{tried}"
 

@@ -189,8 +189,9 @@ def test_a_scales_setting(monkeypatch):
                                          (dict(bits=1, grid="lut", p=2, block_k=256), 1, False)])
 def test_gemv_x_ahead_only_where_it_was_timed_faster(fields, m, on):
     """tune.gemv_x_ahead: x loaded ahead for one row of 2-bit uniform codes (1-5 % faster on the H100), nowhere else
-    (w3 17-26 % slower)."""
-    gemvs = [spec for spec, _ in tune.candidates(KernelSpec(**fields), m, 4096, 4096) if spec.variant == "gemv"]
+    (w3 17-26 % slower). (The x_once / had_once twins load their operands ahead everywhere: the next test.)"""
+    gemvs = [spec for spec, _ in tune.candidates(KernelSpec(**fields), m, 4096, 4096)
+             if spec.variant == "gemv" and not (spec.x_once or spec.had_once)]
     assert gemvs and all(spec.x_ahead == on for spec in gemvs)
 
 
@@ -264,3 +265,15 @@ def test_tuning_skips_a_candidate_that_disagrees_with_the_first():
     with pytest.warns(RuntimeWarning, match="another result than .*n32"):
         best, _ = tune.time_candidates(specs, first_fails, timer)
     assert best == specs[1]  # y * 1.1 is the reference now: the others disagree with it
+
+
+@pytest.mark.parametrize("bits, had, offered", [(1, 0, True), (2, 0, True), (3, 0, False), (4, 0, False),
+                                                (2, 128, False)])
+def test_x_once_twins_only_where_they_were_not_slower(bits, had, offered):
+    """x_once twins (x_ahead on) join the M=1 candidates for unrotated 1- and 2-bit codes only (tune.gemv_x_once);
+    had_once twins load their operands ahead too."""
+    base = KernelSpec(bits=bits, group_size=128, had_block=had, block_m=1)
+    cands = tune.candidates(base, 1, 28672, 8192)
+    twins = [s for s, _ in cands if s.x_once]
+    assert bool(twins) == offered and all(s.x_ahead for s in twins)
+    assert all(s.x_ahead for s, _ in cands if s.had_once) and (any(s.had_once for s, _ in cands) == bool(had))
