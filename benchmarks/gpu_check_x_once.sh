@@ -1,7 +1,8 @@
 #!/bin/bash
-# One device call (<= 10 min): the M=1 GEMV with x's operands made once per program (KernelSpec.x_once: the pairs
-# times xs and, on subnormal codes, the zero point's start and the per-bit pairs, stored to scratch before the K loop,
-# which loads them) against the session-37 picks, then the #5 M=1 matrix with the tuner offering the x_once twins.
+# One device call (<= 10 min): the M=1 GEMV with x's operands made once per program (KernelSpec.x_once / had_once:
+# each K step at its own scale, the pairs times xs and, on subnormal codes, the zero point's start and the per-bit
+# pairs, stored to scratch before the K loop, which loads them) against the session-37 picks, then the #5 M=1 matrix
+# with the tuner offering the twins (session 38 ran section 2 only: RESULTS_kernels.md).
 #   1. the CPU tests' K-tail, x_ahead, l2_ahead and x_once kernel cases compiled on the GPU, against the reference
 #   2. benchmarks/cases/gemv_x_once.json: the picks and other tiles beside their x_once twins; the rotated picks
 #      beside had_once (step scales, subnormal codes), with and without x_ahead; checked against the reference and

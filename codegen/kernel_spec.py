@@ -87,10 +87,12 @@ class KernelSpec:
     # rewrites), so the tensor cores run the slots still in flight meanwhile (gemm_wgmma._rolling_slot_lines); needs
     # num_stages >= 3 (a stage stays in use one step longer)
     had_once: bool = False  # gemv + fused Hadamard on the half2 path: each program rotates its K range of x once,
-    # before the K loop, into scratch as the loop's fp16 pairs (render._had_once_prologue); the loop then loads the
-    # pairs instead of rotating each step's chunk (no butterflies, layout moves or barriers among its weight loads)
+    # before the K loop, each K step at its own power-of-two scale, into scratch as the loop's operands (so 1-4-bit
+    # codes take the subnormal path; render._once_prologue); the loop then loads them instead of rotating each step's
+    # chunk (no butterflies, layout moves or barriers among its weight loads)
     x_once: bool = False  # gemv on the half2 path without a rotation: had_once's scheme for unrotated x. Each
-    # program makes its K range's x operands once, before the K loop (the fp16 pairs times xs; on subnormal codes
+    # program makes its K range's x operands once, before the K loop, each K step at its own scale xs (the fp16
+    # pairs times xs; on subnormal codes
     # the zero point's start and the pairs scaled per bit position), into scratch (render._once_prologue); the loop
     # loads them (with x_ahead, a prefetch distance ahead) instead of loading, pairing and scaling x at each step
     cp_async: bool = False  # gemv: no register prefetch in the text; the K loop is a tl.range with num_stages, so
