@@ -92,9 +92,9 @@ class KernelSpec:
     # chunk (no butterflies, layout moves or barriers among its weight loads)
     x_once: bool = False  # gemv on the half2 path without a rotation: had_once's scheme for unrotated x. Each
     # program makes its K range's x operands once, before the K loop, each K step at its own scale xs (the fp16
-    # pairs times xs; on subnormal codes
-    # the zero point's start and the pairs scaled per bit position), into scratch (render._once_prologue); the loop
-    # loads them (with x_ahead, a prefetch distance ahead) instead of loading, pairing and scaling x at each step
+    # pairs times xs; on subnormal codes the zero point's start and the pairs scaled per bit position), into scratch
+    # (render._once_prologue); the loop loads them (with x_ahead, a prefetch distance ahead) instead of loading,
+    # pairing and scaling x at each step
     cp_async: bool = False  # gemv: no register prefetch in the text; the K loop is a tl.range with num_stages, so
     # Triton's pipeliner copies its loads (words, x, scales) num_stages - 1 steps ahead into shared memory by cp.async:
     # data in flight takes no registers (render.prefetch_distance). Slower than the register prefetch on the H200
