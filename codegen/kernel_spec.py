@@ -298,13 +298,13 @@ class KernelSpec:
         return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]
 
 
-HAD_ONCE_SCRATCH_MAX_BYTES = 64 << 20  # the tuner offers had_once / x_once only where their scratch stays below this
+ONCE_SCRATCH_MAX_BYTES = 64 << 20  # the tuner offers had_once / x_once only where their scratch stays below this
 
 
 ONCE_SCRATCH_ALIGN = 16  # had_once / x_once scratch starts at a multiple of this many 4-byte words into ws
 
 
-def had_once_scratch_floats(spec: KernelSpec, m: int, n: int, k: int, split_k: int) -> int:
+def once_scratch_floats(spec: KernelSpec, m: int, n: int, k: int, split_k: int) -> int:
     """Scratch of a had_once / x_once gemv launch, in 4-byte words: every program keeps the x operands of its K range
     (the largest split's) for its block_m rows, render.once_operand_count vectors of C words per K step, so x is
     stored once per N tile. had_once (the fp16 pairs): about (n / block_n) * block_m * k * 2 bytes (3.7 MB at M=1,

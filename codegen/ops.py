@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from qcomp.capture.norms import rms_norm_reference
 
 from .hadamard_util import rotate_blocks, signs_for
-from .kernel_spec import MAX_FUSED_HADAMARD, KernelSpec, had_once_scratch_floats
+from .kernel_spec import MAX_FUSED_HADAMARD, KernelSpec, once_scratch_floats
 from .packing import packed_shape, padded_codes, unpack_codes
 from .render import load_kernel
 from . import gemm_wgmma, precompile, tune, wgmma_stream_k
@@ -183,7 +183,7 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
     # scratch rows for a rotated x that goes through memory (spec.had_scratch): two per program and activation row
     scratch = spec.block_m * 2 * spec.block_k * grid[0] * grid[1] * grid[2] if spec.had_scratch else 0
     if spec.had_once or spec.x_once:  # the x operands of a program's whole K range, made once (render._once_prologue)
-        scratch = had_once_scratch_floats(spec, m, n, k, split_k)
+        scratch = once_scratch_floats(spec, m, n, k, split_k)
     if spec.stream_k:  # two tile slots per program for the parts of split tiles, a counter per tile
         ws = torch.empty(wgmma_stream_k.workspace_floats(grid[0], spec.block_m, spec.block_n), device=dev,
                          dtype=torch.float32)

@@ -445,9 +445,6 @@ def _half2_x_scale(s: KernelSpec, m: int) -> list[str]:
     whatever the activations' range (bf16 x fits fp16 too). Powers of two: exact; the fp32 result is scaled back
     by inv{m} once, after the loop."""
     bump = math.ceil(math.log2(s.had_block) / 2) if s.had_block else 0
-    # fp16 x unrotated: scaled in fp16 pairs (one HMUL2 per pair), so xs stays a normal fp16 (2^-14..2^15); a
-    # clamped xs only leaves more headroom, and fp16 x times a power of two in that range is exact
-    fp16_pairs = s.act_dtype == "fp16" and not s.had_block
     xc = max(X_SCAN, s.block_k)
     return [
         f"# max |x| over the program's K range, {xc} columns per load (one L2 round trip for most splits)",
@@ -459,13 +456,15 @@ def _half2_x_scale(s: KernelSpec, m: int) -> list[str]:
         + ".to(tl.float32)))",
         f"eb{m} = ((tl.max(amax{m}, axis=0).to(tl.int32, bitcast=True) >> 23) & 0xFF)"
         + (f" + {bump}  # |rotated x| <= 2^{bump} max |x|" if bump else "  # biased exponent of max |x|"),
-    ] + _x_scale_lines(s, m, fp16_pairs)
+    ] + _x_scale_lines(s, m)
 
 
-def _x_scale_lines(s: KernelSpec, m: int, fp16_pairs: bool) -> list[str]:
-    """From eb{m}, the biased exponent of row m's largest |x| (a program's, or a K step's: x_step_scales): xs{m} =
-    2^e and inv{m} = 2^-e (half2_x_exponent's room below 2^(t+1)); xs2_{m}, xs in both fp16 halves, for fp16 pairs
-    (fp16_pairs: xs clamped to a normal fp16, 2^-14..2^15: a clamped xs only leaves more headroom)."""
+def _x_scale_lines(s: KernelSpec, m: int) -> list[str]:
+    """From eb{m}, the biased exponent of row m's largest |x| (a program's, or a K step's with had_once / x_once):
+    xs{m} = 2^e and inv{m} = 2^-e (half2_x_exponent's room below 2^(t+1)). Unrotated fp16 x is scaled in fp16 pairs
+    (one HMUL2 per pair, _x_pair_lines), so xs stays a normal fp16 (2^-14..2^15; a clamped xs only leaves more
+    headroom, and fp16 x times a power of two in that range is exact) and xs2_{m} holds it in both fp16 halves."""
+    fp16_pairs = s.act_dtype == "fp16" and not s.had_block
     t = half2_x_exponent(s)
     lo, hi = (113, 142) if fp16_pairs else (1, 253)
     return [
@@ -874,7 +873,7 @@ def _hadamard_x(s: KernelSpec, m: int, dt: str, once: bool = False) -> list[str]
         ]
         d *= 2
     if once:
-        L += [f"xk = xk * {h ** -0.5!r}", f"eb{m} = _max_exponent(xk)"] + _x_scale_lines(s, m, False)
+        L += [f"xk = xk * {h ** -0.5!r}", f"eb{m} = _max_exponent(xk)"] + _x_scale_lines(s, m)
         L.append(f"xk = xk * xs{m}")
     else:
         L.append(f"xk = xk * ({h ** -0.5!r} * xs{m})" if use_half2(s) else f"xk = xk * {h ** -0.5!r}")
@@ -969,7 +968,6 @@ def _once_prologue(s: KernelSpec, dt: str) -> list[str]:
     [step, row, vector, column]: the operands, then 1 / xs (xinv, the loop's unscale). Then one CTA barrier, so
     every thread's operands are stored before the loop reads any."""
     nv = once_operand_count(s)
-    fp16_pairs = s.act_dtype == "fp16" and not s.had_block
     L = [f"# this program's scratch: [K steps of the largest split, BLOCK_M, {nv} vectors, C] int32 (as float32 bits)"
          f", from the first {ONCE_SCRATCH_ALIGN}-word boundary after the partials (16-byte vector loads)",
          f"scr_once = ws_ptr + tl.cdiv(SPLIT_K * M * N, {ONCE_SCRATCH_ALIGN}) * {ONCE_SCRATCH_ALIGN}"
@@ -990,7 +988,7 @@ def _once_prologue(s: KernelSpec, dt: str) -> list[str]:
             for target, cols_of in targets:
                 body += _x_load(s, m, target, cols_of("step"), f"{cols_of('step')} < klim{m}")
             body.append(f"eb{m} = _max_exponent({lut_regs.max_tree([f'tl.abs({x}.to(tl.float32))' for x, _ in targets])})")
-            body += _x_scale_lines(s, m, fp16_pairs) + _x_pair_lines(s, m)
+            body += _x_scale_lines(s, m) + _x_pair_lines(s, m)
         if subnormal_codes(s):
             body += _subnormal_x_lines(s, m)
         vecs = [f"{op}.to(tl.float32, bitcast=True)" for op in once_operands(s, m)]

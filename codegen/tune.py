@@ -23,7 +23,7 @@ import threading
 
 import torch
 
-from .kernel_spec import HAD_ONCE_SCRATCH_MAX_BYTES, KernelSpec, KernelSpecError, had_once_scratch_floats
+from .kernel_spec import ONCE_SCRATCH_MAX_BYTES, KernelSpec, KernelSpecError, once_scratch_floats
 from .render import cache_dir, use_half2
 
 _CHOICES: dict[str, tuple[dict, int]] = {}
@@ -119,13 +119,13 @@ def gemv_x_once(base: KernelSpec) -> bool:
 
 def _once_twin(spec: KernelSpec, flag: str, m: int, n: int, k: int, split: int) -> KernelSpec | None:
     """A gemv tile's had_once / x_once twin (flag), or None where the tile is off the half2 path or the twin's scratch
-    would pass HAD_ONCE_SCRATCH_MAX_BYTES (each N tile keeps its own copy of the operands: MBs at M=1, GBs for the
+    would pass ONCE_SCRATCH_MAX_BYTES (each N tile keeps its own copy of the operands: MBs at M=1, GBs for the
     16-row tiles of the widest layers). The twin loads the operands a K step ahead (x_ahead): on the H100 had_once w2
     n128 ran 39.1 -> 34.5 / 39.6 -> 32.2 µs with it, w4 61.5 -> 60.9, and x_once w4 n32 68.9 -> 64.8 (session 38)."""
     if not use_half2(spec):
         return None
     twin = dataclasses.replace(spec, x_ahead=True, **{flag: True})
-    return twin if 4 * had_once_scratch_floats(twin, m, n, k, split) <= HAD_ONCE_SCRATCH_MAX_BYTES else None
+    return twin if 4 * once_scratch_floats(twin, m, n, k, split) <= ONCE_SCRATCH_MAX_BYTES else None
 
 
 def wgmma_setting(device) -> bool:
@@ -478,14 +478,16 @@ def time_candidates(cands, run, timer) -> tuple[tuple[KernelSpec, int], float]:
     checked against the first candidate that runs (the heuristic choice, the untuned default): one that differs by
     more than TUNE_AGREE_RELERR (rounding of the paths differs by ~1e-3), or is not finite where the first is, is a
     wrong kernel; it is skipped with a warning and never chosen."""
-    best, best_t, ref, ref_name = cands[0], float("inf"), None, ""
+    best, best_t, ref, ref_name, ref_norm = cands[0], float("inf"), None, "", None
     for spec, split in cands:
         try:
             y = run(spec, split).float()  # compiles outside any capture; a candidate out of resources fails here
             if ref is None:
                 ref, ref_name = y, f"{spec.name()} split {split}"
-            elif bool(torch.isfinite(ref).all()):  # (inputs with inf or NaN: nothing to compare)
-                err = float((y - ref).norm() / ref.norm().clamp_min(1e-30))
+                # (inputs with inf or NaN: nothing to compare against)
+                ref_norm = ref.norm().clamp_min(1e-30) if bool(torch.isfinite(ref).all()) else None
+            elif ref_norm is not None:
+                err = float((y - ref).norm() / ref_norm)
                 if not err <= TUNE_AGREE_RELERR:  # (NaN: not finite)
                     import warnings
 

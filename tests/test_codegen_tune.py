@@ -219,18 +219,18 @@ def test_gemv_cp_async_twins_follow_their_setting(monkeypatch):
 
 @pytest.mark.parametrize("m, n, k", [(1, 28672, 8192), (1, 8192, 28672), (16, 28672, 28672), (8, 4096, 14336)])
 def test_had_once_candidates_keep_their_scratch_bounded(m, n, k):
-    """had_once keeps the rotated x once per N tile (kernel_spec.had_once_scratch_floats): the tuner offers it only
-    where that stays under HAD_ONCE_SCRATCH_MAX_BYTES, which the M=1 decode shapes do (a few MB) and 16-row tiles of
+    """had_once keeps the rotated x once per N tile (kernel_spec.once_scratch_floats): the tuner offers it only
+    where that stays under ONCE_SCRATCH_MAX_BYTES, which the M=1 decode shapes do (a few MB) and 16-row tiles of
     the widest layers do not (GBs)."""
-    from qcomp.codegen.kernel_spec import HAD_ONCE_SCRATCH_MAX_BYTES, had_once_scratch_floats
+    from qcomp.codegen.kernel_spec import ONCE_SCRATCH_MAX_BYTES, once_scratch_floats
 
     base = KernelSpec(bits=2, group_size=128, had_block=128, block_m=1)
     cands = tune.candidates(base, m, n, k)
     once = [(s, sp) for s, sp in cands if s.had_once]
-    assert all(4 * had_once_scratch_floats(s, m, n, k, sp) <= HAD_ONCE_SCRATCH_MAX_BYTES for s, sp in once)
+    assert all(4 * once_scratch_floats(s, m, n, k, sp) <= ONCE_SCRATCH_MAX_BYTES for s, sp in once)
     twin = lambda s: dataclasses.replace(s, had_scratch=False, had_once=True)  # noqa: E731
     left_out = [(s, sp) for s, sp in cands if s.had_scratch
-                and 4 * had_once_scratch_floats(twin(s), m, n, k, sp) > HAD_ONCE_SCRATCH_MAX_BYTES]
+                and 4 * once_scratch_floats(twin(s), m, n, k, sp) > ONCE_SCRATCH_MAX_BYTES]
     assert len(once) + len(left_out) == sum(s.had_scratch for s, _ in cands)  # every other tile has its had_once twin
     if m == 1:
         assert once and not left_out
