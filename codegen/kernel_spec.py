@@ -99,6 +99,11 @@ class KernelSpec:
     # Triton's pipeliner copies its loads (words, x, scales) num_stages - 1 steps ahead into shared memory by cp.async:
     # data in flight takes no registers (render.prefetch_distance). Slower than the register prefetch on the H200
     # (session 37); the tuner tries it only with QCOMP_GEMV_CP_ASYNC=1
+    tma_words: bool = False  # gemv, one plane (1, 2, 4, 8-bit codes), one pack tile per K step: the K loop is a
+    # tl.range with num_stages whose only pipelined load is each step's words, a [block_n / 16, 16, W] TMA copy of
+    # the row groups' runs (the launch passes a tensor descriptor as w_ptr), so num_stages - 1 steps of words are in
+    # flight in shared memory and take no registers; scales and x keep the register prefetch one step ahead
+    # (render._tma_words_load)
 
     def __post_init__(self):
         self.validate()
@@ -175,6 +180,16 @@ class KernelSpec:
                                   and not self.l2_ahead):
             bad("cp_async needs the gemv variant with num_stages >= 2 (the steps in flight) and neither x_ahead nor "
                 "l2_ahead (both belong to the register prefetch it replaces)")
+        if self.tma_words:
+            from .packing import planes
+
+            if not (self.variant == "gemv" and len(planes(self.bits * self.p)) == 1 and self.bits * self.p != 3
+                    and self.tiles_per_step == 1 and self.num_stages >= 2 and self.block_n >= 16):
+                bad("tma_words needs the gemv variant, codes of one plane (bits * p in 1, 2, 4, 8), one pack tile per "
+                    "K step (block_k = 128 * p), block_n >= 16 (whole row groups) and num_stages >= 2 (the steps in "
+                    "flight)")
+            if self.cp_async or self.l2_ahead:
+                bad("tma_words takes neither cp_async nor l2_ahead (its TMA ring replaces the words' prefetch)")
         if self.had_once:
             from .render import use_half2
 
@@ -264,7 +279,7 @@ class KernelSpec:
         d = dataclasses.asdict(self)
         # (added later: off, they stay out, so earlier specs keep their JSON, digest and tuning keys)
         for late in ("a_regs", "a_scales", "x_ahead", "a_smem", "l2_ahead", "stream_k", "rolling_wait", "had_once",
-                     "cp_async", "x_once"):
+                     "cp_async", "x_once", "tma_words"):
             if not d[late]:
                 del d[late]
         return d
@@ -291,6 +306,7 @@ class KernelSpec:
             f"{'_as' if self.a_smem else ''}"
             f"{f'_l2p{self.l2_ahead}' if self.l2_ahead else ''}{'_sk' if self.stream_k else ''}"
             f"{'_rw' if self.rolling_wait else ''}{'_cpa' if self.cp_async else ''}"
+            f"{'_tma' if self.tma_words else ''}"
             f"_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
         )
 

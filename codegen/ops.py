@@ -39,7 +39,7 @@ from qcomp.capture.norms import rms_norm_reference
 
 from .hadamard_util import rotate_blocks, signs_for
 from .kernel_spec import MAX_FUSED_HADAMARD, KernelSpec, once_scratch_floats
-from .packing import packed_shape, padded_codes, unpack_codes
+from .packing import ROW_GROUP, packed_shape, padded_codes, planes, unpack_codes
 from .render import load_kernel
 from . import gemm_wgmma, precompile, tune, wgmma_stream_k
 
@@ -202,6 +202,9 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
         gemm_wgmma.launch(spec, kern, grid, x2, packed, scales, bias, y, ws, cnt, n, k, warmup=warmup,
                           per_sm=split_k)
         return y
+    stride_w = packed.stride(0)
+    if spec.tma_words:  # the kernel reads the words through a TMA descriptor in w_ptr's place
+        packed = tma_words_descriptor(spec, packed)
     run = functools.partial(kern.warmup, grid=grid) if warmup else kern[grid]
     pdl = use_pdl(spec, dev)
     nw, eps = norm if spec.x_norm else (scales, 0.0)
@@ -210,12 +213,30 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
     run(
         x2, packed, scales, offsets if offsets is not None else scales, lut, sg,
         bias if bias is not None else scales, y, ws, cnt, nw, residual if residual is not None else y,
-        m, n, k, x2.stride(0), y.stride(0), packed.stride(0), padded_codes(k // spec.p) // 32, scales.stride(0),
+        m, n, k, x2.stride(0), y.stride(0), stride_w, padded_codes(k // spec.p) // 32, scales.stride(0),
         residual.stride(0) if residual is not None else 0, float(eps),
         split_k, HAS_BIAS=bias is not None, HAS_RES=residual is not None, EVEN=even_tiles(spec, m, n, k), PDL=pdl,
         num_warps=spec.num_warps, num_stages=spec.num_stages, **({"launch_pdl": True} if pdl else {}),
     )
     return y
+
+
+def tma_words_descriptor(spec: KernelSpec, packed: torch.Tensor):
+    """KernelSpec.tma_words: a host tensor descriptor over the packed words (one plane of w-bit codes, packing v5)
+    viewed as [row groups, tiles * 16, 4w]: row q * 16 + r of group G is the run of row r in pack tile q, so one
+    [block_n / 16, 16, 4w] box is a K step's words of a program's rows (render._tma_words_load). TMA's bounds
+    zero-fill the boxes past the padded rows and tiles."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    w = planes(spec.code_bits)[0][0]
+    rows, row_words = packed.shape
+    if not packed.is_contiguous() or rows % ROW_GROUP or row_words % (4 * w) or packed.data_ptr() % 16:
+        raise ValueError(f"tma_words needs the packed words contiguous as pack_codes writes them ([rows padded to "
+                         f"{ROW_GROUP}, whole tiles of {4 * w} words], 16-byte aligned), got shape {tuple(packed.shape)} "
+                         f"strides {packed.stride()} at address {packed.data_ptr():#x}: pass the tensor pack_codes "
+                         "returned")
+    runs = packed.view(rows // ROW_GROUP, ROW_GROUP * row_words // (4 * w), 4 * w)
+    return TensorDescriptor(runs, list(runs.shape), list(runs.stride()), [spec.block_n // ROW_GROUP, ROW_GROUP, 4 * w])
 
 
 @functools.lru_cache(maxsize=None)

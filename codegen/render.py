@@ -545,8 +545,9 @@ def _setup(s: KernelSpec) -> list[str]:
         f"code_c = (offs_c // {W0}) * 128 + offs_c % {W0}  # code of slot 0 of column c within the K step",
         f"code_c = tl.max_contiguous(tl.multiple_of(code_c, {W0}), {W0})  # runs of {W0}: vector loads of x",
         f"# packing v5: rows in groups of {ROW_GROUP}; a (group, plane, tile) is one run of {ROW_GROUP} rows x W words",
-        f"w_grp = w_ptr + (offs_n // {ROW_GROUP})[:, None] * ({ROW_GROUP} * stride_w)",
-        f"r_in = (offs_n % {ROW_GROUP})[:, None]  # row within its group",
+        *([] if s.tma_words else [  # (tma_words: w_ptr is a tensor descriptor, _tma_words_load)
+            f"w_grp = w_ptr + (offs_n // {ROW_GROUP})[:, None] * ({ROW_GROUP} * stride_w)",
+            f"r_in = (offs_n % {ROW_GROUP})[:, None]  # row within its group"]),
         *([f"r_run = tl.max_contiguous(tl.multiple_of(offs_n % {ROW_GROUP}, 4), 4)[:, None]  # trio: 16-byte vectors "
            "along rows (a thread holds four rows of one column)"] if s.widest_plane == TRIO else []),
         f"tile_c = offs_c // {W0}  # pack tile of column c within the K step",
@@ -662,6 +663,8 @@ def _even_load(target: str, ptr: str, mask: str, other: str, tail: str = "") -> 
 def _load_planes(s: KernelSpec, step: str = "step", suffix: str = "") -> list[str]:
     """Load every plane's words of K step `step` (an expression) into word_<w><suffix> [BLOCK_N, C] (int32); the
     trio plane's three words of each column into word_3a/b/c<suffix>."""
+    if s.tma_words:
+        return _tma_words_load(s, step, suffix)
     T = s.tiles_per_step
     L = [f"tile_w = {step} * {T} + tile_c  # pack tile of each column"]
     mask = "mask_n[:, None] & (tile_w < plane_words // 4)[None, :]"
@@ -684,10 +687,23 @@ def _load_planes(s: KernelSpec, step: str = "step", suffix: str = "") -> list[st
     return L
 
 
+def _tma_words_load(s: KernelSpec, step: str, suffix: str = "") -> list[str]:
+    """tma_words: the words of K step `step` as one TMA copy of the program's row groups (w_ptr is a tensor
+    descriptor over the packed words viewed as [groups, tiles * 16, W]: the run of row r of a group in tile q is
+    row q * 16 + r), reshaped to [BLOCK_N, C] (a merge of the leading dims: no data moves). Rows past the padded N
+    and tiles past the padded K come back as zeros (TMA's bounds), so the copy needs no mask. In the K loop
+    (a tl.range with num_stages) Triton's pipeliner issues it num_stages - 1 steps ahead into a shared-memory ring."""
+    w = planes(s.code_bits)[0][0]
+    return [f"word_{w}{suffix} = tl.reshape(w_ptr.load([pid_n * (BLOCK_N // {ROW_GROUP}), ({step}) * {ROW_GROUP}, 0]),"
+            f" (BLOCK_N, C))  # TMA: {ROW_GROUP}-row runs of {4 * w} words"]
+
+
 def prefetch_distance(s: KernelSpec) -> int:
     """GEMV: how many K steps ahead the weight words are loaded into registers (num_stages - 1: the GEMV's software
     pipeline is written out in its text). 0: each step loads, then waits; or, with cp_async, the loop is a tl.range
     with num_stages and Triton's pipeliner copies the loads ahead into shared memory instead."""
+    if s.tma_words:  # the words come through Triton's TMA ring; scales and x one step ahead in registers
+        return 1
     return max(0, s.num_stages - 1) if s.variant == "gemv" and not s.cp_async else 0
 
 
@@ -710,7 +726,8 @@ def _prefetch_prologue(s: KernelSpec) -> list[str]:
          "last = tl.maximum(step_hi - 1, 0)"]
     for i in range(prefetch_distance(s)):
         step = _prologue_step(i)
-        L += _load_planes(s, step, f"_p{i}")
+        if not s.tma_words:
+            L += _load_planes(s, step, f"_p{i}")
         if _scale_mode(s)[0] == "row":
             L += _load_row_scales(s, step, f"_p{i}")
     if s.l2_ahead:
@@ -731,7 +748,10 @@ def _shift_buffers(s: KernelSpec, names: list[str]) -> list[str]:
 
 
 def _prefetch_step(s: KernelSpec) -> list[str]:
-    """Top of the K loop: this step's words come from buffer _p0; the buffers shift and the last takes step + d."""
+    """Top of the K loop: this step's words come from buffer _p0; the buffers shift and the last takes step + d.
+    (tma_words: this step's words from the TMA ring instead.)"""
+    if s.tma_words:
+        return _tma_words_load(s, "step")
     ws = word_names(s)
     L = [f"{w} = {w}_p0" for w in ws]
     if s.l2_ahead:
@@ -1223,7 +1243,8 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
     if mode == "channel" and s.grid == "uniform_asym":
         L += [f"xsum{m} = tl.zeros((C,), dtype=tl.float32)" for m in ms]
     unroll = prefetch_distance(s) + 1 if GEMV_UNROLL and prefetch_distance(s) else 1
-    if s.cp_async:  # Triton's pipeliner: the loop's loads go to shared memory by cp.async, num_stages - 1 steps ahead
+    if s.cp_async or s.tma_words:  # Triton's pipeliner: the loop's loads (tma_words: the words' TMA copy) go to
+        # shared memory num_stages - 1 steps ahead
         L.append(f"for step in tl.range(step_lo, step_hi, num_stages={s.num_stages}):")
     else:
         L.append(f"for step in tl.range(step_lo, step_hi, loop_unroll_factor={unroll}):  # buffers take turns, no moves"

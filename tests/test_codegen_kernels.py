@@ -833,6 +833,64 @@ def test_cp_async_scope():
             KernelSpec(**{**ok, **bad})
 
 
+TMA_WORDS_CASES = [  # (bits, grid, p, act, m, split, n, k, group, block_n, num_stages, x_ahead)
+    (4, "uniform", 1, "fp16", 1, 3, 40, 640, 128, 16, 3, False),  # the w4 form, 5 K steps over 3 splits, ragged N
+    (2, "uniform", 1, "fp16", 1, 2, 100, 1024, 128, 64, 4, True),  # the w2 pick's form; a box past the padded rows
+    (8, "uniform_asym", 1, "bf16", 3, 2, 40, 384, 128, 16, 2, False),  # fp32 arithmetic, offsets, ragged rows
+    (1, "uniform", 1, "fp16", 2, 2, 40, 512, -1, 32, 3, True),  # one scale per row (after the loop), bf16-free
+    (4, "uniform", 1, "fp16", 1, 2, 100, 1000, -1, 64, 3, False),  # a K tail (the step's last columns past K)
+    (2, "lut", 2, "fp16", 1, 1, 40, 512, 128, 16, 2, False),  # pairs of a 2-bit table: 4-bit codes, block_k 256
+]
+
+
+def tma_words_case(bits, grid, p, act, m, n, k, g, bn, stages, ahead):
+    """Inputs and the tma_words spec of a TMA_WORDS_CASES row, and its twin with the words in the register prefetch."""
+    d = make_case(bits, grid, p, g, 0, m, n, k, seed=bits * 13 + m + k + n)
+    d["x"] = d["x"].to(torch.float16 if act == "fp16" else torch.bfloat16)
+    base = KernelSpec(bits=bits, grid=grid, p=p, group_size=g, act_dtype=act, variant="gemv",
+                      block_m=1 << (m - 1).bit_length(), block_n=bn, block_k=128 * p, num_warps=2,
+                      num_stages=stages, x_ahead=ahead)
+    return d, dataclasses.replace(base, tma_words=True), base
+
+
+@pytest.mark.parametrize("bits,grid,p,act,m,split,n,k,g,bn,stages,ahead", TMA_WORDS_CASES)
+def test_gemv_tma_words(bits, grid, p, act, m, split, n, k, g, bn, stages, ahead):
+    """tma_words: each K step's words are one descriptor load of the program's row groups (TMA on a GPU, a ring of
+    num_stages stages filled by Triton's pipeliner) instead of register-prefetched pointer loads: every one-plane
+    width, rows, splits, ragged N (boxes past the padded rows), a K tail, channel scales, a table of pairs; the
+    result matches the reference, and the register-prefetch kernel's bit for bit (the same arithmetic)."""
+    d, spec, base = tma_words_case(bits, grid, p, act, m, n, k, g, bn, stages, ahead)
+    src = kernel_source(spec)
+    assert f"for step in tl.range(step_lo, step_hi, num_stages={stages}):" in src and "w_ptr.load([" in src
+    assert "w_grp" not in src and "word_" + str(bits * p) + "_p0" not in src
+    assert spec.name().endswith("_tma_m" + base.name().split("_m")[-1])
+    y = run_kernel(d, spec, split, n, k)
+    check(y, reference(d, bits, p, g, grid, n, k, 0), tol=half2_tol(spec))  # (bf16: 8e-3)
+    assert torch.equal(y, run_kernel(d, base, split, n, k))
+
+
+def test_tma_words_scope():
+    ok = dict(bits=4, variant="gemv", block_m=1, block_n=64, block_k=128, num_stages=3, tma_words=True)
+    KernelSpec(**ok)
+    for bad in ({"bits": 3}, {"bits": 5}, {"block_k": 256}, {"num_stages": 1}, {"block_n": 8}, {"cp_async": True},
+                {"l2_ahead": 4}, {"variant": "gemm", "block_m": 16}):
+        with pytest.raises(KernelSpecError, match="tma_words"):
+            KernelSpec(**{**ok, **bad})
+
+
+def test_tma_words_descriptor_needs_the_packed_tensor():
+    """The descriptor views pack_codes' output as row-group runs; a sliced or copied-strided tensor is refused."""
+    from qcomp.codegen.ops import tma_words_descriptor
+
+    spec = KernelSpec(bits=4, variant="gemv", block_m=1, block_n=32, block_k=128, num_stages=3, tma_words=True)
+    packed = pack_codes(torch.randint(0, 16, (48, 256), dtype=torch.uint8), 4)
+    desc = tma_words_descriptor(spec, packed)
+    assert list(desc.shape) == [3, 32, 16] and list(desc.block_shape) == [2, 16, 16]
+    for bad in (packed[:, :16], packed.t().contiguous().t(), torch.empty(48 * 32 + 1, dtype=torch.int32)[1:].view(48, 32)):
+        with pytest.raises(ValueError, match="tma_words needs the packed words"):
+            tma_words_descriptor(spec, bad)
+
+
 def test_had_scratch_needs_a_fused_rotation():
     with pytest.raises(KernelSpecError, match="had_scratch"):
         KernelSpec(had_scratch=True, block_k=128)
