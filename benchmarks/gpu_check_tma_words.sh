@@ -9,5 +9,5 @@
 source "$(dirname "$0")/gpu_prelude.sh" "$@"
 k_tails_check 1
 time_cases 2 benchmarks/cases/gemv_tma_words.json "words by TMA against the register prefetch" tma_words \
-    "${CASES_S:-420}" 25
+    "${CASES_S:-440}" 28
 echo "--- total $(el)"
