@@ -141,6 +141,12 @@ def loop_span(lines: list[str], holding: str | None = None) -> tuple[int, int]:
     return max(spans, key=lambda s: s[1] - s[0], default=(0, 0))
 
 
+def loop_marker(spec) -> str | None:
+    """The opcode that finds a kernel's K loop (loop_span's holding) where the longest backward branch is not it: a
+    wgmma kernel's HGMMA, a tma_words GEMV's UTMALDG (both have an mbarrier retry branch from the end of the code)."""
+    return "HGMMA" if spec.variant == "wgmma" else "UTMALDG" if spec.tma_words else None
+
+
 def loop_body(sass: str, holding: str | None = None) -> list[str]:
     """Instructions (opcode + operands) of the K loop (loop_span)."""
     lines = sass.splitlines()
@@ -219,7 +225,7 @@ def opcode(instr: str) -> str:
 
 
 def report(spec, kernel, sass: str) -> dict:
-    body = loop_body(sass, "HGMMA" if spec.variant == "wgmma" else None)
+    body = loop_body(sass, loop_marker(spec))
     ops = collections.Counter(opcode(i) for i in body)
     threads = 32 * spec.num_warps
     codes = spec.block_n * spec.block_k // spec.p / threads * spec.block_m if spec.variant == "gemv" else None
@@ -269,7 +275,7 @@ def main(argv=None) -> int:
     r["pdl_trigger"] = "griddepcontrol.launch_dependents" in kernel.asm["ptx"]
     if args.waits:
         hexed = disassemble(kernel.asm["cubin"], hex_words=True)
-        r["scoreboards"] = scoreboard_waits(hexed, "HGMMA" if spec.variant == "wgmma" else None)
+        r["scoreboards"] = scoreboard_waits(hexed, loop_marker(spec))
         hg = [int(m.group(1), 16) for ln in hexed.splitlines() if (m := _LINE.match(ln)) and "HGMMA" in m.group(2)]
         r["first_hgmma"] = min(hg, default=None)
     if args.json:
