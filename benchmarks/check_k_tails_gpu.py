@@ -1,4 +1,4 @@
-"""Run the CPU tests' K-tail, x_ahead, l2_ahead, x_once (also once_shared) and tma_words kernel cases on a CUDA GPU (the tests run them in the interpreter only):
+"""Run the CPU tests' K-tail, x_ahead, l2_ahead, x_once and tma_words kernel cases on a CUDA GPU (the tests run them in the interpreter only):
 compiled kernels, every input inside NaN poison (tests/conftest.py: guarded), outputs poisoned, against the float32
 reference (the fp16 gemv cases also run the half2 path's x pairs, packed by PTX on a GPU). Exit 1 on any failure.
 
@@ -6,7 +6,6 @@ reference (the fp16 gemv cases also run the half2 path's x pairs, packed by PTX 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -40,10 +39,7 @@ def main() -> int:
         runs.append((spec, split, n, k, d, reference(d, bits, p, 128, grid, n, k, 0), 2e-3))
     for bits, grid, act, m, split, k, g, ahead in X_ONCE_CASES:
         d, spec, _ = x_once_case(bits, grid, act, m, k, g, ahead)
-        ref = reference(d, bits, 1, g, grid, 40, k, 0)
-        runs.append((spec, split, 40, k, d, ref, half2_tol(spec)))
-        for _ in range(3):  # once_shared: three launches, each on the counters the one before left
-            runs.append((dataclasses.replace(spec, once_shared=True), split, 40, k, d, ref, half2_tol(spec)))
+        runs.append((spec, split, 40, k, d, reference(d, bits, 1, g, grid, 40, k, 0), half2_tol(spec)))
     for bits, grid, p, act, m, split, n, k, g, bn, stages, ahead in TMA_WORDS_CASES:
         d, spec, _ = tma_words_case(bits, grid, p, act, m, n, k, g, bn, stages, ahead)
         runs.append((spec, split, n, k, d, reference(d, bits, p, g, grid, n, k, 0), half2_tol(spec)))

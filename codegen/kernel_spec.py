@@ -99,10 +99,6 @@ class KernelSpec:
     # Triton's pipeliner copies its loads (words, x, scales) num_stages - 1 steps ahead into shared memory by cp.async:
     # data in flight takes no registers (render.prefetch_distance). Slower than the register prefetch on the H200
     # (session 37); the tuner tries it only with QCOMP_GEMV_CP_ASYNC=1
-    once_shared: bool = False  # had_once / x_once: one copy of the x operands per activation row tile, shared by
-    # every N tile: in each split the first program to arrive (a ticket counter) makes its K range's operands and
-    # announces them (a flag); the split's other programs wait for the flag and load them (render._once_prologue).
-    # Scratch num_pid_m * K steps instead of one K range per program, and one prologue per split, not per program
     tma_words: bool = False  # gemv, one plane (1, 2, 4, 8-bit codes), one pack tile per K step: the K loop is a
     # tl.range with num_stages whose only pipelined load is each step's words, a [block_n / 16, 16, W] TMA copy of
     # the row groups' runs (the launch passes a tensor descriptor as w_ptr), so num_stages - 1 steps of words are in
@@ -210,8 +206,6 @@ class KernelSpec:
                 bad("x_once needs the gemv variant on the half2 path (uniform codes of 1..7 bits or a 2/4-bit table, "
                     "scales per row or K step) without a fused Hadamard (had_once rotates x once instead) or x_norm "
                     "(the norm's sum of squares is taken per step)")
-        if self.once_shared and not (self.had_once or self.x_once):
-            bad("once_shared needs had_once or x_once (it shares their per-program x operands between N tiles)")
         if self.x_glu and self.variant != "gemv":
             bad("x_glu needs the gemv variant (ops.py applies silu(gate) * up in torch before a gemm)")
         if self.x_norm and (self.variant != "gemv" or self.x_glu):
@@ -285,7 +279,7 @@ class KernelSpec:
         d = dataclasses.asdict(self)
         # (added later: off, they stay out, so earlier specs keep their JSON, digest and tuning keys)
         for late in ("a_regs", "a_scales", "x_ahead", "a_smem", "l2_ahead", "stream_k", "rolling_wait", "had_once",
-                     "cp_async", "x_once", "tma_words", "once_shared"):
+                     "cp_async", "x_once", "tma_words"):
             if not d[late]:
                 del d[late]
         return d
@@ -308,7 +302,6 @@ class KernelSpec:
         return (
             f"qlinear_{self.variant}_w{self.bits}_{grid}_g{g}_{self.act_dtype}{had}{'_glu' if self.x_glu else ''}"
             f"{'_rms' if self.x_norm else ''}{'_xa' if self.x_ahead else ''}{'_xo' if self.x_once else ''}"
-            f"{'_sh' if self.once_shared else ''}"
             f"{'_ra' if self.a_regs else ''}{('s' if self.a_regs else '_sa') if self.a_scales else ''}"
             f"{'_as' if self.a_smem else ''}"
             f"{f'_l2p{self.l2_ahead}' if self.l2_ahead else ''}{'_sk' if self.stream_k else ''}"
@@ -324,7 +317,6 @@ class KernelSpec:
 ONCE_SCRATCH_MAX_BYTES = 64 << 20  # the tuner offers had_once / x_once only where their scratch stays below this
 
 
-ONCE_GROUP_COUNTERS = 3  # once_shared: int32 counters per (row tile, split) after the split-K tile counters
 ONCE_SCRATCH_ALIGN = 16  # had_once / x_once scratch starts at a multiple of this many 4-byte words into ws
 
 
@@ -333,15 +325,10 @@ def once_scratch_floats(spec: KernelSpec, m: int, n: int, k: int, split_k: int) 
     (the largest split's) for its block_m rows, render.once_operand_count vectors of C words per K step, so x is
     stored once per N tile. had_once (the fp16 pairs): about (n / block_n) * block_m * k * 2 bytes (3.7 MB at M=1,
     28672 x 8192, block_n 128; 1.6 GB at M=16, 28672 x 28672, block_n 16); x_once on subnormal codes one more vector.
-    With once_shared, one copy of every K step's operands per activation row tile instead (block_m * K / block_k
-    steps). Plus ONCE_SCRATCH_ALIGN words: the scratch starts at the first multiple of them after the split-K
-    partials."""
+    Plus ONCE_SCRATCH_ALIGN words: the scratch starts at the first multiple of them after the split-K partials."""
     from .render import once_operand_count
 
     cdiv = lambda a, b: -(-a // b)  # noqa: E731
-    if spec.once_shared:  # one copy per activation row tile, indexed by K step (shared by the N tiles)
-        return (spec.block_m * cdiv(k, spec.block_k) * once_operand_count(spec) * spec.cols_per_step
-                * cdiv(m, spec.block_m) + ONCE_SCRATCH_ALIGN)
     programs = cdiv(n, spec.block_n) * split_k * cdiv(m, spec.block_m)
     return (spec.block_m * cdiv(cdiv(k, spec.block_k), split_k) * once_operand_count(spec) * spec.cols_per_step * programs
             + ONCE_SCRATCH_ALIGN)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from qcomp.capture.norms import rms_norm_reference
 
 from .hadamard_util import rotate_blocks, signs_for
-from .kernel_spec import MAX_FUSED_HADAMARD, ONCE_GROUP_COUNTERS, KernelSpec, once_scratch_floats
+from .kernel_spec import MAX_FUSED_HADAMARD, KernelSpec, once_scratch_floats
 from .packing import ROW_GROUP, packed_shape, padded_codes, planes, unpack_codes
 from .render import load_kernel
 from . import gemm_wgmma, precompile, tune, wgmma_stream_k
@@ -188,13 +188,11 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
         ws = torch.empty(wgmma_stream_k.workspace_floats(grid[0], spec.block_m, spec.block_n), device=dev,
                          dtype=torch.float32)
         cnt = split_k_counters(dev, triton_cdiv(m, spec.block_m) * triton_cdiv(n, spec.block_n))
-    elif split_k > 1 or spec.once_shared:  # the kernel sums the splits itself: fp32 partials and one
-        # self-resetting counter per tile (x_norm: and each split's sum of squares of x, [split_k, m], before the
-        # scratch rows); once_shared: ONCE_GROUP_COUNTERS more per (row tile, split), after those
+    elif split_k > 1:  # the kernel sums the splits itself: fp32 partials and one self-resetting counter per tile
+        # (x_norm: and each split's sum of squares of x, [split_k, m], before the scratch rows)
         ws = torch.empty(split_k * m * n + (split_k * m if spec.x_norm else 0) + scratch, device=dev,
                          dtype=torch.float32)
-        tiles = grid[0] * (grid[2] if len(grid) > 2 else 1)
-        cnt = split_k_counters(dev, tiles + (ONCE_GROUP_COUNTERS * grid[2] * split_k if spec.once_shared else 0))
+        cnt = split_k_counters(dev, grid[0] * (grid[2] if len(grid) > 2 else 1))
     else:
         ws = torch.empty(m * n + (m if spec.x_norm else 0) + scratch, device=dev, dtype=torch.float32) \
             if scratch else y  # else unused

@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from . import gemm_regs, gemm_wgmma, lut_regs
-from .kernel_spec import ONCE_GROUP_COUNTERS, ONCE_SCRATCH_ALIGN, KernelSpec
+from .kernel_spec import ONCE_SCRATCH_ALIGN, KernelSpec
 from .packing import ROW_GROUP, TRIO, planes, trio_bit, trio_word
 
 _DT = {"fp16": "tl.float16", "bf16": "tl.bfloat16"}
@@ -963,11 +963,7 @@ def once_operand_count(s: KernelSpec) -> int:
 def _once_slot(s: KernelSpec, m: int, step: str = "step") -> str:
     """had_once / x_once: the scratch offset of row m's operands of K step `step` (vector i at i * C within it;
     steps before the program's first, as an empty range's clamped prefetch asks for, read its first)."""
-    if s.once_shared:  # (one copy per row tile, indexed by the K step itself; a clamped prefetch of an empty range
-        # reads a step it never uses)
-        rel = step
-    else:
-        rel = "step - step_lo" if step == "step" else f"tl.maximum({step} - step_lo, 0)"
+    rel = "step - step_lo" if step == "step" else f"tl.maximum({step} - step_lo, 0)"
     return f"scr_once + (({rel}) * BLOCK_M + {m}) * ({once_operand_count(s)} * C)"
 
 
@@ -992,20 +988,15 @@ def _once_prologue(s: KernelSpec, dt: str) -> list[str]:
     [step, row, vector, column]: the operands, then 1 / xs (xinv, the loop's unscale). Then one CTA barrier, so
     every thread's operands are stored before the loop reads any."""
     nv = once_operand_count(s)
-    base = f"ws_ptr + tl.cdiv(SPLIT_K * M * N, {ONCE_SCRATCH_ALIGN}) * {ONCE_SCRATCH_ALIGN}"
-    if s.once_shared:
-        L = [f"# the row tile's scratch, shared by its N tiles: [K steps, BLOCK_M, {nv} vectors, C] int32 (as float32 "
-             f"bits), from the first {ONCE_SCRATCH_ALIGN}-word boundary after the partials (16-byte vector loads)",
-             f"scr_once = {base} + pid_m * (n_steps * BLOCK_M * {nv} * C)"]
-    else:
-        L = [f"# this program's scratch: [K steps of the largest split, BLOCK_M, {nv} vectors, C] int32 (as float32 "
-             f"bits), from the first {ONCE_SCRATCH_ALIGN}-word boundary after the partials (16-byte vector loads)",
-             f"scr_once = {base} + ((pid_m * tl.num_programs(1) + pid_k) * tl.num_programs(0) + pid_n) "
-             f"* (tl.cdiv(n_steps, SPLIT_K) * BLOCK_M * {nv} * C)"]
+    L = [f"# this program's scratch: [K steps of the largest split, BLOCK_M, {nv} vectors, C] int32 (as float32 bits)"
+         f", from the first {ONCE_SCRATCH_ALIGN}-word boundary after the partials (16-byte vector loads)",
+         f"scr_once = ws_ptr + tl.cdiv(SPLIT_K * M * N, {ONCE_SCRATCH_ALIGN}) * {ONCE_SCRATCH_ALIGN}"
+         " + ((pid_m * tl.num_programs(1) + pid_k) * tl.num_programs(0) + pid_n) "
+         f"* (tl.cdiv(n_steps, SPLIT_K) * BLOCK_M * {nv} * C)"]
     what = "rotated" if s.had_once else "x's operands made"
     # steps as a leading axis: one iteration's loads all go out before its arithmetic and stores
-    L += [f"for s0 in range(step_lo, step_hi, {ONCE_STEPS}):  # {what} once per "
-          f"{'split' if s.once_shared else 'program'}, not once per K step of the loop",
+    L += [f"for s0 in range(step_lo, step_hi, {ONCE_STEPS}):  # {what} once per program, not once per K step of "
+          "the loop",
           f"    step = tl.minimum(s0 + tl.arange(0, {ONCE_STEPS}), step_hi - 1)[:, None]  # [{ONCE_STEPS}, 1]: "
           "steps past the range redo its last (the same values to the same words)"]
     for m in range(s.block_m):
@@ -1024,34 +1015,7 @@ def _once_prologue(s: KernelSpec, dt: str) -> list[str]:
         vecs.append(f"tl.zeros_like({vecs[0]}) + inv{m}")  # (1 / xs of the step, in every column)
         body += [f"tl.store({_once_slot(s, m)} + {i} * C + offs_c[None, :], {v})" for i, v in enumerate(vecs)]
         L += ["    " + x for x in body]
-    L.append("tl.debug_barrier()  # the operands of every thread are stored before any thread loads them")
-    return L[:2] + _once_shared_handshake(L[2:]) if s.once_shared else L  # (after the scratch's comment and base)
-
-
-def _once_shared_handshake(make: list[str]) -> list[str]:
-    """once_shared: the lines `make` (the split's operands to the row tile's scratch) run in the first program of the
-    (row tile, split) to take a ticket; it then sets the group's flag (release, after the CTA barrier that ends
-    `make`, as the split-K epilogue announces its partials). The other programs spin on the flag (acquire) and
-    then read the operands with .cg loads (L2, where the writer's stores are). The ticket, not pid_n == 0, picks the
-    writer, so the writer is a program already running: no program waits for one that may not be resident. The
-    group's last program to pass sets its three counters (after the split-K tile counters in cnt_ptr:
-    ONCE_GROUP_COUNTERS each, ops.launch sizes them) back to 0 for the next launch."""
-    return [
-        f"grp_once = cnt_ptr + tl.num_programs(0) * tl.num_programs(2) + (pid_m * SPLIT_K + pid_k) * "
-        f"{ONCE_GROUP_COUNTERS}  # ticket, flag, passed",
-        'ticket = tl.atomic_add(grp_once, 1, sem="acq_rel", scope="gpu")',
-        "if ticket == 0:  # the first to arrive makes the split's operands for every N tile",
-        *["    " + x for x in make],
-        '    tl.atomic_xchg(grp_once + 1, 1, sem="release", scope="gpu")',
-        "else:",
-        '    while tl.atomic_add(grp_once + 1, 0, sem="acquire", scope="gpu") == 0:  # until the writer sets the flag',
-        "        pass",
-        'passed = tl.atomic_add(grp_once + 2, 1, sem="acq_rel", scope="gpu")',
-        "if passed == tl.num_programs(0) - 1:  # every program of the group has its ticket and has seen the flag",
-        "    tl.store(grp_once, 0)",
-        "    tl.store(grp_once + 1, 0)",
-        "    tl.store(grp_once + 2, 0)",
-    ]
+    return L + ["tl.debug_barrier()  # the operands of every thread are stored before any thread loads them"]
 
 
 ONCE_STEPS = 8  # had_once / x_once prologue: K steps per iteration (a leading axis: their L2 round trips overlap)

@@ -757,40 +757,6 @@ def test_gemv_x_operands_once_per_program(bits, grid, act, m, split, k, g, ahead
     assert torch.allclose(y.float(), run_kernel(d, base, split, n, k).float(), rtol=0, atol=1e-2)
 
 
-@pytest.mark.parametrize("bits,grid,act,m,split,k,g,ahead", X_ONCE_CASES)
-def test_x_operands_shared_by_the_n_tiles(bits, grid, act, m, split, k, g, ahead):
-    """once_shared: the first program of each (row tile, split) makes the split's operands into the row tile's
-    scratch and raises a flag; the others wait for it and read them. Bit-equal to x_once's per-program copies
-    (the same operands), and the group counters are 0 again after the launch (the next launch starts clean)."""
-    from qcomp.codegen.kernel_spec import ONCE_GROUP_COUNTERS
-    from qcomp.codegen.ops import split_k_counters
-
-    d, spec, _ = x_once_case(bits, grid, act, m, k, g, ahead)
-    shared = dataclasses.replace(spec, once_shared=True)
-    src = kernel_source(shared)
-    assert "ticket = tl.atomic_add(grp_once" in src and "pid_n) *" not in src.split("scr_once = ")[1].split("\n")[0]
-    y = run_kernel(d, shared, split, 40, k)
-    check(y, reference(d, bits, 1, g, grid, 40, k, 0), tol=half2_tol(shared))
-    assert torch.equal(y, run_kernel(d, spec, split, 40, k))
-    row_tiles = -(-m // spec.block_m)
-    used = 3 * row_tiles + row_tiles * split * ONCE_GROUP_COUNTERS  # (3 N tiles' split-K counters, then the groups')
-    assert not split_k_counters(torch.device("cpu"), used)[:used].any()
-    assert torch.equal(run_kernel(d, shared, split, 40, k), y)  # a second launch on the counters the first left
-
-
-def test_had_once_shared():
-    """once_shared with had_once: the rotated operands, made once per split, match the per-program copies."""
-    d = make_case(3, "uniform", 1, 128, 128, 1, 40, 1024, seed=9)
-    spec = KernelSpec(bits=3, variant="gemv", block_m=1, block_n=16, block_k=128, num_warps=2, num_stages=2,
-                      had_block=128, had_once=True, x_ahead=True)
-    shared = dataclasses.replace(spec, once_shared=True)
-    y = run_kernel(d, shared, 3, 40, 1024)
-    check(y, reference(d, 3, 1, 128, "uniform", 40, 1024, 128), tol=half2_tol(shared))
-    assert torch.equal(y, run_kernel(d, spec, 3, 40, 1024))
-    with pytest.raises(KernelSpecError, match="once_shared"):
-        dataclasses.replace(spec, had_once=False, once_shared=True)
-
-
 @pytest.mark.parametrize("bits,had", [(2, 0), (4, 0), (3, 0), (2, 128), (4, 128)])
 def test_once_scales_each_k_step(bits, had):
     """x_once / had_once scale each K step's x by its own power of two: with one K step of x 512x the rest (and its
