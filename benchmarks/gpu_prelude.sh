@@ -14,7 +14,7 @@ T0=$(date +%s)
 el() { echo "(elapsed $(( $(date +%s) - T0 )) s)"; }
 k_tails_check() {
     echo "--- $1. K tails, x_ahead and l2_ahead cases on the GPU $(el)"
-    timeout 120 python3 benchmarks/check_k_tails_gpu.py 2>&1 | tail -6
+    timeout 240 python3 benchmarks/check_k_tails_gpu.py 2>&1 | tail -6
     echo "check_k_tails_rc=${PIPESTATUS[0]}"
 }
 wgmma_check() {  # SECTION CASES_JSON WHAT

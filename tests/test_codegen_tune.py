@@ -195,6 +195,22 @@ def test_gemv_x_ahead_only_where_it_was_timed_faster(fields, m, on):
     assert gemvs and all(spec.x_ahead == on for spec in gemvs)
 
 
+@pytest.mark.parametrize("fields,m,offered", [(dict(bits=8), 1, True), (dict(bits=8), 2, False),
+                                              (dict(bits=4), 1, False), (dict(bits=4, grid="lut", p=2, block_k=256), 1,
+                                                                         True), (dict(bits=8, had_block=128), 1, True)])
+def test_tma_words_twins_for_8_bit_codes(fields, m, offered):
+    """tune.gemv_tma_words: every M=1 gemv tile of 8-bit codes (a 4-bit table of pairs included) also runs with its
+    words through the TMA ring (2-3 % faster at w8 on the H100), no other width (w2 / w4 slower); the key says so."""
+    base = KernelSpec(**fields)
+    cands = tune.candidates(base, m, 4096, 4096)
+    twins = [s for s, _ in cands if s.tma_words]
+    assert bool(twins) == offered and all(s.num_stages == tune.GEMV_TMA_STAGES for s in twins)
+    if offered:
+        plain = {dataclasses.replace(s, tma_words=False, num_stages=2) for s in twins}
+        assert plain <= {s for s, _ in cands if s.variant == "gemv"}
+    assert tune._key(base, m, 4096, 4096, torch.device("cpu")).endswith("|tma39") == (m == 1 and base.code_bits == 8)
+
+
 def test_gemv_cp_async_twins_follow_their_setting(monkeypatch):
     """With QCOMP_GEMV_CP_ASYNC=1 each gemv tile (and its had_once form) is also tried as a cp_async twin on CUDA;
     never by default (slower on the H200, session 37) nor on the CPU; a bad value names the choices; the candidates
