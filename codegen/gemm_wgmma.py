@@ -43,7 +43,7 @@ import functools
 import torch
 
 from .gemm_regs import shared_shifts, slot_ptx
-from .packing import ROW_GROUP
+from .packing import ROW_GROUP, row_group_runs
 
 HALF = 64  # K columns per TMA copy: one 128-byte swizzle row of fp16
 
@@ -576,11 +576,7 @@ def w_descriptor(packed, bits: int, block_n: int):
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     w0 = 4 * bits
-    if not packed.is_contiguous() or packed.shape[1] % w0 or packed.shape[0] % ROW_GROUP or packed.data_ptr() % 16:
-        raise ValueError(f"the wgmma tile reads the packed weights through TMA: it needs them contiguous, 16-byte "
-                         f"aligned, in row groups of {ROW_GROUP} and K steps of {w0} words per row (layout v5), got "
-                         f"shape {tuple(packed.shape)} strides {packed.stride()}")
-    runs = packed.view(packed.shape[0] // ROW_GROUP, ROW_GROUP * packed.shape[1] // w0, w0)
+    runs = row_group_runs(packed, w0, "the wgmma tile")
     block = [block_n // ROW_GROUP, ROW_GROUP, w0]
     return TensorDescriptor.from_tensor(runs, block, gl.NVMMASharedLayout.get_default_for(block, gl.int32))
 

@@ -39,7 +39,7 @@ from qcomp.capture.norms import rms_norm_reference
 
 from .hadamard_util import rotate_blocks, signs_for
 from .kernel_spec import MAX_FUSED_HADAMARD, KernelSpec, once_scratch_floats
-from .packing import ROW_GROUP, packed_shape, padded_codes, planes, unpack_codes
+from .packing import ROW_GROUP, packed_shape, padded_codes, planes, row_group_runs, unpack_codes
 from .render import load_kernel
 from . import gemm_wgmma, precompile, tune, wgmma_stream_k
 
@@ -229,13 +229,7 @@ def tma_words_descriptor(spec: KernelSpec, packed: torch.Tensor):
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     w = planes(spec.code_bits)[0][0]
-    rows, row_words = packed.shape
-    if not packed.is_contiguous() or rows % ROW_GROUP or row_words % (4 * w) or packed.data_ptr() % 16:
-        raise ValueError(f"tma_words needs the packed words contiguous as pack_codes writes them ([rows padded to "
-                         f"{ROW_GROUP}, whole tiles of {4 * w} words], 16-byte aligned), got shape {tuple(packed.shape)} "
-                         f"strides {packed.stride()} at address {packed.data_ptr():#x}: pass the tensor pack_codes "
-                         "returned")
-    runs = packed.view(rows // ROW_GROUP, ROW_GROUP * row_words // (4 * w), 4 * w)
+    runs = row_group_runs(packed, 4 * w, "tma_words")
     return TensorDescriptor(runs, list(runs.shape), list(runs.stride()), [spec.block_n // ROW_GROUP, ROW_GROUP, 4 * w])
 
 

@@ -207,3 +207,17 @@ def upgrade(packed: torch.Tensor, bits: int, n: int, m: int, version: int) -> to
     if planes(bits, version) == planes(bits):
         return packed
     return pack_codes(unpack_codes(packed, bits, n, m, version), bits)
+
+
+def row_group_runs(packed: torch.Tensor, tile_words: int, reader: str) -> torch.Tensor:
+    """The packed words of a one-plane layout (v5, int32 [Npad, row_words], tiles of `tile_words` words per row) seen
+    as [row groups, tiles * ROW_GROUP, tile_words]: row q * 16 + r of group G is the run of row r in pack tile q, so
+    a [groups, 16, tile_words] box of it is a K step's words of a run of row groups (the TMA descriptors' view).
+    ValueError naming `reader` where the tensor is not laid out so (sliced, strided, misaligned)."""
+    rows, row_words = packed.shape
+    if not packed.is_contiguous() or rows % ROW_GROUP or row_words % tile_words or packed.data_ptr() % 16:
+        raise ValueError(f"{reader} reads the packed words through TMA: it needs them contiguous, 16-byte aligned, in "
+                         f"row groups of {ROW_GROUP} and tiles of {tile_words} words per row (layout v5, as pack_codes "
+                         f"returns them), got shape {tuple(packed.shape)} strides {packed.stride()} at address "
+                         f"{packed.data_ptr():#x}")
+    return packed.view(rows // ROW_GROUP, ROW_GROUP * row_words // tile_words, tile_words)

@@ -887,7 +887,7 @@ def test_tma_words_descriptor_needs_the_packed_tensor():
     desc = tma_words_descriptor(spec, packed)
     assert list(desc.shape) == [3, 32, 16] and list(desc.block_shape) == [2, 16, 16]
     for bad in (packed[:, :16], packed.t().contiguous().t(), torch.empty(48 * 32 + 1, dtype=torch.int32)[1:].view(48, 32)):
-        with pytest.raises(ValueError, match="tma_words needs the packed words"):
+        with pytest.raises(ValueError, match="tma_words reads the packed words through TMA"):
             tma_words_descriptor(spec, bad)
 
 
