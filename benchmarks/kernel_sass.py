@@ -56,9 +56,9 @@ def compile_spec(spec, arch: int, even: bool = True, pdl: int | None = None, res
            "HAS_BIAS": "constexpr", "HAS_RES": "constexpr", "EVEN": "constexpr", "PDL": "constexpr"}
     aligned = [*range(12), 14, 15, 16, 17, 18, 19]  # pointers and the K-like sizes: multiples of 16
     if spec.tma_words:  # w_ptr is a TMA descriptor of [block_n / 16, 16, W] boxes (ops.tma_words_descriptor)
-        from qcomp.codegen.packing import ROW_GROUP, planes
+        from qcomp.codegen.packing import ROW_GROUP
 
-        sig["w_ptr"] = f"tensordesc<i32[{spec.block_n // ROW_GROUP}, {ROW_GROUP}, {4 * planes(spec.code_bits)[0][0]}]>"
+        sig["w_ptr"] = f"tensordesc<i32[{spec.block_n // ROW_GROUP}, {ROW_GROUP}, {spec.tile_cols}]>"
         aligned.remove(1)
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     src = ASTSource(load_kernel(spec), sig, constexprs={"HAS_BIAS": False, "HAS_RES": residual, "EVEN": even, "PDL": pdl},

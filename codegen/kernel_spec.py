@@ -181,9 +181,7 @@ class KernelSpec:
             bad("cp_async needs the gemv variant with num_stages >= 2 (the steps in flight) and neither x_ahead nor "
                 "l2_ahead (both belong to the register prefetch it replaces)")
         if self.tma_words:
-            from .packing import planes
-
-            if not (self.variant == "gemv" and len(planes(self.bits * self.p)) == 1 and self.bits * self.p != 3
+            if not (self.variant == "gemv" and len(planes(self.code_bits)) == 1 and self.widest_plane != TRIO
                     and self.tiles_per_step == 1 and self.num_stages >= 2 and self.block_n >= 16):
                 bad("tma_words needs the gemv variant, codes of one plane (bits * p in 1, 2, 4, 8), one pack tile per "
                     "K step (block_k = 128 * p), block_n >= 16 (whole row groups) and num_stages >= 2 (the steps in "

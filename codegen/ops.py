@@ -39,7 +39,7 @@ from qcomp.capture.norms import rms_norm_reference
 
 from .hadamard_util import rotate_blocks, signs_for
 from .kernel_spec import MAX_FUSED_HADAMARD, KernelSpec, once_scratch_floats
-from .packing import ROW_GROUP, packed_shape, padded_codes, planes, row_group_runs, unpack_codes
+from .packing import ROW_GROUP, packed_shape, padded_codes, row_group_runs, unpack_codes
 from .render import load_kernel
 from . import gemm_wgmma, precompile, tune, wgmma_stream_k
 
@@ -228,9 +228,9 @@ def tma_words_descriptor(spec: KernelSpec, packed: torch.Tensor):
     zero-fill the boxes past the padded rows and tiles."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    w = planes(spec.code_bits)[0][0]
-    runs = row_group_runs(packed, 4 * w, "tma_words")
-    return TensorDescriptor(runs, list(runs.shape), list(runs.stride()), [spec.block_n // ROW_GROUP, ROW_GROUP, 4 * w])
+    runs = row_group_runs(packed, spec.tile_cols, "tma_words")
+    return TensorDescriptor(runs, list(runs.shape), list(runs.stride()),
+                            [spec.block_n // ROW_GROUP, ROW_GROUP, spec.tile_cols])
 
 
 @functools.lru_cache(maxsize=None)

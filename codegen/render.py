@@ -693,9 +693,8 @@ def _tma_words_load(s: KernelSpec, step: str, suffix: str = "") -> list[str]:
     row q * 16 + r), reshaped to [BLOCK_N, C] (a merge of the leading dims: no data moves). Rows past the padded N
     and tiles past the padded K come back as zeros (TMA's bounds), so the copy needs no mask. In the K loop
     (a tl.range with num_stages) Triton's pipeliner issues it num_stages - 1 steps ahead into a shared-memory ring."""
-    w = planes(s.code_bits)[0][0]
-    return [f"word_{w}{suffix} = tl.reshape(w_ptr.load([pid_n * (BLOCK_N // {ROW_GROUP}), ({step}) * {ROW_GROUP}, 0]),"
-            f" (BLOCK_N, C))  # TMA: {ROW_GROUP}-row runs of {4 * w} words"]
+    return [f"word_{s.widest_plane}{suffix} = tl.reshape(w_ptr.load([pid_n * (BLOCK_N // {ROW_GROUP}), ({step}) * "
+            f"{ROW_GROUP}, 0]), (BLOCK_N, C))  # TMA: {ROW_GROUP}-row runs of {s.tile_cols} words"]
 
 
 def prefetch_distance(s: KernelSpec) -> int:

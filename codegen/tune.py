@@ -120,13 +120,15 @@ def gemv_x_once(base: KernelSpec) -> bool:
 GEMV_TMA_STAGES = 4  # the tma_words twin of an 8-bit gemv tile: 3 K steps of words in flight in shared memory
 
 
-def gemv_tma_words(spec: KernelSpec) -> KernelSpec | None:
-    """A gemv tile's tma_words twin (GEMV_TMA_STAGES stages), or None: offered for one row of 8-bit codes only. On
-    the H100 (session 39, results/time_specs_v39_tma_words_h100.tsv) the words' TMA ring ran w8 2-3 % faster (91.2 ->
+def gemv_tma_words(base: KernelSpec, m: int) -> bool:
+    """Whether the tuner tries tma_words twins (gemv_tma_twin): one row of 8-bit codes only. On the H100 (session 39, results/time_specs_v39_tma_words_h100.tsv) the words' TMA ring ran w8 2-3 % faster (91.2 ->
     89.0 µs at 28672x8192 n32, 93.5 -> 90.9 at 8192x28672 n128 8 warps) and w2 / w4 1-27 % slower (their loops pay
     the ring's barrier and mbarrier wait per K step; at 8 bits a step moves twice the bytes)."""
-    if spec.code_bits != 8 or spec.block_m != 1:
-        return None
+    return m == 1 and base.code_bits == 8
+
+
+def gemv_tma_twin(spec: KernelSpec) -> KernelSpec | None:
+    """A gemv tile's tma_words twin (GEMV_TMA_STAGES stages), or None where the tile cannot take it."""
     try:
         return dataclasses.replace(spec, tma_words=True, num_stages=GEMV_TMA_STAGES)
     except KernelSpecError:  # (not one pack tile per K step, or another flag it does not take)
@@ -270,7 +272,7 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
                     out.append((spec, split))
                     if cpa:  # the K loop's loads copied ahead by cp.async, no registers
                         out.append((gemv_cp_async_twin(spec), split))
-                    tma = gemv_tma_words(spec)
+                    tma = gemv_tma_twin(spec) if gemv_tma_words(base, m) else None
                     if tma:  # the words by TMA into a shared-memory ring (kernel_spec.tma_words)
                         out.append((tma, split))
                     once = _once_twin(spec, "x_once", m, n, k, split) if gemv_x_once(base) else None
@@ -387,7 +389,7 @@ def _key(base: KernelSpec, m: int, n: int, k: int, device) -> str:
     # (unrotated 1- and 2-bit choices at M <= 16 made before the x_once twins joined, session 38, are tuned again)
     had += "|xo38" if m <= 16 and gemv_x_once(base) else ""
     # (8-bit choices for one row made before the tma_words twins joined, session 39, are tuned again)
-    had += "|tma39" if m == 1 and base.code_bits == 8 else ""
+    had += "|tma39" if gemv_tma_words(base, m) else ""
     tried += "|cp_async" if m <= 16 and gemv_cp_async_setting(device) else ""
     return f"{gpu}|m{m_bucket(m)}|{n}x{k}|{base.to_json()}{had}{tried}"
 
