@@ -24,7 +24,7 @@ wgmma_check() {  # SECTION CASES_JSON WHAT
 }
 time_cases() {  # SECTION CASES_JSON WHAT OUT_SUBDIR TIMEOUT_S ROWS
     echo "--- $1. $3 timed $(el)"
-    timeout "$5" python3 benchmarks/time_specs.py "$2" --out "$OUT/$4" 2>&1 | grep -vE "Warning|warn\(" | tail -"$6"
+    timeout "$5" python3 benchmarks/time_specs.py "$2" --out "$OUT/$4" --workers "${WORKERS:-14}" 2>&1 | grep -vE "Warning|warn\(" | tail -"$6"
     echo "time_$4_rc=${PIPESTATUS[0]}"
 }
 m1_matrix() {  # SECTION TOTAL_S ROWS BENCH_ARGS...: the #5 M=1 matrix with the tuner (2 shapes, uniform, no peers)

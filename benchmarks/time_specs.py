@@ -19,13 +19,13 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from qcomp.codegen.kernel_spec import KernelSpec
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_kernels import GRAPH_CALLS, copies_for, copy_bandwidth, graph_time_us, log, relerr  # noqa: E402
 
 
 def load_cases(text: str) -> list[tuple[dict, int, int, int, int]]:
-    from qcomp.codegen.kernel_spec import KernelSpec
-
     raw = json.loads(open(text).read() if os.path.exists(text) else text)
     out = []
     for i, case in enumerate(raw):
@@ -41,10 +41,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("cases")
     ap.add_argument("--out", default=os.environ.get("OUT", "time_specs_out"))
+    ap.add_argument("--workers", type=int, default=0,
+                    help="compile the cases' kernels first in this many processes (0: each when first timed)")
     args = ap.parse_args(argv)
     cases = load_cases(args.cases)
+    if args.workers > 0:
+        from qcomp.codegen.precompile import compile_in_pool
+
+        jobs = list(dict.fromkeys(
+            (KernelSpec(**f).to_json(), split, m, n, k, "bfloat16" if f.get("act_dtype") == "bf16" else "float16",
+             "float16", False, None, False) for f, split, n, k, m in cases))
+        r = compile_in_pool(jobs, args.workers)
+        log(f"precompiled {r['compiled']}/{r['jobs']} kernels with {r['workers']} processes in {r['seconds']:.0f} s")
     from qcomp.codegen.hadamard_util import rotate_blocks
-    from qcomp.codegen.kernel_spec import KernelSpec
     from qcomp.codegen.ops import launch, reference_weight
     from qcomp.codegen.packing import pack_codes
 

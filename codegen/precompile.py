@@ -111,10 +111,14 @@ def compile_jobs(jobs) -> int:
 
 def precompile(calls, device, workers: int | None = None) -> dict:
     """Compile all tuning candidates of `calls` with a pool of `workers` processes (default: cores - 2)."""
+    return compile_in_pool(jobs_for(calls, torch.device(device)), workers)
+
+
+def compile_in_pool(jobs, workers: int | None = None) -> dict:
+    """Compile `jobs` (jobs_for's tuples) with a pool of `workers` processes (default: cores - 2)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    jobs = jobs_for(calls, torch.device(device))
     workers = max(1, min(workers or (os.cpu_count() or 2) - 2, len(jobs) or 1))
     t = time.perf_counter()
     if not jobs:

@@ -1078,3 +1078,66 @@ def test_fused_op_and_its_fallbacks(monkeypatch):
         qlinear(x, d["packed"], d["scales"], None, None, None, **{**kw, "residual": kw["residual"].float()})
     with pytest.raises(KernelSpecError, match="x_norm needs the gemv"):
         KernelSpec(variant="gemm", x_norm=True, block_m=16, block_k=128)
+
+
+ROW_TILES_CASES = [  # (bits, grid, act, m, split, n, k, group, had, block_n, row_tiles, extra spec fields)
+    (4, "uniform", "fp16", 1, 3, 100, 640, 128, 0, 16, 3, {}),  # 7 tiles: programs of 3, 3, 1; 5 K steps / 3 splits
+    (2, "uniform", "fp16", 1, 2, 100, 1024, 128, 0, 32, 2, {"x_once": True, "x_ahead": True}),  # the w2 pick's form
+    (3, "uniform", "bf16", 2, 1, 72, 512, 128, 0, 16, 4, {}),  # trio words, two rows, no split
+    (5, "uniform", "fp16", 1, 2, 48, 384, 128, 128, 16, 2, {}),  # two planes, the per-step rotation
+    (2, "uniform", "fp16", 1, 3, 80, 768, 128, 128, 16, 4, {"had_once": True}),  # x rotated once for 4 tiles
+    (4, "uniform", "fp16", 1, 2, 40, 512, 128, 128, 16, 2, {"had_scratch": True}),  # rotated x through scratch rows
+    (8, "uniform_asym", "bf16", 3, 2, 40, 384, 128, 0, 16, 2, {}),  # fp32 arithmetic, offsets, ragged rows
+    (4, "uniform", "fp16", 1, 2, 100, 1000, -1, 0, 32, 2, {}),  # one scale per row (after each tile); a K tail
+    (4, "lut", "fp16", 2, 1, 48, 256, 128, 0, 16, 3, {}),  # 4-bit table
+]
+
+
+def row_tiles_case(bits, grid, act, m, n, k, g, had, bn, rt, extra):
+    """Inputs and the row_tiles spec of a ROW_TILES_CASES row, and its one-tile twin; the tolerance."""
+    d = make_case(bits, grid, 1, g, had, m, n, k, seed=bits * 7 + m + k + n + rt)
+    d["x"] = d["x"].to(torch.float16 if act == "fp16" else torch.bfloat16)
+    base = KernelSpec(bits=bits, grid=grid, group_size=g, act_dtype=act, had_block=had, variant="gemv",
+                      block_m=1 << (m - 1).bit_length(), block_n=bn, block_k=128, num_warps=2, num_stages=2, **extra)
+    return d, dataclasses.replace(base, row_tiles=rt), base, 8e-3 if act == "bf16" else 4e-3
+
+
+@pytest.mark.parametrize("bits,grid,act,m,split,n,k,g,had,bn,rt,extra", ROW_TILES_CASES)
+def test_gemv_row_tiles(bits, grid, act, m, split, n, k, g, had, bn, rt, extra):
+    """row_tiles: a program runs several N tiles over its split's K range as one loop of (tile, K step) units (the
+    next tile's first words loaded during the last tile's last step, each tile's sums out at its last step), with a
+    ragged last program, K tails, splits, rows, rotations, x_once / had_once, channel scales, a table. The result
+    matches the reference and, bit for bit, the one-tile kernel (the same arithmetic and x scale per program)."""
+    d, spec, base, tol = row_tiles_case(bits, grid, act, m, n, k, g, had, bn, rt, extra)
+    assert spec.name().endswith(f"_rt{rt}_m" + base.name().split("_m")[-1])
+    assert "for i in range(0, n_units):" in kernel_source(spec)
+    y = run_kernel(d, spec, split, n, k)
+    check(y, reference(d, bits, 1, g, grid, n, k, had), tol=tol)
+    assert torch.equal(y, run_kernel(d, base, split, n, k))
+
+
+def test_row_tiles_residual_and_repeat():
+    """row_tiles with the residual add and bias, launched twice (the split-K counters set back to 0 each time)."""
+    n, k = 100, 640
+    d = make_case(4, "uniform", 1, 128, 0, 1, n, k, seed=3)
+    spec = KernelSpec(bits=4, variant="gemv", block_m=1, block_n=16, block_k=128, num_warps=2, num_stages=2,
+                      row_tiles=4)
+    res = torch.randn(1, n).half()
+    ref = (reference(d, 4, 1, 128, "uniform", n, k, 0).float() + res.float()).half()
+    for _ in range(2):
+        out = torch.full((1, n), float("nan"), dtype=torch.float16)
+        y = launch(spec, 5, d["x"], d["packed"], d["scales"], d["lut"].float(), None, d["bias"], None, n, k, out=out,
+                   residual=res)
+        check(y, ref)
+
+
+def test_row_tiles_scope():
+    ok = dict(bits=4, variant="gemv", block_m=1, block_n=64, block_k=128, num_stages=2, row_tiles=4)
+    KernelSpec(**ok)
+    for bad in ({"row_tiles": 0}, {"row_tiles": 65}, {"num_stages": 3}, {"block_n": 8}, {"group_size": 32},
+                {"x_norm": True}, {"l2_ahead": 4}, {"variant": "gemm", "block_m": 16}):
+        with pytest.raises(KernelSpecError, match="row_tiles"):
+            KernelSpec(**{**ok, **bad})
+    d = make_case(4, "uniform", 1, 128, 0, 1, 64, 256, seed=1)
+    with pytest.raises(ValueError, match="split_k <= 2"):
+        run_kernel(d, KernelSpec(**ok), 3, 64, 256)
