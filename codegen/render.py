@@ -1314,28 +1314,35 @@ def _gemv_epilogue(s: KernelSpec, mode: str, h2: bool) -> list[str]:
         if s.x_norm else None
     if s.row_tiles == 1:
         return L + _split_k_fixup("pid_m * tl.num_programs(0) + pid_n", parts, final, SPLIT_K_UNROLL, norm)
-    # row_tiles: the last split's sums wait until after the loop (_row_tiles_totals), so that their loads do not
-    # add to the registers the loop holds
-    return L + _split_k_announce("pid_m * tl.cdiv(N, BLOCK_N) + tile", parts) + [
-        "    won = won | ((done == SPLIT_K - 1).to(tl.int64) << (tile - pid_n))  # this split sums that tile"]
+    # row_tiles: the partials only; their announcement (a fence and an atomic each) and the last split's sums wait
+    # until after the loop (_row_tiles_totals): a fence inside it would drain the words in flight at every tile's end
+    return L + ["else:  # split-K: the partial to the workspace, announced after the loop"] + [
+        f"    tl.store(ws_ptr + {off}, {val}, mask={mask})" for off, val, mask in parts]
 
 
 def _row_tiles_totals(s: KernelSpec) -> list[str]:
-    """row_tiles, after the loop: the tiles whose partials this program's split announced last (won) summed in
-    order and stored (_split_k_total), the residual read again."""
+    """row_tiles, after the loop: each of the program's tiles announced (the split-K counter, as _split_k_fixup
+    does after its one tile); where this split is the tile's last to finish, the partials summed in order and stored
+    (_split_k_total), the residual read again."""
     ms = range(s.block_m)
     final = [(f"(sk * M + row{m}) * N + offs_t", f"y_ptr + row{m} * stride_ym + offs_t", f"ymask{m}", "(BLOCK_N,)",
               f"res{m}") for m in ms]
-    body = ["tile = pid_n + t", "offs_t = offs_n + t * BLOCK_N"]
+    body = ["offs_t = offs_n + t * BLOCK_N"]
     for m in ms:
         body += [f"ymask{m} = offs_t < rmask{m}.to(tl.int32) * N", "if HAS_RES:",
                  f"    res{m} = tl.load(res_ptr + row{m} * stride_rm + offs_t, mask=ymask{m}, other=0.0)"]
-    body += _retarget(_split_k_total("pid_m * tl.cdiv(N, BLOCK_N) + tile", final, SPLIT_K_UNROLL), _TILE_NAMES)
-    return ["if SPLIT_K > 1:  # the tiles whose last split to finish was this program's: their sums",
+    body += _retarget(_split_k_total("pid_m * tl.cdiv(N, BLOCK_N) + pid_n + t", final, ROW_TILES_SUM_UNROLL),
+                      _TILE_NAMES)
+    tile = "pid_m * tl.cdiv(N, BLOCK_N) + pid_n + t"
+    return ["if SPLIT_K > 1:  # the program's partials announced, tile by tile; the last split of each sums it",
+            "    tl.debug_barrier()  # all threads' partials are written before one thread announces them (release)",
             f"    for t in range(0, tl.minimum({s.row_tiles}, tl.cdiv(N, BLOCK_N) - pid_n)):",
-            "        if ((won >> t) & 1) != 0:"] + ["            " + x for x in body]
+            f"        done = tl.atomic_add(cnt_ptr + {tile}, 1, sem=\"acq_rel\", scope=\"gpu\")",
+            "        if done == SPLIT_K - 1:"] + ["            " + x for x in body]
 
 
+ROW_TILES_SUM_UNROLL = 8  # row_tiles: partials loaded at once by a tile's last split (16, as SPLIT_K_UNROLL, made the
+# w4 n64 kernel 125 registers instead of 94 on sm_90, triton 3.6: the sums sit in a loop over the program's tiles)
 _AHEAD_NAMES = {"offs_n": "offs_na", "mask_n": "mask_na", "w_grp": "w_grp_a"}  # row_tiles: the next unit's tile
 _TILE_NAMES = {"offs_n": "offs_t", "mask_n": "mask_t"}  # row_tiles: the tile whose last K step this is
 
@@ -1379,7 +1386,6 @@ def _row_tiles_loop(s: KernelSpec, loop: list[str], epilogue: list[str], resets:
         f"n_units = tl.minimum({T}, tl.cdiv(N, BLOCK_N) - pid_n) * (step_hi - step_lo)",
         "tile = pid_n",
         "step = step_lo",
-        f"won = pid_n.to(tl.int64) * 0  # bit t: this program's split was the last to finish tile pid_n + t",
         "for i in range(0, n_units):",
     ] + ["    " + x for x in body] + _row_tiles_totals(s)
 
