@@ -46,11 +46,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cases = load_cases(args.cases)
     if args.workers > 0:
-        from qcomp.codegen.precompile import compile_in_pool
+        from qcomp.codegen.precompile import compile_in_pool, job
 
         jobs = list(dict.fromkeys(
-            (KernelSpec(**f).to_json(), split, m, n, k, "bfloat16" if f.get("act_dtype") == "bf16" else "float16",
-             "float16", False, None, False) for f, split, n, k, m in cases))
+            job(KernelSpec(**f), split, m, n, k, "bfloat16" if f.get("act_dtype") == "bf16" else "float16")
+            for f, split, n, k, m in cases))
         r = compile_in_pool(jobs, args.workers)
         log(f"precompiled {r['compiled']}/{r['jobs']} kernels with {r['workers']} processes in {r['seconds']:.0f} s")
     from qcomp.codegen.hadamard_util import rotate_blocks

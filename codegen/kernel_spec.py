@@ -104,11 +104,6 @@ class KernelSpec:
     # the row groups' runs (the launch passes a tensor descriptor as w_ptr), so num_stages - 1 steps of words are in
     # flight in shared memory and take no registers; scales and x keep the register prefetch one step ahead
     # (render._tma_words_load)
-    row_tiles: int = 1  # gemv: each program runs this many consecutive N tiles (block_n rows each) over its split's
-    # K range as ONE software pipeline (render._row_tiles_loop): the words of a tile's first K step are loaded while
-    # the tile before finishes, each tile's sums go out (split-K handshake) at its last K step, and the program's
-    # prologue (x scan, x_once / had_once operands) serves all its tiles. The grid has cdiv(N / block_n, row_tiles)
-    # programs per split: fewer, longer programs at the same split
 
     def __post_init__(self):
         self.validate()
@@ -193,16 +188,6 @@ class KernelSpec:
                     "flight)")
             if self.cp_async or self.l2_ahead:
                 bad("tma_words takes neither cp_async nor l2_ahead (its TMA ring replaces the words' prefetch)")
-        if self.row_tiles != 1:
-            if not (isinstance(self.row_tiles, int) and 2 <= self.row_tiles <= 64):
-                bad(f"row_tiles must be an int in 1..64, got {self.row_tiles!r}")
-            if not (self.variant == "gemv" and self.num_stages == 2 and self.block_n >= 16 and self.scale_per_tile):
-                bad("row_tiles needs the gemv variant with num_stages 2 (the next unit's words one K step ahead), "
-                    "block_n >= 16 (whole row groups) and one scale per row and K step or per row (group_size a "
-                    "multiple of block_k, or -1)")
-            if self.x_norm or self.cp_async or self.tma_words or self.l2_ahead:
-                bad("row_tiles takes no x_norm (its sum of squares is per program), cp_async, tma_words or l2_ahead "
-                    "(their loads are addressed by the program's one tile)")
         if self.had_once:
             from .render import use_half2
 
@@ -295,8 +280,6 @@ class KernelSpec:
                      "cp_async", "x_once", "tma_words"):
             if not d[late]:
                 del d[late]
-        if d["row_tiles"] == 1:
-            del d["row_tiles"]
         return d
 
     def to_json(self) -> str:
@@ -321,7 +304,7 @@ class KernelSpec:
             f"{'_as' if self.a_smem else ''}"
             f"{f'_l2p{self.l2_ahead}' if self.l2_ahead else ''}{'_sk' if self.stream_k else ''}"
             f"{'_rw' if self.rolling_wait else ''}{'_cpa' if self.cp_async else ''}"
-            f"{'_tma' if self.tma_words else ''}{f'_rt{self.row_tiles}' if self.row_tiles != 1 else ''}"
+            f"{'_tma' if self.tma_words else ''}"
             f"_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
         )
 
@@ -338,12 +321,12 @@ ONCE_SCRATCH_ALIGN = 16  # had_once / x_once scratch starts at a multiple of thi
 def once_scratch_floats(spec: KernelSpec, m: int, n: int, k: int, split_k: int) -> int:
     """Scratch of a had_once / x_once gemv launch, in 4-byte words: every program keeps the x operands of its K range
     (the largest split's) for its block_m rows, render.once_operand_count vectors of C words per K step, so x is
-    stored once per program (row_tiles N tiles). had_once (the fp16 pairs): about (n / block_n) * block_m * k * 2 bytes (3.7 MB at M=1,
+    stored once per N tile. had_once (the fp16 pairs): about (n / block_n) * block_m * k * 2 bytes (3.7 MB at M=1,
     28672 x 8192, block_n 128; 1.6 GB at M=16, 28672 x 28672, block_n 16); x_once on subnormal codes one more vector.
     Plus ONCE_SCRATCH_ALIGN words: the scratch starts at the first multiple of them after the split-K partials."""
     from .render import once_operand_count
 
     cdiv = lambda a, b: -(-a // b)  # noqa: E731
-    programs = cdiv(cdiv(n, spec.block_n), spec.row_tiles) * split_k * cdiv(m, spec.block_m)
+    programs = cdiv(n, spec.block_n) * split_k * cdiv(m, spec.block_m)
     return (spec.block_m * cdiv(cdiv(k, spec.block_k), split_k) * once_operand_count(spec) * spec.cols_per_step * programs
             + ONCE_SCRATCH_ALIGN)

@@ -175,11 +175,7 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
     y = out if out is not None else torch.empty(m, n, device=dev, dtype=x2.dtype)
     sg = signs.to(device=dev, dtype=torch.float32).contiguous() if spec.had_block else scales
     if spec.variant == "gemv":
-        if spec.row_tiles > 1 and split_k > triton_cdiv(k, spec.block_k):
-            raise ValueError(f"{spec.name()} runs row_tiles={spec.row_tiles} N tiles per program, whose K loop needs "
-                             f"every split to hold a K step: split_k={split_k} > {triton_cdiv(k, spec.block_k)} K "
-                             f"steps of {spec.block_k} at k={k}; use split_k <= {triton_cdiv(k, spec.block_k)}")
-        grid = (triton_cdiv(triton_cdiv(n, spec.block_n), spec.row_tiles), split_k, triton_cdiv(m, spec.block_m))
+        grid = (triton_cdiv(n, spec.block_n), split_k, triton_cdiv(m, spec.block_m))
     elif spec.stream_k:  # split_k is the programs per SM; they share out the (tile, K step) units
         grid = (wgmma_stream_k.programs(split_k, tune.sm_count(dev), m, n, k, spec.block_m, spec.block_n), 1)
     else:
@@ -196,8 +192,7 @@ def launch(spec: KernelSpec, split_k: int, x2, packed, scales, lut, offsets, bia
         # (x_norm: and each split's sum of squares of x, [split_k, m], before the scratch rows)
         ws = torch.empty(split_k * m * n + (split_k * m if spec.x_norm else 0) + scratch, device=dev,
                          dtype=torch.float32)
-        cnt = split_k_counters(dev, (triton_cdiv(n, spec.block_n) if spec.variant == "gemv" else grid[0])
-                               * (grid[2] if len(grid) > 2 else 1))  # one per output tile
+        cnt = split_k_counters(dev, grid[0] * (grid[2] if len(grid) > 2 else 1))
     else:
         ws = torch.empty(m * n + (m if spec.x_norm else 0) + scratch, device=dev, dtype=torch.float32) \
             if scratch else y  # else unused

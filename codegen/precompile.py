@@ -76,9 +76,15 @@ def jobs_for(calls, device) -> list[tuple]:
                    c.has_residual)
             if key not in seen:
                 seen.add(key)
-                jobs.append((spec.to_json(), split, c.m, c.n, c.k, c.x_dtype, c.scales_dtype, c.has_offsets,
-                             c.bias_dtype, c.has_residual))
+                jobs.append(job(spec, split, c.m, c.n, c.k, c.x_dtype, c.scales_dtype, c.has_offsets, c.bias_dtype,
+                                c.has_residual))
     return jobs
+
+
+def job(spec: KernelSpec, split: int, m: int, n: int, k: int, x_dtype: str, scales_dtype: str = "float16",
+        has_offsets: bool = False, bias_dtype: str | None = None, has_residual: bool = False) -> tuple:
+    """One compile job (compile_jobs' tuple): the spec's kernel as a launch of these shapes and dtypes compiles it."""
+    return (spec.to_json(), split, m, n, k, x_dtype, scales_dtype, has_offsets, bias_dtype, has_residual)
 
 
 def compile_jobs(jobs) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import re
 import struct
 from functools import partial
 from pathlib import Path
@@ -507,15 +506,13 @@ def _scale_mode(s: KernelSpec) -> tuple[str, int]:
 def _program_ids(s: KernelSpec) -> list[str]:
     if s.variant == "gemv":
         return [
-            "pid_n = tl.program_id(0)" if s.row_tiles == 1 else
-            f"pid_n = tl.program_id(0) * {s.row_tiles}  # the first of this program's {s.row_tiles} N tiles "
-            "(_row_tiles_loop)",
+            "pid_n = tl.program_id(0)",
             "pid_k = tl.program_id(1)",
             "pid_m = tl.program_id(2)",
         ] + ([
             "# this program's scratch rows for the rotated x: after the split-K partials in ws (ops.launch sizes it)",
             f"scr_base = SPLIT_K * M * N{' + SPLIT_K * M' if s.x_norm else ''} + "
-            f"((pid_m * tl.num_programs(1) + pid_k) * tl.num_programs(0) + {_program_n(s)}) * "
+            "((pid_m * tl.num_programs(1) + pid_k) * tl.num_programs(0) + pid_n) * "
             "(BLOCK_M * 2 * BLOCK_K)",
         ] if s.had_scratch else [])
     return [
@@ -530,12 +527,6 @@ def _program_ids(s: KernelSpec) -> list[str]:
         "pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)",
         "pid_n = (pid % num_pid_in_group) // group_size_m",
     ]
-
-
-def _program_n(s: KernelSpec) -> str:
-    """The program's index along N (its scratch's): pid_n, or with row_tiles the grid's axis 0 (pid_n is its first
-    tile)."""
-    return "pid_n" if s.row_tiles == 1 else "tl.program_id(0)"
 
 
 def _setup(s: KernelSpec) -> list[str]:
@@ -721,9 +712,8 @@ def _prologue_step(i: int) -> str:
 
 
 def _step_ahead(s: KernelSpec) -> str:
-    """In the K loop: the step whose loads go out now, a prefetch distance ahead, clamped to the program's last
-    (row_tiles: the K step of the next unit, step_a, whose tile is tile_a: _row_tiles_loop)."""
-    return f"tl.minimum(step + {prefetch_distance(s)}, last)" if s.row_tiles == 1 else "step_a"
+    """In the K loop: the step whose loads go out now, a prefetch distance ahead, clamped to the program's last."""
+    return f"tl.minimum(step + {prefetch_distance(s)}, last)"
 
 
 def _prefetch_prologue(s: KernelSpec) -> list[str]:
@@ -1000,7 +990,7 @@ def _once_prologue(s: KernelSpec, dt: str) -> list[str]:
     L = [f"# this program's scratch: [K steps of the largest split, BLOCK_M, {nv} vectors, C] int32 (as float32 bits)"
          f", from the first {ONCE_SCRATCH_ALIGN}-word boundary after the partials (16-byte vector loads)",
          f"scr_once = ws_ptr + tl.cdiv(SPLIT_K * M * N, {ONCE_SCRATCH_ALIGN}) * {ONCE_SCRATCH_ALIGN}"
-         f" + ((pid_m * tl.num_programs(1) + pid_k) * tl.num_programs(0) + {_program_n(s)}) "
+         " + ((pid_m * tl.num_programs(1) + pid_k) * tl.num_programs(0) + pid_n) "
          f"* (tl.cdiv(n_steps, SPLIT_K) * BLOCK_M * {nv} * C)"]
     what = "rotated" if s.had_once else "x's operands made"
     # steps as a leading axis: one iteration's loads all go out before its arithmetic and stores
@@ -1170,7 +1160,6 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
     h2 = use_half2(s)
     ms = range(BM)
     L = []
-    resets = []  # row_tiles: the accumulators' initial values, set again after each tile's last K step
     if prefetch_distance(s):
         L += _prefetch_prologue(s)  # first, so that its DRAM round trip overlaps the x scan below
     if h2 and s.grid == "lut":
@@ -1182,7 +1171,6 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
         if s.x_norm:
             L.append(f"ssq{m} = tl.zeros((BLOCK_K,), dtype=tl.float32)  # x^2 of the program's K range (_norm_ssq)")
         L.append(f"acc{m} = tl.zeros((BLOCK_N, C), dtype=tl.float32)")
-        resets.append(L[-1])
         if h2 and not x_from_scratch(s):  # (had_once / x_once: a scale per K step, _once_prologue)
             L += _half2_x_scale(s, m)
     if h2:
@@ -1192,8 +1180,6 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
     if s.x_ahead:  # after the PDL wait (x may be the previous kernel's output) and the operands' barrier
         L += _x_prologue(s)
     loop = _prefetch_step(s) if prefetch_distance(s) else _load_planes(s)
-    if s.row_tiles != 1:  # the next unit's words: its tile's rows (_row_tiles_loop)
-        loop = _retarget(loop, _AHEAD_NAMES)
     if s.x_ahead:
         loop += _x_ahead_loads(s)
     if s.x_norm and not s.had_block:
@@ -1213,7 +1199,7 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
             for target, cols in _x_targets(s, m):
                 loop += _x_step_load(s, m, target, cols, "" if h2 else ".to(tl.float32)")
     if mode == "row":
-        loop += _row_scale_step(s) if s.row_tiles == 1 else _retarget(_row_scale_step(s), _AHEAD_NAMES)
+        loop += _row_scale_step(s)
     for j0 in range(0, S, sb):
         blk = range(j0, j0 + sb)
         if h2:
@@ -1255,10 +1241,6 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
                     loop.append(f"xsum{m} += xs{m}")
     if mode == "channel" and s.grid == "uniform_asym":
         L += [f"xsum{m} = tl.zeros((C,), dtype=tl.float32)" for m in ms]
-        resets += L[-BM:]
-    epilogue = _gemv_epilogue(s, mode, h2)
-    if s.row_tiles != 1:
-        return L + _row_tiles_loop(s, loop, epilogue, resets)
     unroll = prefetch_distance(s) + 1 if GEMV_UNROLL and prefetch_distance(s) else 1
     if s.cp_async or s.tma_words:  # Triton's pipeliner: the loop's loads (tma_words: the words' TMA copy) go to
         # shared memory num_stages - 1 steps ahead
@@ -1267,14 +1249,7 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
         L.append(f"for step in tl.range(step_lo, step_hi, loop_unroll_factor={unroll}):  # buffers take turns, no moves"
                  if unroll > 1 else "for step in range(step_lo, step_hi):")
     L += ["    " + x for x in loop]
-    return L + epilogue
-
-
-def _gemv_epilogue(s: KernelSpec, mode: str, h2: bool) -> list[str]:
-    """After a tile's last K step: one reduction per row, the scales of channel mode, bias and residual, and the
-    store of y (split-K: the partial and the handshake, _split_k_fixup)."""
-    ms = range(s.block_m)
-    L = []
+    # epilogue: one reduction per row
     if mode == "channel":
         L.append("sc = tl.load(s_ptr + offs_n * stride_s, mask=mask_n, other=0.0).to(tl.float32)")
         if s.grid == "uniform_asym":
@@ -1312,82 +1287,8 @@ def _gemv_epilogue(s: KernelSpec, mode: str, h2: bool) -> list[str]:
               f"res{m}") for m in ms]
     norm = [(f"SPLIT_K * M * N + pid_k * M + row{m}", f"ss{m}", f"SPLIT_K * M * N + (SK) * M + row{m}") for m in ms] \
         if s.x_norm else None
-    if s.row_tiles == 1:
-        return L + _split_k_fixup("pid_m * tl.num_programs(0) + pid_n", parts, final, SPLIT_K_UNROLL, norm)
-    # row_tiles: the partials only; their announcement (a fence and an atomic each) and the last split's sums wait
-    # until after the loop (_row_tiles_totals): a fence inside it would drain the words in flight at every tile's end
-    return L + ["else:  # split-K: the partial to the workspace, announced after the loop"] + [
-        f"    tl.store(ws_ptr + {off}, {val}, mask={mask})" for off, val, mask in parts]
-
-
-def _row_tiles_totals(s: KernelSpec) -> list[str]:
-    """row_tiles, after the loop: each of the program's tiles announced (the split-K counter, as _split_k_fixup
-    does after its one tile); where this split is the tile's last to finish, the partials summed in order and stored
-    (_split_k_total), the residual read again."""
-    ms = range(s.block_m)
-    final = [(f"(sk * M + row{m}) * N + offs_t", f"y_ptr + row{m} * stride_ym + offs_t", f"ymask{m}", "(BLOCK_N,)",
-              f"res{m}") for m in ms]
-    body = ["offs_t = offs_n + t * BLOCK_N"]
-    for m in ms:
-        body += [f"ymask{m} = offs_t < rmask{m}.to(tl.int32) * N", "if HAS_RES:",
-                 f"    res{m} = tl.load(res_ptr + row{m} * stride_rm + offs_t, mask=ymask{m}, other=0.0)"]
-    body += _retarget(_split_k_total("pid_m * tl.cdiv(N, BLOCK_N) + pid_n + t", final, ROW_TILES_SUM_UNROLL),
-                      _TILE_NAMES)
-    tile = "pid_m * tl.cdiv(N, BLOCK_N) + pid_n + t"
-    return ["if SPLIT_K > 1:  # the program's partials announced, tile by tile; the last split of each sums it",
-            "    tl.debug_barrier()  # all threads' partials are written before one thread announces them (release)",
-            f"    for t in range(0, tl.minimum({s.row_tiles}, tl.cdiv(N, BLOCK_N) - pid_n)):",
-            f"        done = tl.atomic_add(cnt_ptr + {tile}, 1, sem=\"acq_rel\", scope=\"gpu\")",
-            "        if done == SPLIT_K - 1:"] + ["            " + x for x in body]
-
-
-ROW_TILES_SUM_UNROLL = 8  # row_tiles: partials loaded at once by a tile's last split (16, as SPLIT_K_UNROLL, made the
-# w4 n64 kernel 125 registers instead of 94 on sm_90, triton 3.6: the sums sit in a loop over the program's tiles)
-_AHEAD_NAMES = {"offs_n": "offs_na", "mask_n": "mask_na", "w_grp": "w_grp_a"}  # row_tiles: the next unit's tile
-_TILE_NAMES = {"offs_n": "offs_t", "mask_n": "mask_t"}  # row_tiles: the tile whose last K step this is
-
-
-def _retarget(lines: list[str], names: dict[str, str]) -> list[str]:
-    """Lines written for the program's one tile (offs_n, mask_n, w_grp), renamed for another tile's rows."""
-    pat = re.compile(r"\b(" + "|".join(names) + r")\b")
-    return [pat.sub(lambda mt: names[mt.group(1)], ln) for ln in lines]
-
-
-def _row_tiles_loop(s: KernelSpec, loop: list[str], epilogue: list[str], resets: list[str]) -> list[str]:
-    """KernelSpec.row_tiles: the program's N tiles pid_n .. pid_n + row_tiles - 1 (fewer at the end of N), each over
-    the split's K steps, as ONE loop over (tile, K step) units, tile-major. The K loop's body is unchanged; its
-    prefetch takes the next unit (step_a of tile_a: the next tile's first K step after a tile's last), so the words
-    keep streaming across tile boundaries, and after a tile's last K step its sums go out (the split-K epilogue of
-    that tile) and its accumulators start again from zero. The program's x (its scan, or x_once / had_once operands)
-    is the same for all its tiles: one K range."""
-    T = s.row_tiles
-    body = [
-        "# the next unit, whose words and scales are loaded now (after the last unit: itself again)",
-        "step_a = step + 1",
-        "tile_a = tile + (step_a == step_hi).to(tl.int32)",
-        "step_a = tl.where(step_a == step_hi, step_lo, step_a)",
-        "fin = i == n_units - 1",
-        "step_a = tl.where(fin, step, step_a)",
-        "tile_a = tl.where(fin, tile, tile_a)",
-        "offs_na = offs_n + (tile_a - pid_n) * BLOCK_N  # its rows",
-        "mask_na = offs_na < N",
-        f"w_grp_a = w_grp + (tile_a - pid_n) * (BLOCK_N * stride_w)  # its row groups ({ROW_GROUP} rows each)",
-        *loop,
-        "if step == step_hi - 1:  # this tile's last K step: its sums out, the next tile's from zero",
-        "    offs_t = offs_n + (tile - pid_n) * BLOCK_N",
-        "    mask_t = offs_t < N",
-        *["    " + x for x in _retarget(epilogue, _TILE_NAMES)],
-        *["    " + x for x in resets],
-        "step = step_a",
-        "tile = tile_a",
-    ]
-    return [
-        f"# row_tiles: up to {T} N tiles per program, one loop over their (tile, K step) units (_row_tiles_loop)",
-        f"n_units = tl.minimum({T}, tl.cdiv(N, BLOCK_N) - pid_n) * (step_hi - step_lo)",
-        "tile = pid_n",
-        "step = step_lo",
-        "for i in range(0, n_units):",
-    ] + ["    " + x for x in body] + _row_tiles_totals(s)
+    L += _split_k_fixup("pid_m * tl.num_programs(0) + pid_n", parts, final, SPLIT_K_UNROLL, norm)
+    return L
 
 
 def _add_residual(v: str, res: str) -> list[str]:
@@ -1411,13 +1312,6 @@ def _split_k_fixup(tile: str, parts, final, unroll: int = 1, norm=None) -> list[
     (GEMV only: the guard is written over offs_n.) norm (x_norm): [(ws offset of this split's sum of squares, value,
     ws offset of the sums of splits SK)] per final entry: every program of a split stores the same sum; the last split
     loads them with the partials, sums them in order and scales its total by 1 / rms before the bias."""
-    return _split_k_announce(tile, parts, norm) + ["    if done == SPLIT_K - 1:"] + [
-        "        " + x for x in _split_k_total(tile, final, unroll, norm)]
-
-
-def _split_k_announce(tile: str, parts, norm=None) -> list[str]:
-    """The first part of the split-K epilogue (_split_k_fixup): the split's partials to the workspace, then the
-    tile's counter counted up (done: the splits finished before this one)."""
     L = ["else:  # split-K: partials to the workspace; the tile's last split to finish sums them in order"]
     L += [f"    tl.store(ws_ptr + {off}, {val}, mask={mask})" for off, val, mask in parts]
     L += [f"    tl.store(ws_ptr + {off}, {val})  # (every program of this split stores the same value)"
@@ -1425,40 +1319,35 @@ def _split_k_announce(tile: str, parts, norm=None) -> list[str]:
     L += [
         "    tl.debug_barrier()  # all threads' partials are written before one thread announces them (release)",
         f"    done = tl.atomic_add(cnt_ptr + {tile}, 1, sem=\"acq_rel\", scope=\"gpu\")",
+        "    if done == SPLIT_K - 1:",
+        f"        tl.store(cnt_ptr + {tile}, 0)  # zero again for the next launch",
     ]
-    return L
-
-
-def _split_k_total(tile: str, final, unroll: int = 1, norm=None) -> list[str]:
-    """The last split's part of the split-K epilogue (_split_k_fixup): the tile's counter back to 0, the SPLIT_K
-    partials summed in order, y stored."""
-    L = [f"tl.store(cnt_ptr + {tile}, 0)  # zero again for the next launch"]
     assert not norm or unroll > 1, "x_norm's split sums are read with the partials (GEMV, unrolled)"
     for i, (off, yp, mask, shape, res) in enumerate(final):
-        L.append(f"tot{i} = tl.zeros({shape}, dtype=tl.float32)")
+        L.append(f"        tot{i} = tl.zeros({shape}, dtype=tl.float32)")
         if norm:
-            L.append(f"ssk{i} = 0.0  # the splits' sums of squares, read with their partials")
+            L.append(f"        ssk{i} = 0.0  # the splits' sums of squares, read with their partials")
         if unroll > 1:
-            L += [f"for sk0 in range(0, SPLIT_K, {unroll}):"]
+            L += [f"        for sk0 in range(0, SPLIT_K, {unroll}):"]
             if norm:
                 sks = f"sk0 + tl.arange(0, {unroll})"
-                L += [f"    ssk{i} += tl.sum(tl.load(ws_ptr + {norm[i][2].replace('SK', sks)}, "
+                L += [f"            ssk{i} += tl.sum(tl.load(ws_ptr + {norm[i][2].replace('SK', sks)}, "
                       f"mask={sks} < SPLIT_K, other=0.0, cache_modifier=\".cg\"), axis=0)"]
             L += [
-                f"    for j in tl.static_range({unroll}):",
-                "        sk = sk0 + j",
-                f"        tot{i} += tl.load(ws_ptr + {off}, mask=({mask}) & (offs_n * 0 + sk < SPLIT_K), "
+                f"            for j in tl.static_range({unroll}):",
+                "                sk = sk0 + j",
+                f"                tot{i} += tl.load(ws_ptr + {off}, mask=({mask}) & (offs_n * 0 + sk < SPLIT_K), "
                 "other=0.0, cache_modifier=\".cg\")  # (a tensor test: the interpreter's sk is an int)",
             ]
         else:
             L += [
-                "for sk in range(0, SPLIT_K):",
-                f"    tot{i} += tl.load(ws_ptr + {off}, mask={mask}, other=0.0, cache_modifier=\".cg\")",
+                "        for sk in range(0, SPLIT_K):",
+                f"            tot{i} += tl.load(ws_ptr + {off}, mask={mask}, other=0.0, cache_modifier=\".cg\")",
             ]
         if norm:
-            L.append(f"tot{i} = tot{i} * {_rn(f'ssk{i}')} + bias")
-        L += [x for x in _add_residual(f"tot{i}", res)]
-        L.append(f"tl.store({yp}, tot{i}.to(y_ptr.dtype.element_ty), mask={mask})")
+            L.append(f"        tot{i} = tot{i} * {_rn(f'ssk{i}')} + bias")
+        L += ["        " + x for x in _add_residual(f"tot{i}", res)]
+        L.append(f"        tl.store({yp}, tot{i}.to(y_ptr.dtype.element_ty), mask={mask})")
     return L
 
 

@@ -2,6 +2,8 @@
 their tuning candidates. The process-pool compile itself needs CUDA (benchmarks run it on the GPU)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 import qcomp  # noqa: E402
 from qcomp.codegen import precompile as pc  # noqa: E402
 from qcomp.codegen import tune  # noqa: E402
+from qcomp.codegen.kernel_spec import KernelSpec  # noqa: E402
 from qcomp.runtime.executor import Executor  # noqa: E402
 from qcomp.runtime.reference import ReferenceRuntime  # noqa: E402
 from qcomp.static_decode import StaticDecodeStep  # noqa: E402
@@ -47,3 +50,29 @@ def test_recording_collects_every_kernel_call_and_returns_the_reference(monkeypa
 
 def test_precompile_of_nothing_is_a_no_op():
     assert pc.precompile([], "cuda") == {"jobs": 0, "compiled": 0, "workers": 0, "seconds": 0.0}
+
+
+def test_time_specs_compiles_its_cases_in_a_pool(monkeypatch, tmp_path):
+    """benchmarks/time_specs.py --workers N hands each distinct (spec, split, shape) of its cases to compile_in_pool
+    as compile_jobs takes them (bf16 specs with bf16 activations) before it times anything."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import time_specs
+
+    seen = {}
+
+    def fake_pool(jobs, workers):
+        seen.update(jobs=jobs, workers=workers)
+        raise SystemExit("stop before the GPU")
+
+    monkeypatch.setattr(pc, "compile_in_pool", fake_pool)
+    w4 = {"bits": 4, "variant": "gemv", "block_m": 1, "block_n": 64, "block_k": 128, "num_warps": 2}
+    bf = {**w4, "act_dtype": "bf16"}
+    cases = [[w4, 8, 256, 1024, 1], [w4, 8, 256, 1024, 1], [bf, 4, 128, 512, 2]]
+    with pytest.raises(SystemExit, match="stop before the GPU"):
+        time_specs.main([json.dumps(cases), "--out", str(tmp_path), "--workers", "3"])
+    assert seen["workers"] == 3
+    assert seen["jobs"] == [pc.job(KernelSpec(**w4), 8, 1, 256, 1024, "float16"),
+                            pc.job(KernelSpec(**bf), 4, 2, 128, 512, "bfloat16")]
