@@ -121,9 +121,11 @@ GEMV_TMA_STAGES = 4  # the tma_words twin of an 8-bit gemv tile: 3 K steps of wo
 
 
 def gemv_tma_words(base: KernelSpec, m: int) -> bool:
-    """Whether the tuner tries tma_words twins (gemv_tma_twin): one row of 8-bit codes only. On the H100 (session 39, results/time_specs_v39_tma_words_h100.tsv) the words' TMA ring ran w8 2-3 % faster (91.2 ->
-    89.0 µs at 28672x8192 n32, 93.5 -> 90.9 at 8192x28672 n128 8 warps) and w2 / w4 1-27 % slower (their loops pay
-    the ring's barrier and mbarrier wait per K step; at 8 bits a step moves twice the bytes)."""
+    """Whether the tuner tries tma_words twins (gemv_tma_twin): one row of 8-bit codes only. On the H100 (session 39,
+    results/time_specs_v39_tma_words_h100.tsv) the words' TMA ring ran w8 2-3 % faster (91.2 -> 89.0 µs at
+    28672x8192 n32, 93.5 -> 90.9 at 8192x28672 n128 8 warps) and w2 / w4 1-27 % slower (their loops pay the ring's
+    barrier and mbarrier wait per K step; at 8 bits a step moves twice the bytes). The tuned w8 layers then picked
+    twins at both shapes: 89.8 / 88.9 µs (session 40, results/bench_kernels_v40_m1_w8_h100.tsv)."""
     return m == 1 and base.code_bits == 8
 
 
