@@ -1,4 +1,4 @@
-"""Run the CPU tests' K-tail, x_ahead, l2_ahead, x_once and tma_words kernel cases on a CUDA GPU (the tests run them in the interpreter only):
+"""Run the CPU tests' K-tail, x_ahead, l2_ahead, x_once, tma_words and row_acc kernel cases on a CUDA GPU (the tests run them in the interpreter only):
 compiled kernels, every input inside NaN poison (tests/conftest.py: guarded), outputs poisoned, against the float32
 reference (the fp16 gemv cases also run the half2 path's x pairs, packed by PTX on a GPU). Exit 1 on any failure.
 
@@ -23,9 +23,9 @@ def on_gpu(d: dict) -> dict:
 def main() -> int:
     if not torch.cuda.is_available():
         raise SystemExit("check_k_tails_gpu.py needs a CUDA GPU (the CPU tests cover the interpreter)")
-    from test_codegen_kernels import (K_TAIL_CASES, L2_AHEAD_CASES, TMA_WORDS_CASES, X_AHEAD_CASES, X_ONCE_CASES,
-                                      check, half2_tol, k_tail_case, l2_ahead_case, reference, run_kernel,
-                                      tma_words_case, x_ahead_case, x_once_case)
+    from test_codegen_kernels import (K_TAIL_CASES, L2_AHEAD_CASES, ROW_ACC_CASES, TMA_WORDS_CASES, X_AHEAD_CASES,
+                                      X_ONCE_CASES, check, half2_tol, k_tail_case, l2_ahead_case, reference,
+                                      row_acc_case, run_kernel, tma_words_case, x_ahead_case, x_once_case)
 
     runs = []  # (spec, split, N, K, inputs, the CPU reference's output, tolerance)
     for variant, grid, p, g, k, split in K_TAIL_CASES:
@@ -43,6 +43,9 @@ def main() -> int:
     for bits, grid, p, act, m, split, n, k, g, bn, stages, ahead in TMA_WORDS_CASES:
         d, spec, _ = tma_words_case(bits, grid, p, act, m, n, k, g, bn, stages, ahead)
         runs.append((spec, split, n, k, d, reference(d, bits, p, g, grid, n, k, 0), half2_tol(spec)))
+    for bits, grid, p, act, m, split, n, k, g, had, bn, extra in ROW_ACC_CASES:
+        d, spec, _, tol = row_acc_case(bits, grid, p, act, m, n, k, g, had, bn, extra)
+        runs.append((spec, split, n, k, d, reference(d, bits, p, g, grid, n, k, had), tol))
     failed = 0
     for spec, split, n, k, d, ref, tol in runs:
         try:

@@ -104,6 +104,10 @@ class KernelSpec:
     # the row groups' runs (the launch passes a tensor descriptor as w_ptr), so num_stages - 1 steps of words are in
     # flight in shared memory and take no registers; scales and x keep the register prefetch one step ahead
     # (render._tma_words_load)
+    row_acc: bool = False  # gemv: one fp32 accumulator per output row and activation row: each K step's [block_n, C]
+    # partial sums are summed across their columns (shuffles) before they are added (render._acc_add), so the loop
+    # keeps block_n instead of block_n x C accumulators: fewer registers, more programs per SM (w4 n64 2 warps: 96 ->
+    # 80 registers on sm_90, triton 3.6; 20 more loop instructions per step)
 
     def __post_init__(self):
         self.validate()
@@ -197,6 +201,8 @@ class KernelSpec:
             if self.had_scratch or self.x_norm:
                 bad("had_once rotates x once before the K loop: it takes no had_scratch (per-step scratch rows) or "
                     "x_norm (the norm's sum of squares is taken per step)")
+        if self.row_acc and self.variant != "gemv":
+            bad("row_acc (one accumulator per output row) needs the gemv variant")
         if self.x_once:
             from .render import use_half2
 
@@ -277,7 +283,7 @@ class KernelSpec:
         d = dataclasses.asdict(self)
         # (added later: off, they stay out, so earlier specs keep their JSON, digest and tuning keys)
         for late in ("a_regs", "a_scales", "x_ahead", "a_smem", "l2_ahead", "stream_k", "rolling_wait", "had_once",
-                     "cp_async", "x_once", "tma_words"):
+                     "cp_async", "x_once", "tma_words", "row_acc"):
             if not d[late]:
                 del d[late]
         return d
@@ -304,7 +310,7 @@ class KernelSpec:
             f"{'_as' if self.a_smem else ''}"
             f"{f'_l2p{self.l2_ahead}' if self.l2_ahead else ''}{'_sk' if self.stream_k else ''}"
             f"{'_rw' if self.rolling_wait else ''}{'_cpa' if self.cp_async else ''}"
-            f"{'_tma' if self.tma_words else ''}"
+            f"{'_tma' if self.tma_words else ''}{'_racc' if self.row_acc else ''}"
             f"_m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
         )
 

@@ -1170,7 +1170,8 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
               f"klim{m} = rmask{m}.to(tl.int32) * K  # x columns of row {m} to read: none past M"]
         if s.x_norm:
             L.append(f"ssq{m} = tl.zeros((BLOCK_K,), dtype=tl.float32)  # x^2 of the program's K range (_norm_ssq)")
-        L.append(f"acc{m} = tl.zeros((BLOCK_N, C), dtype=tl.float32)")
+        L.append(f"acc{m} = tl.zeros({'(BLOCK_N,)' if s.row_acc else '(BLOCK_N, C)'}, dtype=tl.float32)"
+                 + ("  # one sum per row (row_acc): each step's columns summed first" if s.row_acc else ""))
         if h2 and not x_from_scratch(s):  # (had_once / x_once: a scale per K step, _once_prologue)
             L += _half2_x_scale(s, m)
     if h2:
@@ -1229,14 +1230,16 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
             if s.grid == "uniform_asym":
                 loop += _even_load("of", "o_ptr + sidx", smask, "0.0", ".to(tl.float32)")
             for m in ms:
-                loop.append(f"acc{m} += part{m} * sc" + (f" + xs{m}[None, :] * of" if s.grid == "uniform_asym" else ""))
+                loop.append(_acc_add(s, m, f"part{m} * sc" + (f" + xs{m}[None, :] * of" if s.grid == "uniform_asym"
+                                                               else "")))
         elif mode == "row":
             for m in ms:
                 sc = f"(sc * xinv{m})" if x_from_scratch(s) else "sc"  # (the step's own x scale undone with the row's)
-                loop.append(f"acc{m} += part{m} * {sc}" + (f" + xs{m}[None, :] * of" if s.grid == "uniform_asym" else ""))
+                loop.append(_acc_add(s, m, f"part{m} * {sc}" + (f" + xs{m}[None, :] * of" if s.grid == "uniform_asym"
+                                                                 else "")))
         else:  # channel: scales after the loop
             for m in ms:
-                loop.append(f"acc{m} += part{m} * xinv{m}" if x_from_scratch(s) else f"acc{m} += part{m}")
+                loop.append(_acc_add(s, m, f"part{m} * xinv{m}" if x_from_scratch(s) else f"part{m}"))
                 if s.grid == "uniform_asym":
                     loop.append(f"xsum{m} += xs{m}")
     if mode == "channel" and s.grid == "uniform_asym":
@@ -1265,7 +1268,7 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
         "        bias += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)",
     ])
     for m in ms:
-        red = f"tl.sum(acc{m}, axis=1)" + (f" * inv{m}" if h2 and not x_from_scratch(s) else "") + (
+        red = (f"acc{m}" if s.row_acc else f"tl.sum(acc{m}, axis=1)") + (f" * inv{m}" if h2 and not x_from_scratch(s) else "") + (
             f" * {SUBNORMAL_UNSCALE!r}" if subnormal_codes(s) else "")
         if mode == "channel":
             red = f"{red} * sc" + (f" + tl.sum(xsum{m}) * of" if s.grid == "uniform_asym" else "")
@@ -1289,6 +1292,12 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
         if s.x_norm else None
     L += _split_k_fixup("pid_m * tl.num_programs(0) + pid_n", parts, final, SPLIT_K_UNROLL, norm)
     return L
+
+
+def _acc_add(s: KernelSpec, m: int, term: str) -> str:
+    """Row m's accumulator plus a K step's [BLOCK_N, C] term: elementwise, or with row_acc the term's columns summed
+    first (KernelSpec.row_acc: a [BLOCK_N] accumulator)."""
+    return f"acc{m} += tl.sum({term}, axis=1)" if s.row_acc else f"acc{m} += {term}"
 
 
 def _add_residual(v: str, res: str) -> list[str]:

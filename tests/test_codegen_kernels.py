@@ -1078,3 +1078,47 @@ def test_fused_op_and_its_fallbacks(monkeypatch):
         qlinear(x, d["packed"], d["scales"], None, None, None, **{**kw, "residual": kw["residual"].float()})
     with pytest.raises(KernelSpecError, match="x_norm needs the gemv"):
         KernelSpec(variant="gemm", x_norm=True, block_m=16, block_k=128)
+
+
+ROW_ACC_CASES = [  # (bits, grid, p, act, m, split, n, k, group, had, block_n, extra spec fields)
+    (4, "uniform", 1, "fp16", 1, 3, 100, 640, 128, 0, 64, {}),  # the w4 pick's form, ragged N, 5 K steps / 3 splits
+    (8, "uniform_asym", 1, "bf16", 3, 2, 40, 384, 128, 0, 32, {}),  # fp32 arithmetic, offsets in the step's sum
+    (3, "uniform", 1, "fp16", 2, 2, 40, 1000, -1, 0, 16, {}),  # channel scales after the loop, a K tail, trio words
+    (2, "uniform", 1, "fp16", 1, 2, 100, 1024, 128, 0, 32, {"x_once": True, "x_ahead": True}),  # 1 / xs per step
+    (5, "uniform", 1, "fp16", 1, 1, 48, 512, 32, 0, 16, {}),  # group 32: scales per column slot (slots mode)
+    (4, "uniform", 1, "fp16", 1, 2, 48, 384, 128, 128, 16, {}),  # the per-step rotation
+    (4, "lut", 1, "fp16", 2, 1, 48, 256, 128, 0, 16, {}),  # 4-bit table
+    (8, "uniform", 1, "fp16", 1, 2, 40, 512, 128, 0, 32, {"tma_words": True, "num_stages": 4}),  # words by TMA
+]
+
+
+def row_acc_case(bits, grid, p, act, m, n, k, g, had, bn, extra):
+    """Inputs and the row_acc spec of a ROW_ACC_CASES row, its twin with [block_n, C] accumulators, the tolerance."""
+    d = make_case(bits, grid, p, g, had, m, n, k, seed=bits * 5 + m + k + n)
+    d["x"] = d["x"].to(torch.float16 if act == "fp16" else torch.bfloat16)
+    base = KernelSpec(**{**dict(bits=bits, grid=grid, p=p, group_size=g, act_dtype=act, had_block=had, variant="gemv",
+                                block_m=1 << (m - 1).bit_length(), block_n=bn, block_k=128 * p, num_warps=2,
+                                num_stages=2), **extra})
+    return d, dataclasses.replace(base, row_acc=True), base, half2_tol(base)
+
+
+@pytest.mark.parametrize("bits,grid,p,act,m,split,n,k,g,had,bn,extra", ROW_ACC_CASES)
+def test_gemv_row_acc(bits, grid, p, act, m, split, n, k, g, had, bn, extra):
+    """row_acc: one fp32 accumulator per row, each K step's partial sums added across their columns first: every
+    scale mode (row, channel, column slots), offsets, x_once's step scales, a rotation, a table, words by TMA, rows,
+    splits, ragged N, a K tail. Matches the reference and the [block_n, C] accumulators' kernel (to rounding: the
+    columns are summed in another order)."""
+    d, spec, base, tol = row_acc_case(bits, grid, p, act, m, n, k, g, had, bn, extra)
+    src = kernel_source(spec)
+    assert "acc0 = tl.zeros((BLOCK_N,), dtype=tl.float32)" in src and "acc0 += tl.sum(" in src
+    assert spec.name().endswith("_racc_m" + base.name().split("_m")[-1])
+    y = run_kernel(d, spec, split, n, k)
+    check(y, reference(d, bits, p, g, grid, n, k, had), tol=tol)
+    y0 = run_kernel(d, base, split, n, k)
+    assert float((y.float() - y0.float()).norm() / y0.float().norm()) < 1e-3
+
+
+def test_row_acc_scope():
+    KernelSpec(bits=4, variant="gemv", block_m=1, block_n=64, block_k=128, row_acc=True)
+    with pytest.raises(KernelSpecError, match="row_acc"):
+        KernelSpec(bits=4, variant="gemm", block_m=16, block_n=64, block_k=128, row_acc=True)
