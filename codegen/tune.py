@@ -137,6 +137,28 @@ def gemv_tma_twin(spec: KernelSpec) -> KernelSpec | None:
         return None
 
 
+def gemv_row_acc_setting(device) -> bool:
+    """Whether the tuner also tries each M=1 gemv tile with one accumulator per row (KernelSpec.row_acc: fewer
+    registers, so more programs per SM: w4 n64 96 -> 80, w8 n32 95 -> 72 on sm_90): only with QCOMP_GEMV_ROW_ACC=1 and
+    only on CUDA, until it is timed (built in session 40, when no device time was left: NOTES_kernels.md)."""
+    raw = os.environ.get("QCOMP_GEMV_ROW_ACC", "").strip()
+    if raw not in ("", "0", "1"):
+        raise ValueError(f"QCOMP_GEMV_ROW_ACC={raw!r}: use 1 (on) or 0 (off, the default)")
+    return raw == "1" and _on_cuda(device)
+
+
+def _row_acc_twins(cands: list[tuple[KernelSpec, int]], m: int, device) -> list[tuple[KernelSpec, int]]:
+    """Per gemv_row_acc_setting, each gemv candidate at M=1 followed by its row_acc twin."""
+    if m != 1 or not gemv_row_acc_setting(device):
+        return cands
+    out = []
+    for spec, split in cands:
+        out.append((spec, split))
+        if spec.variant == "gemv":
+            out.append((dataclasses.replace(spec, row_acc=True), split))
+    return out
+
+
 def _once_twin(spec: KernelSpec, flag: str, m: int, n: int, k: int, split: int) -> KernelSpec | None:
     """A gemv tile's had_once / x_once twin (flag), or None where the tile is off the half2 path or the twin's scratch
     would pass ONCE_SCRATCH_MAX_BYTES (each N tile keeps its own copy of the operands: MBs at M=1, GBs for the
@@ -298,7 +320,7 @@ def candidates(base: KernelSpec, m: int, n: int, k: int, device=None) -> list[tu
                                        block_k=_fit_k(bk, base, k), num_warps=warps, num_stages=stages)
             progs = -(-m // bm) * -(-n // bn)
             out += [(spec, s) for s in _dot_splits(progs, -(-k // spec.block_k), sms)]
-    out = _a_regs_twins(out, device)
+    out = _row_acc_twins(_a_regs_twins(out, device), m, device)
     if m > 16 and wgmma_setting(device):
         out += _wgmma_candidates(base, m, n, k, sms)
     seen, uniq = set(), []
@@ -393,6 +415,7 @@ def _key(base: KernelSpec, m: int, n: int, k: int, device) -> str:
     # (8-bit choices for one row made before the tma_words twins joined, session 39, are tuned again)
     had += "|tma39" if gemv_tma_words(base, m) else ""
     tried += "|cp_async" if m <= 16 and gemv_cp_async_setting(device) else ""
+    tried += "|row_acc" if m == 1 and gemv_row_acc_setting(device) else ""  # (choices among the row_acc twins apart)
     return f"{gpu}|m{m_bucket(m)}|{n}x{k}|{base.to_json()}{had}{tried}"
 
 

@@ -293,3 +293,27 @@ def test_x_once_twins_only_where_they_were_not_slower(bits, had, offered):
     twins = [s for s, _ in cands if s.x_once]
     assert bool(twins) == offered and all(s.x_ahead for s in twins)
     assert all(s.x_ahead for s, _ in cands if s.had_once) and (any(s.had_once for s, _ in cands) == bool(had))
+
+
+def test_gemv_row_acc_twins_follow_their_setting(monkeypatch):
+    """With QCOMP_GEMV_ROW_ACC=1 each M=1 gemv tile is also tried with one accumulator per row, right after it, on
+    CUDA only; never by default (not timed yet), never at M > 1; the key keeps those choices apart; a bad value names
+    the choices."""
+    base = KernelSpec(bits=4, group_size=128, block_m=1)
+    cuda = torch.device("cuda")
+    off = tune.candidates(base, 1, 4096, 4096, cuda)
+    assert not any(s.row_acc for s, _ in off)
+    monkeypatch.setenv("QCOMP_GEMV_ROW_ACC", "1")
+    on = tune.candidates(base, 1, 4096, 4096, cuda)
+    assert [c for c in on if not c[0].row_acc] == off
+    assert [c for c in on if c[0].row_acc] == [(dataclasses.replace(s, row_acc=True), sp) for s, sp in off
+                                                if s.variant == "gemv"]
+    assert on.index((dataclasses.replace(off[0][0], row_acc=True), off[0][1])) == 1
+    assert not any(s.row_acc for s, _ in tune.candidates(base, 1, 4096, 4096))  # CPU: the interpreter
+    assert not any(s.row_acc for s, _ in tune.candidates(KernelSpec(bits=4, block_m=4), 3, 4096, 4096, cuda))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "H100")  # (the key names the GPU)
+    assert tune._key(base, 1, 4096, 4096, cuda).endswith("|row_acc")
+    assert not tune._key(base, 4, 4096, 4096, cuda).endswith("|row_acc")
+    monkeypatch.setenv("QCOMP_GEMV_ROW_ACC", "yes")
+    with pytest.raises(ValueError, match="QCOMP_GEMV_ROW_ACC"):
+        tune.candidates(base, 1, 4096, 4096, cuda)
