@@ -1268,7 +1268,8 @@ def _gemv_body(s: KernelSpec, dt: str) -> list[str]:
         "        bias += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)",
     ])
     for m in ms:
-        red = (f"acc{m}" if s.row_acc else f"tl.sum(acc{m}, axis=1)") + (f" * inv{m}" if h2 and not x_from_scratch(s) else "") + (
+        red = (f"acc{m}" if s.row_acc else f"tl.sum(acc{m}, axis=1)") + (
+            f" * inv{m}" if h2 and not x_from_scratch(s) else "") + (
             f" * {SUBNORMAL_UNSCALE!r}" if subnormal_codes(s) else "")
         if mode == "channel":
             red = f"{red} * sc" + (f" + tl.sum(xsum{m}) * of" if s.grid == "uniform_asym" else "")

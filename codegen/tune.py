@@ -99,9 +99,15 @@ def gemv_cp_async_setting(device) -> bool:
     QCOMP_GEMV_CP_ASYNC=1, and only on CUDA (the CPU interpreter runs the same text either way). Off by default: on
     the H200 (session 37, results/time_specs_v37_gemv_cp_async_h200.tsv) the cp.async pipeline ran 4-24 % slower
     than the register prefetch at every width but w8 (1.5 % faster, within noise) and made tuning twice as long."""
-    raw = os.environ.get("QCOMP_GEMV_CP_ASYNC", "").strip()
+    return _opt_in("QCOMP_GEMV_CP_ASYNC", device)
+
+
+def _opt_in(var: str, device) -> bool:
+    """An off-by-default candidate family: True where the environment variable `var` is 1 and `device` is CUDA (the
+    CPU interpreter runs the same text either way); 0 or unset: False; any other value: ValueError naming the choices."""
+    raw = os.environ.get(var, "").strip()
     if raw not in ("", "0", "1"):
-        raise ValueError(f"QCOMP_GEMV_CP_ASYNC={raw!r}: use 1 (on) or 0 (off, the default)")
+        raise ValueError(f"{var}={raw!r}: use 1 (on) or 0 (off, the default)")
     return raw == "1" and _on_cuda(device)
 
 
@@ -141,10 +147,7 @@ def gemv_row_acc_setting(device) -> bool:
     """Whether the tuner also tries each M=1 gemv tile with one accumulator per row (KernelSpec.row_acc: fewer
     registers, so more programs per SM: w4 n64 96 -> 80, w8 n32 95 -> 72 on sm_90): only with QCOMP_GEMV_ROW_ACC=1 and
     only on CUDA, until it is timed (built in session 40, when no device time was left: NOTES_kernels.md)."""
-    raw = os.environ.get("QCOMP_GEMV_ROW_ACC", "").strip()
-    if raw not in ("", "0", "1"):
-        raise ValueError(f"QCOMP_GEMV_ROW_ACC={raw!r}: use 1 (on) or 0 (off, the default)")
-    return raw == "1" and _on_cuda(device)
+    return _opt_in("QCOMP_GEMV_ROW_ACC", device)
 
 
 def _row_acc_twins(cands: list[tuple[KernelSpec, int]], m: int, device) -> list[tuple[KernelSpec, int]]:
